@@ -1,0 +1,179 @@
+//! `/jobs`: submit a job, read a job.
+//!
+//! - `POST /jobs/{type}`: the body is the job's JSON payload, whatever the
+//!   `Content-Type` says (`curl -d` sends form encoding). Idempotency key from
+//!   the `Idempotency-Key` header, else the payload's `idempotencyKey` field.
+//!   Optional query `delay_ms=N` schedules the job N ms from now. Answers
+//!   `202 {"jobId", "status"}` once the job is durably committed, or
+//!   `200 {"jobId", "status", "duplicate": true}` if the key was used before.
+//! - `GET /jobs/{id}`: the job, its attempts, result, errors and history.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState, MAX_IDEMPOTENCY_KEY};
+use crate::job::{JobEvent, JobRecord, JobState};
+use crate::store::{Enqueued, NewJob};
+use crate::telemetry;
+
+/// Longest delay a job may be submitted with: one year.
+const MAX_DELAY_MS: u64 = 365 * 24 * 3600 * 1000;
+
+pub fn router() -> Router<AppState> {
+    // One path for both: axum needs one parameter name per segment.
+    Router::new().route("/jobs/{key}", post(submit).get(show))
+}
+
+async fn submit(
+    State(app): State<AppState>,
+    Path(job_type): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Some(plugin) = app.registry.get(&job_type) else {
+        return Err(ApiError::UnknownJobType {
+            name: job_type,
+            loaded: app.registry.types(),
+        });
+    };
+    let delay = parse_delay(query.as_deref())?;
+    let bytes = read_body(body, &headers, app.body_limit).await?;
+    let payload: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let idempotency_key = idempotency_key(&headers, &payload)?;
+    // Valid JSON is valid UTF-8.
+    let payload = String::from_utf8(bytes.to_vec()).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+
+    let now = app.clock.now();
+    let job = NewJob {
+        job_type: plugin.job_type.clone(),
+        payload,
+        idempotency_key,
+        max_attempts: plugin.manifest.max_attempts,
+        run_at: now.plus(delay),
+    };
+    match app.store.job_insert(job, now).await? {
+        Enqueued::Created { id, state } => {
+            metrics::counter!(telemetry::JOBS_ENQUEUED, "type" => plugin.job_type.clone()).increment(1);
+            match state {
+                JobState::Scheduled => app.dispatch.scheduled(),
+                _ => app.dispatch.hint(),
+            }
+            Ok((StatusCode::ACCEPTED, Json(json!({ "jobId": id, "status": state }))))
+        }
+        Enqueued::Existing { id, state } => Ok((
+            StatusCode::OK,
+            Json(json!({ "jobId": id, "status": state, "duplicate": true })),
+        )),
+    }
+}
+
+async fn show(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let job_id: i64 = match id.parse() {
+        Ok(n) if n > 0 => n,
+        _ => return Err(ApiError::InvalidJobId(id)),
+    };
+    let record = app.store.job_get(job_id).await?.ok_or(ApiError::JobNotFound(id))?;
+    let events = app.store.job_events(job_id).await?;
+    Ok(Json(render_job(&record, &events)))
+}
+
+/// The job as every API response shows it.
+pub(super) fn render_job(job: &JobRecord, events: &[JobEvent]) -> Value {
+    let waiting = matches!(job.state, JobState::Queued | JobState::Scheduled);
+    json!({
+        "jobId": job.id,
+        "type": job.job_type,
+        "status": job.state,
+        "payload": raw_json(&job.payload),
+        "idempotencyKey": job.idempotency_key,
+        "attempts": job.attempt,
+        "maxAttempts": job.max_attempts,
+        "nextAttemptAt": waiting.then(|| job.run_at.to_rfc3339()),
+        "lastError": job.last_error,
+        "result": job.result.as_deref().map(raw_json),
+        "pluginDigest": job.plugin_digest,
+        "leaseExpiresAt": job.lease_expires_at.map(|t| t.to_rfc3339()),
+        "createdAt": job.created_at.to_rfc3339(),
+        "updatedAt": job.updated_at.to_rfc3339(),
+        "startedAt": job.started_at.map(|t| t.to_rfc3339()),
+        "finishedAt": job.finished_at.map(|t| t.to_rfc3339()),
+        "events": events.iter().map(|e| json!({
+            "at": e.at.to_rfc3339(),
+            "from": e.from,
+            "to": e.to,
+            "attempt": e.attempt,
+            "actor": e.actor,
+            "reason": e.reason,
+            "pluginDigest": e.plugin_digest,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Stored JSON text, embedded as JSON (it was validated on the way in).
+fn raw_json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
+fn parse_delay(query: Option<&str>) -> Result<Duration, ApiError> {
+    let mut delay = Duration::ZERO;
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("delay_ms", v)) => {
+                let ms: u64 = v
+                    .parse()
+                    .ok()
+                    .filter(|ms| *ms <= MAX_DELAY_MS)
+                    .ok_or_else(|| ApiError::InvalidQuery(format!("delay_ms must be a whole number of milliseconds up to {MAX_DELAY_MS}, not {v:?}")))?;
+                delay = Duration::from_millis(ms);
+            }
+            _ => return Err(ApiError::InvalidQuery(format!("unknown parameter {pair:?}; the only one is delay_ms"))),
+        }
+    }
+    Ok(delay)
+}
+
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::PayloadTooLarge { limit }
+        } else {
+            ApiError::InvalidJson(format!("could not read the request body: {e}"))
+        }
+    })
+}
+
+fn idempotency_key(headers: &HeaderMap, payload: &Value) -> Result<Option<String>, ApiError> {
+    let key = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::InvalidIdempotencyKey("the Idempotency-Key header must be visible ASCII"))?
+                .to_owned(),
+        ),
+        None => match payload.get("idempotencyKey") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(ApiError::InvalidIdempotencyKey("the payload's idempotencyKey must be a string")),
+        },
+    };
+    match key {
+        Some(k) if k.is_empty() => Err(ApiError::InvalidIdempotencyKey("the key is empty")),
+        Some(k) if k.len() > MAX_IDEMPOTENCY_KEY => Err(ApiError::IdempotencyKeyTooLong { len: k.len() }),
+        other => Ok(other),
+    }
+}

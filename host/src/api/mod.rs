@@ -1,0 +1,50 @@
+//! The HTTP API. One module per resource, each exporting `router()`; they are
+//! merged in [`app`]. Handlers validate input and call the store; every error
+//! is an [`ApiError`], which alone decides status codes and renders the one
+//! JSON error shape.
+
+mod admin;
+mod error;
+mod health;
+mod jobs;
+mod metrics;
+
+use std::sync::Arc;
+
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+pub use error::ApiError;
+
+use crate::clock::Clock;
+use crate::dispatch::Dispatch;
+use crate::plugins::Registry;
+use crate::store::Store;
+
+/// Longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+/// What every handler may use.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<Registry>,
+    pub dispatch: Arc<Dispatch>,
+    pub clock: Arc<dyn Clock>,
+    pub admin_token: Arc<str>,
+    /// Largest request body accepted, in bytes.
+    pub body_limit: usize,
+    pub prometheus: Option<PrometheusHandle>,
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .merge(jobs::router())
+        .nest("/admin", admin::router(state.clone()))
+        .merge(metrics::router())
+        .merge(health::router())
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+}

@@ -1,0 +1,94 @@
+//! `jobhost serve` configuration: flags, each also read from a `JOBHOST_*`
+//! variable. Parsed and checked once, at start-up; errors name the flag.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::store::sqlite::Durability;
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on (port 0 picks a free port; the banner prints it).
+    #[arg(long, env = "JOBHOST_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory for the database, the admin token and the compiled-plugin cache.
+    #[arg(long, env = "JOBHOST_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// Store URL. Default: `sqlite://<data-dir>/jobhost.db`.
+    #[arg(long, env = "JOBHOST_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Directory of plugins: `NAME.wasm` handles job type NAME, with an
+    /// optional `NAME.toml` manifest. Default: `<data-dir>/plugins`.
+    #[arg(long, env = "JOBHOST_PLUGINS")]
+    pub plugins: Option<PathBuf>,
+
+    /// Admin token. Default: generated on first start and kept in
+    /// `<data-dir>/admin-token`.
+    #[arg(long, env = "JOBHOST_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Attempts in flight at once on this host.
+    #[arg(long, env = "JOBHOST_CONCURRENCY", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub concurrency: u32,
+
+    /// Most jobs leased per claim.
+    #[arg(long, env = "JOBHOST_CLAIM_BATCH", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub claim_batch: u32,
+
+    /// How long a lease outlives its attempt's deadline, in ms. After a crash,
+    /// a job waits at most its plugin's timeout plus this before it reruns.
+    #[arg(long, env = "JOBHOST_LEASE_GRACE_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    pub lease_grace_ms: u64,
+
+    /// Workers look for jobs at least this often, in ms, even without a hint.
+    #[arg(long, env = "JOBHOST_POLL_INTERVAL_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub poll_interval_ms: u64,
+
+    /// How often the reaper looks for expired leases, in ms.
+    #[arg(long, env = "JOBHOST_REAP_INTERVAL_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub reap_interval_ms: u64,
+
+    /// On SIGTERM/SIGINT, how long running attempts may take to finish, in ms,
+    /// before they are stopped and their jobs returned to the queue.
+    #[arg(long, env = "JOBHOST_SHUTDOWN_GRACE_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub shutdown_grace_ms: u64,
+
+    /// Largest request body, in bytes.
+    #[arg(long, env = "JOBHOST_BODY_LIMIT", default_value_t = 1 << 20,
+          value_parser = clap::value_parser!(u64).range(1..=(64 << 20)))]
+    pub body_limit: u64,
+
+    /// Largest memory any plugin may be granted, in MiB.
+    #[arg(long, env = "JOBHOST_MAX_PLUGIN_MEMORY_MB", default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_plugin_memory_mb: u64,
+
+    /// SQLite durability: `full` syncs every commit (survives power loss);
+    /// `normal` survives a crash of jobhost but may lose the last commits on
+    /// power loss.
+    #[arg(long, env = "JOBHOST_SQLITE_SYNC", value_enum, default_value_t = Durability::Full)]
+    pub sqlite_sync: Durability,
+}
+
+impl ServeConfig {
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("jobhost.db").display()))
+    }
+
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.plugins.clone().unwrap_or_else(|| self.data_dir.join("plugins"))
+    }
+}

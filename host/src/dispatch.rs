@@ -1,0 +1,42 @@
+//! Wake-up hints: "a job may be ready" or "a worker slot came free".
+//!
+//! In-process dispatch is a [`tokio::sync::Notify`]: a hint given while nobody
+//! waits is kept (one permit), so a hint is never lost between a worker's
+//! check and its wait. Hints carry no jobs; the store is the truth. Workers
+//! also poll on an interval, so a lost hint (or, with Redis later, a lost
+//! message) only delays a job.
+
+use tokio::sync::Notify;
+
+#[derive(Debug, Default)]
+pub struct Dispatch {
+    ready: Notify,
+    scheduled: Notify,
+}
+
+impl Dispatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Something changed that may let the worker claim: a job was enqueued,
+    /// promoted or requeued, or a running attempt finished.
+    pub fn hint(&self) {
+        self.ready.notify_one();
+    }
+
+    /// Waits for the next hint (or the one already given).
+    pub async fn wait(&self) {
+        self.ready.notified().await;
+    }
+
+    /// A job was scheduled for later (delayed, or a retry): the promoter
+    /// re-reads when the next one falls due.
+    pub fn scheduled(&self) {
+        self.scheduled.notify_one();
+    }
+
+    pub async fn wait_scheduled(&self) {
+        self.scheduled.notified().await;
+    }
+}

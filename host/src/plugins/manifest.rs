@@ -1,0 +1,175 @@
+//! The plugin manifest (`NAME.toml` beside `NAME.wasm`): the limits and retry
+//! policy of the plugin's jobs. Every field is optional; unknown fields are an
+//! error, so a typo never silently falls back to a default.
+//!
+//! ```toml
+//! fuel = 1_000_000_000      # wasm fuel per attempt
+//! timeout_ms = 30_000       # wall-clock deadline per attempt
+//! memory_mb = 64            # linear memory cap per attempt
+//! max_attempts = 5          # attempts before the dead-letter queue
+//! concurrency = 16          # attempts of this type in flight per host
+//!
+//! [backoff]
+//! base_ms = 1_000           # delay after the first failed attempt
+//! cap_ms = 60_000           # the delay never grows past this (before jitter)
+//! jitter = 0.2              # ±20%
+//! ```
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::backoff::Backoff;
+use crate::runtime::Limits;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    pub limits: Limits,
+    pub max_attempts: u32,
+    pub concurrency: u32,
+    pub backoff: Backoff,
+}
+
+impl Default for Manifest {
+    fn default() -> Self {
+        Manifest {
+            limits: Limits {
+                fuel: 1_000_000_000,
+                timeout: Duration::from_secs(30),
+                memory_bytes: 64 << 20,
+            },
+            max_attempts: 5,
+            concurrency: 16,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// The largest memory cap a manifest may ask for.
+pub const MAX_MEMORY_MB: u64 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{0}")]
+    Parse(String),
+    #[error("`{field}` {problem}")]
+    Invalid { field: &'static str, problem: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    fuel: Option<u64>,
+    timeout_ms: Option<u64>,
+    memory_mb: Option<u64>,
+    max_attempts: Option<u32>,
+    concurrency: Option<u32>,
+    backoff: Option<RawBackoff>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackoff {
+    base_ms: Option<u64>,
+    cap_ms: Option<u64>,
+    jitter: Option<f64>,
+}
+
+fn check<T: PartialOrd + std::fmt::Display + Copy>(
+    field: &'static str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, ManifestError> {
+    if value < min || value > max {
+        return Err(ManifestError::Invalid {
+            field,
+            problem: format!("is {value}; it must be between {min} and {max}"),
+        });
+    }
+    Ok(value)
+}
+
+impl Manifest {
+    pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        let raw: Raw = toml::from_str(text).map_err(|e| ManifestError::Parse(e.to_string()))?;
+        let mut m = Manifest::default();
+        if let Some(v) = raw.fuel {
+            m.limits.fuel = check("fuel", v, 1_000, u64::MAX / 2)?;
+        }
+        if let Some(v) = raw.timeout_ms {
+            m.limits.timeout = Duration::from_millis(check("timeout_ms", v, 1, 24 * 3600 * 1000)?);
+        }
+        if let Some(v) = raw.memory_mb {
+            m.limits.memory_bytes = (check("memory_mb", v, 1, MAX_MEMORY_MB)? as usize) << 20;
+        }
+        if let Some(v) = raw.max_attempts {
+            m.max_attempts = check("max_attempts", v, 1, 1_000)?;
+        }
+        if let Some(v) = raw.concurrency {
+            m.concurrency = check("concurrency", v, 1, 10_000)?;
+        }
+        if let Some(b) = raw.backoff {
+            if let Some(v) = b.base_ms {
+                m.backoff.base = Duration::from_millis(check("backoff.base_ms", v, 0, 86_400_000)?);
+            }
+            if let Some(v) = b.cap_ms {
+                m.backoff.cap = Duration::from_millis(check("backoff.cap_ms", v, 0, 86_400_000)?);
+            }
+            if let Some(v) = b.jitter {
+                m.backoff.jitter = check("backoff.jitter", v, 0.0, 1.0)?;
+            }
+            if m.backoff.cap < m.backoff.base {
+                return Err(ManifestError::Invalid {
+                    field: "backoff.cap_ms",
+                    problem: format!(
+                        "({} ms) is below backoff.base_ms ({} ms)",
+                        m.backoff.cap.as_millis(),
+                        m.backoff.base.as_millis()
+                    ),
+                });
+            }
+        }
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_manifest_is_the_defaults() {
+        assert_eq!(Manifest::parse("").unwrap(), Manifest::default());
+        assert_eq!(Manifest::default().max_attempts, 5);
+        assert_eq!(Manifest::default().backoff, Backoff::default());
+    }
+
+    #[test]
+    fn fields_override_defaults() {
+        let m = Manifest::parse(
+            "fuel = 5000\ntimeout_ms = 250\nmemory_mb = 8\nmax_attempts = 3\nconcurrency = 2\n\
+             [backoff]\nbase_ms = 10\ncap_ms = 40\njitter = 0.0\n",
+        )
+        .unwrap();
+        assert_eq!(m.limits.fuel, 5000);
+        assert_eq!(m.limits.timeout, Duration::from_millis(250));
+        assert_eq!(m.limits.memory_bytes, 8 << 20);
+        assert_eq!((m.max_attempts, m.concurrency), (3, 2));
+        assert_eq!(m.backoff.base, Duration::from_millis(10));
+        assert_eq!(m.backoff.cap, Duration::from_millis(40));
+        assert_eq!(m.backoff.jitter, 0.0);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = Manifest::parse("max_attempts = 0").unwrap_err().to_string();
+        assert!(e.contains("max_attempts"), "{e}");
+        let e = Manifest::parse("timout_ms = 5").unwrap_err().to_string();
+        assert!(e.contains("timout_ms"), "{e}");
+        let e = Manifest::parse("[backoff]\nbase_ms = 100\ncap_ms = 10").unwrap_err().to_string();
+        assert!(e.contains("backoff.cap_ms"), "{e}");
+        let e = Manifest::parse("[backoff]\njitter = 1.5").unwrap_err().to_string();
+        assert!(e.contains("backoff.jitter"), "{e}");
+    }
+}

@@ -1,0 +1,38 @@
+//! Plugins: their manifests and the registry of loaded versions.
+//!
+//! A plugin on disk is `NAME.wasm` (the handler for job type `NAME`) with an
+//! optional `NAME.toml` manifest beside it. The registry maps each job type to
+//! the loaded version behind an `Arc`: an attempt holds its own `Arc`, so a
+//! version swapped out later finishes the attempts it started.
+
+mod manifest;
+mod registry;
+
+pub use manifest::{Manifest, ManifestError};
+pub use registry::{LoadError, LoadedPlugin, Registry};
+
+/// Longest job type name.
+pub const MAX_TYPE_LEN: usize = 64;
+
+/// Job type names: 1 to 64 of `a-z`, `0-9`, `_` and `-`, starting with a letter.
+pub fn valid_type_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && name.len() <= MAX_TYPE_LEN
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_type_name;
+
+    #[test]
+    fn type_names() {
+        for ok in ["email_welcome", "a", "resize-image2"] {
+            assert!(valid_type_name(ok), "{ok}");
+        }
+        for bad in ["", "Email", "1abc", "a b", "../x", "é", &"a".repeat(65)] {
+            assert!(!valid_type_name(bad), "{bad}");
+        }
+    }
+}

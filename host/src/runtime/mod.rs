@@ -1,0 +1,358 @@
+//! The wasm runtime: the only module that touches wasmtime.
+//!
+//! It owns one [`wasmtime::Engine`] for the process (pooling allocator, fuel
+//! metering, epoch interruption), the [`Linker`] with the host imports, and
+//! the compiled form of each plugin ([`CompiledPlugin`]: a pre-instantiated
+//! component, cached on disk by digest). [`Runtime::run`] gives every attempt
+//! a fresh `Store` with a fuel budget, a wall-clock deadline, a memory cap and
+//! a WASI context that grants nothing, and turns whatever happens, traps
+//! included, into an [`AttemptOutcome`]. Nothing a plugin does can unwind
+//! into the host.
+
+mod host;
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
+use wasmtime_wasi::WasiCtx;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+use host::{AttemptState, MemoryCap};
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "handler",
+    exports: { default: async },
+});
+
+
+/// How often the engine's epoch ticks. Every tick, a running attempt yields
+/// to the async executor, so a busy plugin never monopolises a host thread.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// The most a plugin's stderr (panic messages) is kept for its error report.
+const STDERR_CAPTURE: usize = 8 * 1024;
+
+/// Process-wide sandbox settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Attempts that may be in flight at once (sizes the instance pool).
+    pub max_instances: u32,
+    /// The largest memory any plugin may be granted.
+    pub max_memory_bytes: usize,
+    /// Where compiled components are cached by digest (`None`: no cache).
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The limits of one attempt, from the plugin's manifest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub fuel: u64,
+    pub timeout: Duration,
+    pub memory_bytes: usize,
+}
+
+/// The job as the plugin sees it.
+#[derive(Debug, Clone)]
+pub struct AttemptInput<'a> {
+    pub id: i64,
+    pub job_type: &'a str,
+    pub payload: &'a str,
+    pub attempt: u32,
+    pub max_attempts: u32,
+}
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptOutcome {
+    /// The handler succeeded, with an optional JSON result.
+    Ok(Option<String>),
+    /// The handler asked for a retry.
+    Retry(String),
+    /// The handler said the job can never succeed.
+    Fatal(String),
+    /// The sandbox stopped the attempt; always retryable.
+    Trapped(TrapReason),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrapReason {
+    FuelExhausted { fuel: u64 },
+    TimedOut { timeout: Duration },
+    MemoryExceeded { limit_bytes: usize },
+    Crashed(String),
+}
+
+impl std::fmt::Display for TrapReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrapReason::FuelExhausted { fuel } => write!(f, "fuel exhausted after {fuel} units"),
+            TrapReason::TimedOut { timeout } => write!(f, "timed out after {} ms", timeout.as_millis()),
+            TrapReason::MemoryExceeded { limit_bytes } => {
+                write!(f, "memory limit of {} MiB exceeded", limit_bytes / (1024 * 1024))
+            }
+            TrapReason::Crashed(why) => write!(f, "crashed: {why}"),
+        }
+    }
+}
+
+/// One attempt's outcome and what it cost.
+#[derive(Debug, Clone)]
+pub struct AttemptReport {
+    pub outcome: AttemptOutcome,
+    pub fuel_consumed: u64,
+    /// Instantiate + call, as measured by the host.
+    pub duration: Duration,
+}
+
+/// A plugin version, compiled and linked, ready to instantiate per attempt.
+#[derive(Clone)]
+pub struct CompiledPlugin {
+    /// `sha256:<hex>` of the `.wasm` bytes.
+    pub digest: String,
+    pre: HandlerPre<AttemptState>,
+}
+
+impl std::fmt::Debug for CompiledPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledPlugin").field("digest", &self.digest).finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("configuring the wasm engine: {0}")]
+    Engine(String),
+    #[error("compiling plugin {name}: {reason}")]
+    Compile { name: String, reason: String },
+    #[error("linking plugin {name}: {reason} (does it target the jobhost:plugin/handler world of wit/jobhost.wit?)")]
+    Link { name: String, reason: String },
+}
+
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<AttemptState>,
+    cache_dir: Option<PathBuf>,
+    /// The engine's compatibility fingerprint: part of every cache file name,
+    /// so a new wasmtime or new settings never load a stale artifact.
+    cache_tag: String,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
+        let engine_err = |e: wasmtime::Error| RuntimeError::Engine(format!("{e:#}"));
+        let instances = config.max_instances.max(1);
+        let mut pool = PoolingAllocationConfig::new();
+        // A Rust wasip2 component is a few core instances (the program and
+        // its adapter shims) with one or two memories: leave headroom.
+        pool.total_component_instances(instances)
+            .total_core_instances(instances * 8)
+            .total_memories(instances * 2)
+            .total_tables(instances * 4)
+            .total_stacks(instances)
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
+            .max_memory_size(config.max_memory_bytes)
+            // Reset small memories with memset and leave them resident,
+            // scanning only the dirty pages: the next attempt takes no faults.
+            .linear_memory_keep_resident(1 << 20)
+            .pagemap_scan(Enabled::Auto);
+        let mut cfg = Config::new();
+        cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(1 << 20)
+            .concurrency_support(false);
+        let engine = Engine::new(&cfg).map_err(engine_err)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
+        Handler::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(engine_err)?;
+
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let cache_tag = format!("{:016x}", hasher.finish());
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (weak, stop) = (engine.weak(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("jobhost-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| RuntimeError::Engine(format!("starting the epoch thread: {e}")))?;
+
+        Ok(Runtime {
+            engine,
+            linker,
+            cache_dir: config.cache_dir,
+            cache_tag,
+            ticker_stop,
+        })
+    }
+
+    /// Compiles (or loads from the cache) and links a plugin. CPU-heavy on a
+    /// cache miss: call it off the async executor.
+    pub fn compile(&self, name: &str, wasm: &[u8]) -> Result<CompiledPlugin, RuntimeError> {
+        let digest = format!("sha256:{:x}", Sha256::digest(wasm));
+        let compile_err = |e: wasmtime::Error| RuntimeError::Compile {
+            name: name.to_owned(),
+            reason: format!("{e:#}"),
+        };
+        let component = match self.cache_path(&digest) {
+            Some(path) => self.cached_component(&path, wasm).map_err(compile_err)?,
+            None => Component::new(&self.engine, wasm).map_err(compile_err)?,
+        };
+        let link_err = |e: wasmtime::Error| RuntimeError::Link {
+            name: name.to_owned(),
+            reason: format!("{e:#}"),
+        };
+        let pre = self.linker.instantiate_pre(&component).map_err(link_err)?;
+        let pre = HandlerPre::new(pre).map_err(link_err)?;
+        Ok(CompiledPlugin { digest, pre })
+    }
+
+    fn cache_path(&self, digest: &str) -> Option<PathBuf> {
+        let hex = digest.trim_start_matches("sha256:");
+        Some(self.cache_dir.as_ref()?.join(format!("{hex}-{}.cwasm", self.cache_tag)))
+    }
+
+    fn cached_component(&self, path: &Path, wasm: &[u8]) -> wasmtime::Result<Component> {
+        if path.exists() {
+            // SAFETY: the file was written by `precompile_component` of an
+            // engine with this same compatibility tag (it is in the name),
+            // inside jobhost's own data directory.
+            match unsafe { Component::deserialize_file(&self.engine, path) } {
+                Ok(c) => return Ok(c),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compiled-plugin cache entry"),
+            }
+        }
+        let bytes = self.engine.precompile_component(wasm)?;
+        if let Some(dir) = path.parent() {
+            let written = std::fs::create_dir_all(dir).and_then(|()| {
+                // Write then rename, so a crash never leaves a torn artifact.
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, &bytes)?;
+                std::fs::rename(&tmp, path)
+            });
+            if let Err(e) = written {
+                tracing::warn!(path = %path.display(), error = %e, "could not cache compiled plugin");
+            }
+        }
+        // SAFETY: `bytes` was produced just now by this engine.
+        unsafe { Component::deserialize(&self.engine, &bytes) }
+    }
+
+    /// Runs one attempt in a fresh sandbox.
+    pub async fn run(
+        &self,
+        plugin: &CompiledPlugin,
+        limits: &Limits,
+        job: AttemptInput<'_>,
+    ) -> AttemptReport {
+        let started = Instant::now();
+        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
+        let mut wasi = WasiCtx::builder();
+        wasi.stderr(stderr.clone());
+        let state = AttemptState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            memory: MemoryCap::new(limits.memory_bytes),
+            job_id: job.id,
+            plugin: job.job_type.to_owned(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.memory);
+        // Cannot fail: fuel metering is on for this engine.
+        store.set_fuel(limits.fuel).expect("fuel is enabled");
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        store.set_epoch_deadline(1);
+
+        let input = Job {
+            id: job.id as u64,
+            job_type: job.job_type.to_owned(),
+            payload: job.payload.to_owned(),
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+        };
+        let call = async {
+            let handler = plugin.pre.instantiate_async(&mut store).await?;
+            handler.call_handle(&mut store, &input).await
+        };
+        let result = tokio::time::timeout(limits.timeout, call).await;
+        let fuel_consumed = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let outcome = match result {
+            Err(_elapsed) => AttemptOutcome::Trapped(TrapReason::TimedOut {
+                timeout: limits.timeout,
+            }),
+            Ok(Ok(Ok(result))) => AttemptOutcome::Ok(result),
+            Ok(Ok(Err(Failure::Retry(msg)))) => AttemptOutcome::Retry(msg),
+            Ok(Ok(Err(Failure::Fatal(msg)))) => AttemptOutcome::Fatal(msg),
+            Ok(Err(err)) => AttemptOutcome::Trapped(classify(
+                &err,
+                limits,
+                store.data().memory.denied(),
+                &stderr,
+            )),
+        };
+        AttemptReport {
+            outcome,
+            fuel_consumed,
+            duration: started.elapsed(),
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Names the reason a call trapped, in words a plugin author can act on.
+fn classify(
+    err: &wasmtime::Error,
+    limits: &Limits,
+    memory_denied: bool,
+    stderr: &MemoryOutputPipe,
+) -> TrapReason {
+    if let Some(Trap::OutOfFuel) = err.downcast_ref::<Trap>() {
+        return TrapReason::FuelExhausted { fuel: limits.fuel };
+    }
+    if memory_denied {
+        return TrapReason::MemoryExceeded {
+            limit_bytes: limits.memory_bytes,
+        };
+    }
+    let mut why = match err.downcast_ref::<Trap>() {
+        Some(trap) => format!("wasm trap: {trap}"),
+        None => format!("{err:#}"),
+    };
+    // A Rust panic prints its message to stderr before it traps.
+    let captured = stderr.contents();
+    let text = String::from_utf8_lossy(&captured);
+    if let Some(line) = text.lines().rev().find(|l| !l.trim().is_empty()) {
+        why.push_str("; stderr: ");
+        why.push_str(line.trim());
+    }
+    TrapReason::Crashed(why)
+}
+
+#[cfg(test)]
+mod tests;

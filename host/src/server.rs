@@ -1,0 +1,193 @@
+//! `jobhost serve`: opens the store, loads the plugins, starts the worker,
+//! the maintenance services and the HTTP API, and shuts them down in order.
+
+use std::future::Future;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::clock::{Clock, SystemClock};
+use crate::config::ServeConfig;
+use crate::dispatch::Dispatch;
+use crate::maintenance::Maintenance;
+use crate::plugins::Registry;
+use crate::runtime::{Runtime, RuntimeConfig};
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+use crate::telemetry;
+use crate::worker::{Worker, WorkerConfig};
+
+/// Runs jobhost until `shutdown` resolves, then stops claiming, lets running
+/// attempts finish within the grace period, and returns.
+pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let admin_token = admin_token(&config)?;
+
+    let url = config.database_url();
+    if !url.starts_with("sqlite:") {
+        anyhow::bail!("--database-url {url:?}: only sqlite:// URLs are supported in this version");
+    }
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&url, config.sqlite_sync)
+            .await
+            .with_context(|| format!("opening the store at {url}"))?,
+    );
+
+    let max_memory_bytes = (config.max_plugin_memory_mb as usize) << 20;
+    let runtime = Arc::new(Runtime::new(RuntimeConfig {
+        // Room for every attempt in flight plus plugin versions being swapped.
+        max_instances: config.concurrency + 16,
+        max_memory_bytes,
+        cache_dir: Some(config.data_dir.join("cache")),
+    })?);
+    let registry = Arc::new(Registry::new());
+    let plugins_dir = config.plugins_dir();
+    let loaded = {
+        let (runtime, registry, dir) = (runtime.clone(), registry.clone(), plugins_dir.clone());
+        tokio::task::spawn_blocking(move || registry.load_dir(&runtime, &dir, max_memory_bytes))
+            .await
+            .context("loading plugins")?
+            .with_context(|| format!("loading plugins from {}", plugins_dir.display()))?
+    };
+    if loaded.is_empty() {
+        tracing::warn!(dir = %plugins_dir.display(), "no plugins loaded: every job type will be unknown");
+    }
+
+    let prometheus = match telemetry::prometheus() {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics are off");
+            None
+        }
+    };
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let dispatch = Arc::new(Dispatch::new());
+
+    let stop = CancellationToken::new();
+    let abort = CancellationToken::new();
+    let worker = Arc::new(Worker {
+        store: store.clone(),
+        registry: registry.clone(),
+        runtime: runtime.clone(),
+        dispatch: dispatch.clone(),
+        clock: clock.clone(),
+        config: WorkerConfig {
+            owner: format!("{}-{}", hostname(), std::process::id()),
+            concurrency: config.concurrency as usize,
+            claim_batch: config.claim_batch as usize,
+            lease_grace: Duration::from_millis(config.lease_grace_ms),
+            poll_interval: Duration::from_millis(config.poll_interval_ms),
+        },
+    });
+    let worker_task = tokio::spawn(worker.run(stop.clone(), abort.clone()));
+    let maintenance = Arc::new(Maintenance {
+        store: store.clone(),
+        clock: clock.clone(),
+        dispatch: dispatch.clone(),
+        reap_interval: Duration::from_millis(config.reap_interval_ms),
+        promote_interval: Duration::from_secs(1),
+    });
+    let reaper = tokio::spawn(maintenance.clone().reaper(stop.clone()));
+    let promoter = tokio::spawn(maintenance.promoter(stop.clone()));
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let app = api::app(AppState {
+        store: store.clone(),
+        registry,
+        dispatch,
+        clock,
+        admin_token: admin_token.into(),
+        body_limit: config.body_limit as usize,
+        prometheus,
+    });
+    banner(&addr, &loaded);
+
+    let http = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        })
+    };
+
+    shutdown.await;
+    tracing::info!("shutting down: no new jobs are claimed; running attempts may finish");
+    stop.cancel();
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let mut worker_task = worker_task;
+    if tokio::time::timeout(grace, &mut worker_task).await.is_err() {
+        tracing::warn!("shutdown grace period over: stopping the attempts still running");
+        abort.cancel();
+        let _ = worker_task.await;
+    }
+    let _ = tokio::join!(reaper, promoter);
+    match tokio::time::timeout(Duration::from_secs(5), http).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server error at shutdown"),
+        Err(_) => tracing::warn!("http connections still open after 5 s; closing"),
+        _ => {}
+    }
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The admin token: from the config, else from `<data-dir>/admin-token`,
+/// else newly generated and written there (mode 0600), printed once.
+fn admin_token(config: &ServeConfig) -> anyhow::Result<String> {
+    if let Some(token) = &config.admin_token {
+        anyhow::ensure!(token.trim().len() >= 16, "--admin-token must be at least 16 characters");
+        return Ok(token.trim().to_owned());
+    }
+    let path = config.data_dir.join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => {
+            println!("admin token: in {}", path.display());
+            return Ok(token.trim().to_owned());
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let bytes: [u8; 24] = rand::random();
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&path, &token).with_context(|| format!("writing {}", path.display()))?;
+    println!("admin token: {token} (generated; kept in {})", path.display());
+    Ok(token)
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
+}
+
+fn banner(addr: &std::net::SocketAddr, loaded: &[String]) {
+    println!("jobhost listening on http://{addr}");
+    println!("  submit:  POST http://{addr}/jobs/{{type}}");
+    println!("  metrics: GET  http://{addr}/metrics");
+    println!("  admin:   http://{addr}/admin/... (Authorization: Bearer <admin token>)");
+    println!("  plugins: {}", if loaded.is_empty() { "none".to_owned() } else { loaded.join(", ") });
+    let _ = std::io::stdout().flush();
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "jobhost".to_owned())
+}

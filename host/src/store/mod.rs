@@ -1,0 +1,211 @@
+//! The store: the durable truth about every job.
+//!
+//! [`Store`] is the contract every backend implements; one module per backend
+//! ([`sqlite`] now, PostgreSQL next) maps its own errors to [`StoreError`] in
+//! one place. The contract suite in `contract.rs` runs against every backend.
+//!
+//! Rules every backend keeps:
+//! - a method returns only after its change is durably committed;
+//! - each transition is one conditional statement (its WHERE clause names the
+//!   states it leaves, and the lease token where a lease exists), and writes
+//!   its event in the same transaction;
+//! - a failed call changes nothing.
+//!
+//! The store does not read the clock: callers pass `now`, so tests and the
+//! backends agree on time.
+
+use async_trait::async_trait;
+
+use crate::clock::Timestamp;
+use crate::job::{JobEvent, JobId, JobRecord, JobState};
+
+pub mod sqlite;
+
+#[cfg(test)]
+mod contract;
+
+/// A job to create.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub job_type: String,
+    /// JSON text, already validated.
+    pub payload: String,
+    pub idempotency_key: Option<String>,
+    pub max_attempts: u32,
+    /// When it becomes due: `<= now` means queued at once, later means scheduled.
+    pub run_at: Timestamp,
+}
+
+/// What an enqueue did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// A new job was created.
+    Created { id: JobId, state: JobState },
+    /// The idempotency key was already used for this type: nothing was
+    /// written; this is the job that holds it.
+    Existing { id: JobId, state: JobState },
+}
+
+/// A request to lease up to `limit` ready jobs of one type.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub job_type: String,
+    pub limit: usize,
+    /// Who takes the lease (recorded in events).
+    pub owner: String,
+    /// The fence: every later transition of these jobs by this holder names it.
+    pub token: i64,
+    pub now: Timestamp,
+    pub lease_expires_at: Timestamp,
+}
+
+/// A job leased to a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedJob {
+    pub id: JobId,
+    pub job_type: String,
+    pub payload: String,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// When the client's request made it due: start of its queueing latency.
+    pub run_at: Timestamp,
+    pub token: i64,
+}
+
+/// How an attempt ended, as the store records it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded { result: Option<String> },
+    /// A retryable failure with attempts left: scheduled again at `run_at`.
+    Retry { error: String, run_at: Timestamp },
+    /// Fatal, or the last attempt failed: to the dead-letter queue.
+    Dead { error: String },
+}
+
+/// The lease holder's report of one attempt.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub id: JobId,
+    pub token: i64,
+    pub owner: String,
+    pub outcome: Outcome,
+    pub plugin_digest: String,
+    pub now: Timestamp,
+}
+
+/// Jobs moved by the reaper.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reaped {
+    pub requeued: Vec<JobId>,
+    pub dead: Vec<JobId>,
+}
+
+/// Count of jobs per state for one job type (or all).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StateCounts {
+    pub queued: u64,
+    pub scheduled: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub dead: u64,
+    pub cancelled: u64,
+}
+
+impl StateCounts {
+    pub fn add(&mut self, state: JobState, n: u64) {
+        let slot = match state {
+            JobState::Queued => &mut self.queued,
+            JobState::Scheduled => &mut self.scheduled,
+            JobState::Running => &mut self.running,
+            JobState::Succeeded => &mut self.succeeded,
+            JobState::Dead => &mut self.dead,
+            JobState::Cancelled => &mut self.cancelled,
+        };
+        *slot += n;
+    }
+
+    pub fn get(&self, state: JobState) -> u64 {
+        match state {
+            JobState::Queued => self.queued,
+            JobState::Scheduled => self.scheduled,
+            JobState::Running => self.running,
+            JobState::Succeeded => self.succeeded,
+            JobState::Dead => self.dead,
+            JobState::Cancelled => self.cancelled,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    /// The job exists but is not in a state this operation applies to.
+    #[error("job {id} is {state}")]
+    WrongState { id: JobId, state: JobState },
+    /// The store is shutting down and takes no more work.
+    #[error("the store is closed")]
+    Closed,
+    /// The backend failed; the message is for logs, never for clients.
+    #[error("store backend error: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The store contract. Method names are noun-first: the thing, then the verb.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a job (or finds the one holding its idempotency key).
+    async fn job_insert(&self, job: NewJob, now: Timestamp) -> StoreResult<Enqueued>;
+
+    async fn job_get(&self, id: JobId) -> StoreResult<Option<JobRecord>>;
+
+    /// The job's history, oldest first.
+    async fn job_events(&self, id: JobId) -> StoreResult<Vec<JobEvent>>;
+
+    /// Leases up to `limit` queued jobs of one type, oldest due first, and
+    /// counts their attempt. Jobs are handed to exactly one claimer.
+    async fn job_claim(&self, req: ClaimRequest) -> StoreResult<Vec<ClaimedJob>>;
+
+    /// Records an attempt's outcome if `token` still holds the job's lease.
+    /// Returns false (and changes nothing) if the lease was lost.
+    async fn job_complete(&self, completion: Completion) -> StoreResult<bool>;
+
+    /// Gives a running job back to the queue without spending its attempt
+    /// (graceful shutdown). Fenced like `job_complete`.
+    async fn lease_release(&self, id: JobId, token: i64, now: Timestamp) -> StoreResult<bool>;
+
+    /// Moves every running job whose lease expired at or before `now` back to
+    /// `queued`, or to `dead` if that was its last attempt.
+    async fn lease_reap(&self, now: Timestamp) -> StoreResult<Reaped>;
+
+    /// Moves every scheduled job due at or before `now` to `queued`.
+    async fn job_promote(&self, now: Timestamp) -> StoreResult<Vec<JobId>>;
+
+    /// When the earliest scheduled job falls due.
+    async fn job_next_due(&self) -> StoreResult<Option<Timestamp>>;
+
+    /// dead → queued with a fresh attempt budget.
+    async fn job_replay(&self, id: JobId, now: Timestamp) -> StoreResult<JobRecord>;
+
+    /// queued | scheduled → cancelled.
+    async fn job_cancel(&self, id: JobId, now: Timestamp) -> StoreResult<JobRecord>;
+
+    /// Jobs per state, over all types.
+    async fn counts(&self) -> StoreResult<StateCounts>;
+
+    /// Jobs per state, per type, sorted by type.
+    async fn counts_by_type(&self) -> StoreResult<Vec<(String, StateCounts)>>;
+
+    /// Flushes and closes; later calls fail with [`StoreError::Closed`].
+    async fn close(&self);
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// Every sqlx backend maps its errors here: clients never see them.
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}

@@ -1,0 +1,702 @@
+//! The embedded backend: one SQLite file in WAL mode, through sqlx.
+//!
+//! SQLite has one writer, so this module has exactly one writing connection,
+//! owned by a single task (the *writer*). Every write (enqueue, claim,
+//! completion, maintenance) is a command sent to it; the writer takes every
+//! command that is waiting, applies them all in one transaction and commits
+//! once: one fsync for many HTTP requests and completions (group commit). If
+//! any command fails, the writer rolls the batch back and applies each command
+//! in a transaction of its own, so one bad command never fails its neighbours
+//! and nothing is ever half-written. Reads use a small pool of read-only
+//! connections, which WAL lets run beside the writer.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Connection, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    ClaimRequest, ClaimedJob, Completion, Enqueued, NewJob, Outcome, Reaped, StateCounts, Store,
+    StoreError, StoreResult,
+};
+use crate::clock::Timestamp;
+use crate::job::{JobEvent, JobId, JobRecord, JobState};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// Most commands applied in one transaction.
+const MAX_BATCH: usize = 1024;
+/// Commands that may wait for the writer before senders wait too.
+const QUEUE_DEPTH: usize = 8192;
+
+/// How SQLite syncs the WAL at commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Durability {
+    /// fsync at every commit: an acknowledged job survives power loss.
+    #[default]
+    Full,
+    /// fsync at checkpoints only: survives a crash of jobhost, may lose the
+    /// last commits on power loss or an OS crash. Faster.
+    Normal,
+}
+
+pub struct SqliteStore {
+    writer: mpsc::Sender<Command>,
+    readers: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `url` (`sqlite://path`),
+    /// runs the migrations, and starts the writer.
+    pub async fn open(url: &str, durability: Durability) -> StoreResult<SqliteStore> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match durability {
+                Durability::Full => SqliteSynchronous::Full,
+                Durability::Normal => SqliteSynchronous::Normal,
+            })
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let mut conn = options.clone().connect().await?;
+        MIGRATOR
+            .run(&mut conn)
+            .await
+            .map_err(|e| StoreError::Backend(format!("migrating {url}: {e}")))?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(writer(conn, rx));
+        Ok(SqliteStore {
+            writer: tx,
+            readers,
+        })
+    }
+
+    async fn send(&self, op: Op) -> StoreResult<Reply> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Command { op, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// One write, as the writer receives it.
+struct Command {
+    op: Op,
+    reply: oneshot::Sender<StoreResult<Reply>>,
+}
+
+enum Op {
+    Insert(NewJob, Timestamp),
+    Claim(ClaimRequest),
+    Complete(Completion),
+    Release { id: JobId, token: i64, now: Timestamp },
+    Reap(Timestamp),
+    Promote(Timestamp),
+    Replay(JobId, Timestamp),
+    Cancel(JobId, Timestamp),
+    /// Stop after this batch.
+    Close,
+}
+
+enum Reply {
+    Enqueued(Enqueued),
+    Claimed(Vec<ClaimedJob>),
+    Applied(bool),
+    Reaped(Reaped),
+    Promoted(Vec<JobId>),
+    Record(Box<JobRecord>),
+    Closed,
+}
+
+/// The writer task: group-commits every waiting command.
+async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Command>) {
+    let mut batch: Vec<Command> = Vec::with_capacity(MAX_BATCH);
+    let mut closing = false;
+    while !closing {
+        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            break;
+        }
+        closing = batch.iter().any(|c| matches!(c.op, Op::Close));
+        let results = match apply_batch(&mut conn, &batch).await {
+            Ok(results) => results,
+            // Something in the batch failed: nothing of it was committed.
+            // Apply each command alone so the failure stays with its owner.
+            Err(_) => {
+                let mut results = Vec::with_capacity(batch.len());
+                for cmd in &batch {
+                    let one = apply_batch(&mut conn, std::slice::from_ref(cmd)).await;
+                    results.push(one.and_then(|mut r| r.pop().expect("one result per command")));
+                }
+                results
+            }
+        };
+        for (cmd, result) in batch.drain(..).zip(results) {
+            // The caller may have gone away (its request was cancelled); the
+            // change is committed regardless, which is what it asked for.
+            let _ = cmd.reply.send(result);
+        }
+    }
+    if let Err(e) = conn.close().await {
+        tracing::warn!(error = %e, "closing the sqlite writer connection");
+    }
+}
+
+/// Applies `batch` in one transaction. `Err` means the transaction was rolled
+/// back; `Ok` holds each command's own result (a `NotFound` or `WrongState`
+/// wrote nothing and does not spoil the batch).
+async fn apply_batch(
+    conn: &mut SqliteConnection,
+    batch: &[Command],
+) -> StoreResult<Vec<StoreResult<Reply>>> {
+    let mut tx = conn.begin().await?;
+    let mut results = Vec::with_capacity(batch.len());
+    for cmd in batch {
+        let result = apply(&mut tx, &cmd.op).await;
+        if let Err(StoreError::Backend(e)) = result {
+            tx.rollback().await?;
+            return Err(StoreError::Backend(e));
+        }
+        results.push(result);
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+async fn apply(conn: &mut SqliteConnection, op: &Op) -> StoreResult<Reply> {
+    match op {
+        Op::Insert(job, now) => insert(conn, job, *now).await.map(Reply::Enqueued),
+        Op::Claim(req) => claim(conn, req).await.map(Reply::Claimed),
+        Op::Complete(c) => complete(conn, c).await.map(Reply::Applied),
+        Op::Release { id, token, now } => release(conn, *id, *token, *now).await.map(Reply::Applied),
+        Op::Reap(now) => reap(conn, *now).await.map(Reply::Reaped),
+        Op::Promote(now) => promote(conn, *now).await.map(Reply::Promoted),
+        Op::Replay(id, now) => replay(conn, *id, *now).await.map(|r| Reply::Record(Box::new(r))),
+        Op::Cancel(id, now) => cancel(conn, *id, *now).await.map(|r| Reply::Record(Box::new(r))),
+        Op::Close => Ok(Reply::Closed),
+    }
+}
+
+struct Event<'a> {
+    job_id: JobId,
+    at: Timestamp,
+    from: Option<JobState>,
+    to: JobState,
+    attempt: i64,
+    actor: &'a str,
+    reason: Option<&'a str>,
+    plugin_digest: Option<&'a str>,
+}
+
+async fn event_insert(conn: &mut SqliteConnection, e: Event<'_>) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason, plugin_digest)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .bind(e.job_id)
+    .bind(e.at.as_micros())
+    .bind(e.from.map(JobState::as_str))
+    .bind(e.to.as_str())
+    .bind(e.attempt)
+    .bind(e.actor)
+    .bind(e.reason)
+    .bind(e.plugin_digest)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn insert(conn: &mut SqliteConnection, job: &NewJob, now: Timestamp) -> StoreResult<Enqueued> {
+    let state = if job.run_at > now {
+        JobState::Scheduled
+    } else {
+        JobState::Queued
+    };
+    let created: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO jobs (job_type, state, payload, idempotency_key, max_attempts, run_at, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+         ON CONFLICT (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+         RETURNING id",
+    )
+    .bind(&job.job_type)
+    .bind(state.as_str())
+    .bind(&job.payload)
+    .bind(&job.idempotency_key)
+    .bind(i64::from(job.max_attempts))
+    .bind(job.run_at.as_micros())
+    .bind(now.as_micros())
+    .fetch_optional(&mut *conn)
+    .await?;
+    match created {
+        Some(id) => {
+            event_insert(
+                conn,
+                Event {
+                    job_id: id,
+                    at: now,
+                    from: None,
+                    to: state,
+                    attempt: 0,
+                    actor: "api",
+                    reason: Some("enqueued"),
+                    plugin_digest: None,
+                },
+            )
+            .await?;
+            Ok(Enqueued::Created { id, state })
+        }
+        None => {
+            let row = sqlx::query("SELECT id, state FROM jobs WHERE job_type = ?1 AND idempotency_key = ?2")
+                .bind(&job.job_type)
+                .bind(&job.idempotency_key)
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok(Enqueued::Existing {
+                id: row.try_get("id")?,
+                state: state_of(&row, "state")?,
+            })
+        }
+    }
+}
+
+async fn claim(conn: &mut SqliteConnection, req: &ClaimRequest) -> StoreResult<Vec<ClaimedJob>> {
+    let rows = sqlx::query(
+        "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?1,
+                lease_token = ?2, lease_expires_at = ?3, started_at = ?4, updated_at = ?4
+         WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND job_type = ?5
+                      ORDER BY run_at, id LIMIT ?6)
+         RETURNING id, payload, attempt, max_attempts, run_at",
+    )
+    .bind(&req.owner)
+    .bind(req.token)
+    .bind(req.lease_expires_at.as_micros())
+    .bind(req.now.as_micros())
+    .bind(&req.job_type)
+    .bind(i64::try_from(req.limit).unwrap_or(i64::MAX))
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let actor = format!("worker:{}", req.owner);
+    sqlx::query(
+        "INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor)
+         SELECT id, ?1, 'queued', 'running', attempt, ?2 FROM jobs
+         WHERE state = 'running' AND lease_token = ?3",
+    )
+    .bind(req.now.as_micros())
+    .bind(&actor)
+    .bind(req.token)
+    .execute(&mut *conn)
+    .await?;
+    let mut jobs = rows
+        .iter()
+        .map(|row| {
+            Ok(ClaimedJob {
+                id: row.try_get("id")?,
+                job_type: req.job_type.clone(),
+                payload: row.try_get("payload")?,
+                attempt: u32_of(row, "attempt")?,
+                max_attempts: u32_of(row, "max_attempts")?,
+                run_at: Timestamp(row.try_get("run_at")?),
+                token: req.token,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    jobs.sort_by_key(|j| (j.run_at, j.id));
+    Ok(jobs)
+}
+
+async fn complete(conn: &mut SqliteConnection, c: &Completion) -> StoreResult<bool> {
+    let (state, result, error, run_at, finished_at) = match &c.outcome {
+        Outcome::Succeeded { result } => (JobState::Succeeded, result.as_deref(), None, None, Some(c.now)),
+        Outcome::Retry { error, run_at } => (JobState::Scheduled, None, Some(error.as_str()), Some(*run_at), None),
+        Outcome::Dead { error } => (JobState::Dead, None, Some(error.as_str()), None, Some(c.now)),
+    };
+    let attempt: Option<i64> = sqlx::query_scalar(
+        "UPDATE jobs SET state = ?1, result = ?2, last_error = COALESCE(?3, last_error),
+                run_at = COALESCE(?4, run_at), finished_at = ?5, plugin_digest = ?6, updated_at = ?7,
+                lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+         WHERE id = ?8 AND state = 'running' AND lease_token = ?9
+         RETURNING attempt",
+    )
+    .bind(state.as_str())
+    .bind(result)
+    .bind(error)
+    .bind(run_at.map(Timestamp::as_micros))
+    .bind(finished_at.map(Timestamp::as_micros))
+    .bind(&c.plugin_digest)
+    .bind(c.now.as_micros())
+    .bind(c.id)
+    .bind(c.token)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(attempt) = attempt else {
+        return Ok(false);
+    };
+    let actor = format!("worker:{}", c.owner);
+    event_insert(
+        conn,
+        Event {
+            job_id: c.id,
+            at: c.now,
+            from: Some(JobState::Running),
+            to: state,
+            attempt,
+            actor: &actor,
+            reason: error,
+            plugin_digest: Some(&c.plugin_digest),
+        },
+    )
+    .await?;
+    Ok(true)
+}
+
+async fn release(conn: &mut SqliteConnection, id: JobId, token: i64, now: Timestamp) -> StoreResult<bool> {
+    let attempt: Option<i64> = sqlx::query_scalar(
+        "UPDATE jobs SET state = 'queued', attempt = attempt - 1, updated_at = ?1,
+                lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+         WHERE id = ?2 AND state = 'running' AND lease_token = ?3
+         RETURNING attempt",
+    )
+    .bind(now.as_micros())
+    .bind(id)
+    .bind(token)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(attempt) = attempt else {
+        return Ok(false);
+    };
+    event_insert(
+        conn,
+        Event {
+            job_id: id,
+            at: now,
+            from: Some(JobState::Running),
+            to: JobState::Queued,
+            attempt,
+            actor: "worker",
+            reason: Some("released at shutdown before the attempt finished; the attempt is not counted"),
+            plugin_digest: None,
+        },
+    )
+    .await?;
+    Ok(true)
+}
+
+async fn reap(conn: &mut SqliteConnection, now: Timestamp) -> StoreResult<Reaped> {
+    let rows = sqlx::query(
+        "UPDATE jobs SET
+                state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
+                finished_at = CASE WHEN attempt >= max_attempts THEN ?1 ELSE NULL END,
+                last_error = 'lease expired: attempt ' || attempt
+                             || ' stopped without reporting an outcome (host crashed or was killed)',
+                updated_at = ?1, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+         WHERE state = 'running' AND lease_expires_at <= ?1
+         RETURNING id, state, attempt, last_error",
+    )
+    .bind(now.as_micros())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut reaped = Reaped::default();
+    for row in &rows {
+        let id: JobId = row.try_get("id")?;
+        let to = state_of(row, "state")?;
+        let reason: String = row.try_get("last_error")?;
+        event_insert(
+            conn,
+            Event {
+                job_id: id,
+                at: now,
+                from: Some(JobState::Running),
+                to,
+                attempt: row.try_get("attempt")?,
+                actor: "reaper",
+                reason: Some(&reason),
+                plugin_digest: None,
+            },
+        )
+        .await?;
+        match to {
+            JobState::Dead => reaped.dead.push(id),
+            _ => reaped.requeued.push(id),
+        }
+    }
+    Ok(reaped)
+}
+
+async fn promote(conn: &mut SqliteConnection, now: Timestamp) -> StoreResult<Vec<JobId>> {
+    sqlx::query(
+        "INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
+         SELECT id, ?1, 'scheduled', 'queued', attempt, 'promoter', 'due'
+         FROM jobs WHERE state = 'scheduled' AND run_at <= ?1",
+    )
+    .bind(now.as_micros())
+    .execute(&mut *conn)
+    .await?;
+    let ids = sqlx::query_scalar(
+        "UPDATE jobs SET state = 'queued', updated_at = ?1
+         WHERE state = 'scheduled' AND run_at <= ?1 RETURNING id",
+    )
+    .bind(now.as_micros())
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(ids)
+}
+
+async fn replay(conn: &mut SqliteConnection, id: JobId, now: Timestamp) -> StoreResult<JobRecord> {
+    let done = sqlx::query(
+        "UPDATE jobs SET state = 'queued', attempt = 0, run_at = ?1, result = NULL,
+                finished_at = NULL, updated_at = ?1
+         WHERE id = ?2 AND state = 'dead'",
+    )
+    .bind(now.as_micros())
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    operator_transition(conn, id, now, done.rows_affected(), JobState::Dead, JobState::Queued,
+        "replayed from the dead-letter queue with a fresh attempt budget").await
+}
+
+async fn cancel(conn: &mut SqliteConnection, id: JobId, now: Timestamp) -> StoreResult<JobRecord> {
+    let from: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let from = match from {
+        None => return Err(StoreError::NotFound(id)),
+        Some(s) => parse_state(&s)?,
+    };
+    let done = sqlx::query(
+        "UPDATE jobs SET state = 'cancelled', finished_at = ?1, updated_at = ?1
+         WHERE id = ?2 AND state IN ('queued', 'scheduled')",
+    )
+    .bind(now.as_micros())
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    operator_transition(conn, id, now, done.rows_affected(), from, JobState::Cancelled,
+        "cancelled by an operator").await
+}
+
+/// After an operator's conditional UPDATE: records the event if it applied,
+/// else says why not. Returns the job as it now is.
+async fn operator_transition(
+    conn: &mut SqliteConnection,
+    id: JobId,
+    now: Timestamp,
+    rows_affected: u64,
+    from: JobState,
+    to: JobState,
+    reason: &str,
+) -> StoreResult<JobRecord> {
+    let record = record_get(&mut *conn, id).await?.ok_or(StoreError::NotFound(id))?;
+    if rows_affected == 0 {
+        return Err(StoreError::WrongState { id, state: record.state });
+    }
+    event_insert(
+        conn,
+        Event {
+            job_id: id,
+            at: now,
+            from: Some(from),
+            to,
+            attempt: i64::from(record.attempt),
+            actor: "admin",
+            reason: Some(reason),
+            plugin_digest: None,
+        },
+    )
+    .await?;
+    Ok(record)
+}
+
+async fn record_get(conn: &mut SqliteConnection, id: JobId) -> StoreResult<Option<JobRecord>> {
+    let row = sqlx::query("SELECT * FROM jobs WHERE id = ?1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(record_of).transpose()
+}
+
+fn record_of(row: &SqliteRow) -> StoreResult<JobRecord> {
+    let time = |col: &str| -> StoreResult<Timestamp> { Ok(Timestamp(row.try_get(col)?)) };
+    let opt_time = |col: &str| -> StoreResult<Option<Timestamp>> {
+        Ok(row.try_get::<Option<i64>, _>(col)?.map(Timestamp))
+    };
+    Ok(JobRecord {
+        id: row.try_get("id")?,
+        job_type: row.try_get("job_type")?,
+        state: state_of(row, "state")?,
+        payload: row.try_get("payload")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        attempt: u32_of(row, "attempt")?,
+        max_attempts: u32_of(row, "max_attempts")?,
+        run_at: time("run_at")?,
+        last_error: row.try_get("last_error")?,
+        result: row.try_get("result")?,
+        plugin_digest: row.try_get("plugin_digest")?,
+        lease_expires_at: opt_time("lease_expires_at")?,
+        created_at: time("created_at")?,
+        updated_at: time("updated_at")?,
+        started_at: opt_time("started_at")?,
+        finished_at: opt_time("finished_at")?,
+    })
+}
+
+fn parse_state(s: &str) -> StoreResult<JobState> {
+    s.parse().map_err(|e| StoreError::Backend(format!("{e}")))
+}
+
+fn state_of(row: &SqliteRow, col: &str) -> StoreResult<JobState> {
+    parse_state(row.try_get::<&str, _>(col)?)
+}
+
+fn u32_of(row: &SqliteRow, col: &str) -> StoreResult<u32> {
+    let v: i64 = row.try_get(col)?;
+    u32::try_from(v).map_err(|_| StoreError::Backend(format!("{col} out of range: {v}")))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn job_insert(&self, job: NewJob, now: Timestamp) -> StoreResult<Enqueued> {
+        match self.send(Op::Insert(job, now)).await? {
+            Reply::Enqueued(e) => Ok(e),
+            _ => unreachable!("the writer answers Insert with Enqueued"),
+        }
+    }
+
+    async fn job_get(&self, id: JobId) -> StoreResult<Option<JobRecord>> {
+        let mut conn = self.readers.acquire().await?;
+        record_get(&mut conn, id).await
+    }
+
+    async fn job_events(&self, id: JobId) -> StoreResult<Vec<JobEvent>> {
+        let rows = sqlx::query(
+            "SELECT at, from_state, to_state, attempt, actor, reason, plugin_digest
+             FROM job_events WHERE job_id = ?1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(JobEvent {
+                    at: Timestamp(row.try_get("at")?),
+                    from: row
+                        .try_get::<Option<&str>, _>("from_state")?
+                        .map(parse_state)
+                        .transpose()?,
+                    to: state_of(row, "to_state")?,
+                    attempt: u32_of(row, "attempt")?,
+                    actor: row.try_get("actor")?,
+                    reason: row.try_get("reason")?,
+                    plugin_digest: row.try_get("plugin_digest")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn job_claim(&self, req: ClaimRequest) -> StoreResult<Vec<ClaimedJob>> {
+        match self.send(Op::Claim(req)).await? {
+            Reply::Claimed(jobs) => Ok(jobs),
+            _ => unreachable!("the writer answers Claim with Claimed"),
+        }
+    }
+
+    async fn job_complete(&self, completion: Completion) -> StoreResult<bool> {
+        match self.send(Op::Complete(completion)).await? {
+            Reply::Applied(applied) => Ok(applied),
+            _ => unreachable!("the writer answers Complete with Applied"),
+        }
+    }
+
+    async fn lease_release(&self, id: JobId, token: i64, now: Timestamp) -> StoreResult<bool> {
+        match self.send(Op::Release { id, token, now }).await? {
+            Reply::Applied(applied) => Ok(applied),
+            _ => unreachable!("the writer answers Release with Applied"),
+        }
+    }
+
+    async fn lease_reap(&self, now: Timestamp) -> StoreResult<Reaped> {
+        match self.send(Op::Reap(now)).await? {
+            Reply::Reaped(r) => Ok(r),
+            _ => unreachable!("the writer answers Reap with Reaped"),
+        }
+    }
+
+    async fn job_promote(&self, now: Timestamp) -> StoreResult<Vec<JobId>> {
+        match self.send(Op::Promote(now)).await? {
+            Reply::Promoted(ids) => Ok(ids),
+            _ => unreachable!("the writer answers Promote with Promoted"),
+        }
+    }
+
+    async fn job_next_due(&self) -> StoreResult<Option<Timestamp>> {
+        let next: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE state = 'scheduled'")
+                .fetch_one(&self.readers)
+                .await?;
+        Ok(next.map(Timestamp))
+    }
+
+    async fn job_replay(&self, id: JobId, now: Timestamp) -> StoreResult<JobRecord> {
+        match self.send(Op::Replay(id, now)).await? {
+            Reply::Record(r) => Ok(*r),
+            _ => unreachable!("the writer answers Replay with Record"),
+        }
+    }
+
+    async fn job_cancel(&self, id: JobId, now: Timestamp) -> StoreResult<JobRecord> {
+        match self.send(Op::Cancel(id, now)).await? {
+            Reply::Record(r) => Ok(*r),
+            _ => unreachable!("the writer answers Cancel with Record"),
+        }
+    }
+
+    async fn counts(&self) -> StoreResult<StateCounts> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+            .fetch_all(&self.readers)
+            .await?;
+        let mut counts = StateCounts::default();
+        for row in &rows {
+            counts.add(state_of(row, "state")?, row.try_get::<i64, _>("n")? as u64);
+        }
+        Ok(counts)
+    }
+
+    async fn counts_by_type(&self) -> StoreResult<Vec<(String, StateCounts)>> {
+        let rows = sqlx::query(
+            "SELECT job_type, state, COUNT(*) AS n FROM jobs GROUP BY job_type, state ORDER BY job_type",
+        )
+        .fetch_all(&self.readers)
+        .await?;
+        let mut out: Vec<(String, StateCounts)> = Vec::new();
+        for row in &rows {
+            let job_type: String = row.try_get("job_type")?;
+            if out.last().is_none_or(|(t, _)| *t != job_type) {
+                out.push((job_type, StateCounts::default()));
+            }
+            let (_, counts) = out.last_mut().expect("pushed above");
+            counts.add(state_of(row, "state")?, row.try_get::<i64, _>("n")? as u64);
+        }
+        Ok(out)
+    }
+
+    async fn close(&self) {
+        // Ok or Closed: either way the writer is gone afterwards.
+        let _ = self.send(Op::Close).await;
+        self.readers.close().await;
+    }
+}

@@ -1,0 +1,60 @@
+//! Metrics: the names jobhost exports and the Prometheus recorder.
+//!
+//! Roles record through the `metrics` facade with these names; nothing is
+//! threaded through their signatures. Every name starts with `jobhost_`.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const JOBS_ENQUEUED: &str = "jobhost_jobs_enqueued_total";
+pub const ATTEMPTS_STARTED: &str = "jobhost_attempts_started_total";
+pub const JOBS_SUCCEEDED: &str = "jobhost_jobs_succeeded_total";
+pub const JOBS_RETRIED: &str = "jobhost_jobs_retried_total";
+pub const JOBS_DEAD: &str = "jobhost_jobs_dead_total";
+pub const ATTEMPT_DURATION: &str = "jobhost_attempt_duration_seconds";
+pub const ATTEMPT_FUEL: &str = "jobhost_attempt_fuel_consumed";
+pub const QUEUE_LATENCY: &str = "jobhost_queue_latency_seconds";
+pub const QUEUE_DEPTH: &str = "jobhost_queue_depth";
+
+const SECONDS_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0,
+];
+const FUEL_BUCKETS: &[f64] = &[1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once) and returns its handle.
+pub fn prometheus() -> Result<PrometheusHandle, String> {
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(ATTEMPT_FUEL.into()), FUEL_BUCKETS))
+        .map_err(|e| e.to_string())?
+        .build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_ok() {
+        describe();
+        let _ = HANDLE.set(handle);
+    }
+    HANDLE
+        .get()
+        .cloned()
+        .ok_or_else(|| "another metrics recorder is already installed".to_owned())
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(JOBS_ENQUEUED, "Jobs accepted, per type");
+    describe_counter!(ATTEMPTS_STARTED, "Attempts started, per type");
+    describe_counter!(JOBS_SUCCEEDED, "Jobs that succeeded, per type");
+    describe_counter!(JOBS_RETRIED, "Failed attempts scheduled for a retry, per type");
+    describe_counter!(JOBS_DEAD, "Jobs moved to the dead-letter queue, per type");
+    describe_histogram!(ATTEMPT_DURATION, Unit::Seconds, "Time to instantiate and run one attempt");
+    describe_histogram!(ATTEMPT_FUEL, "Wasm fuel consumed by one attempt");
+    describe_histogram!(QUEUE_LATENCY, Unit::Seconds, "From due to attempt start");
+    describe_gauge!(QUEUE_DEPTH, "Jobs per type and state, read from the store at scrape time");
+}

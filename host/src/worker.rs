@@ -1,0 +1,287 @@
+//! The worker: claims ready jobs and runs them.
+//!
+//! The *producer* (one task per host) leases batches of queued jobs, only for
+//! types with a loaded plugin and only as many as there are free slots (host
+//! concurrency and each plugin's own). Each leased job becomes an *executor*
+//! task: run one attempt in the runtime, turn its outcome into a transition
+//! ([`decide`]), and record it through the store, fenced by the lease token.
+//!
+//! Shutdown comes in two steps: `stop` ends claiming (running attempts go on);
+//! `abort` ends the attempts still running and gives their jobs back to the
+//! queue without spending the attempt.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backoff::Backoff;
+use crate::clock::{Clock, Timestamp};
+use crate::dispatch::Dispatch;
+use crate::plugins::{LoadedPlugin, Registry};
+use crate::runtime::{AttemptInput, AttemptOutcome, Runtime};
+use crate::store::{ClaimRequest, ClaimedJob, Completion, Outcome, Store, StoreError};
+use crate::telemetry;
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Names this host in leases and events.
+    pub owner: String,
+    /// Attempts in flight at once on this host.
+    pub concurrency: usize,
+    /// Most jobs leased per claim statement.
+    pub claim_batch: usize,
+    /// How long a lease outlives the attempt's deadline.
+    pub lease_grace: Duration,
+    /// Claim at least this often even without a hint.
+    pub poll_interval: Duration,
+}
+
+pub struct Worker {
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<Registry>,
+    pub runtime: Arc<Runtime>,
+    pub dispatch: Arc<Dispatch>,
+    pub clock: Arc<dyn Clock>,
+    pub config: WorkerConfig,
+}
+
+/// Permits an executor holds while its attempt runs; dropping them frees the slots.
+struct Slots {
+    _host: OwnedSemaphorePermit,
+    _plugin: OwnedSemaphorePermit,
+}
+
+impl Worker {
+    /// Claims and runs jobs until `stop`; then waits for running attempts
+    /// (which `abort` cuts short) and returns.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken, abort: CancellationToken) {
+        let host_slots = Arc::new(Semaphore::new(self.config.concurrency));
+        let executors = TaskTracker::new();
+        while !stop.is_cancelled() {
+            let full_batch = self.claim_round(&host_slots, &executors, &abort).await;
+            if full_batch {
+                // There may be more waiting: claim again at once.
+                continue;
+            }
+            tokio::select! {
+                () = self.dispatch.wait() => {}
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+                () = stop.cancelled() => {}
+            }
+        }
+        executors.close();
+        executors.wait().await;
+    }
+
+    /// One pass over the loaded plugins, claiming what fits. Returns whether
+    /// some claim came back full (so more jobs may be ready).
+    async fn claim_round(
+        self: &Arc<Self>,
+        host_slots: &Arc<Semaphore>,
+        executors: &TaskTracker,
+        abort: &CancellationToken,
+    ) -> bool {
+        let mut full_batch = false;
+        for plugin in self.registry.all() {
+            let free = host_slots
+                .available_permits()
+                .min(plugin.slots.available_permits())
+                .min(self.config.claim_batch);
+            if free == 0 {
+                continue;
+            }
+            let now = self.clock.now();
+            let request = ClaimRequest {
+                job_type: plugin.job_type.clone(),
+                limit: free,
+                owner: self.config.owner.clone(),
+                token: rand::random(),
+                now,
+                lease_expires_at: now.plus(plugin.manifest.limits.timeout + self.config.lease_grace),
+            };
+            let jobs = match self.store.job_claim(request).await {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    tracing::error!(error = %e, job_type = %plugin.job_type, "claim failed; retrying after the poll interval");
+                    return false;
+                }
+            };
+            full_batch |= jobs.len() == free;
+            for job in jobs {
+                // Only this task takes permits, and it saw `free` available,
+                // so these cannot fail.
+                let slots = Slots {
+                    _host: host_slots.clone().try_acquire_owned().expect("host slot counted as free"),
+                    _plugin: plugin.slots.clone().try_acquire_owned().expect("plugin slot counted as free"),
+                };
+                let worker = self.clone();
+                let plugin = plugin.clone();
+                let abort = abort.clone();
+                executors.spawn(async move { worker.execute(job, plugin, slots, abort).await });
+            }
+        }
+        full_batch
+    }
+
+    /// Runs one attempt of `job` and records its outcome.
+    async fn execute(self: Arc<Self>, job: ClaimedJob, plugin: Arc<LoadedPlugin>, slots: Slots, abort: CancellationToken) {
+        let job_type = plugin.job_type.as_str();
+        let started = self.clock.now();
+        metrics::counter!(telemetry::ATTEMPTS_STARTED, "type" => job_type.to_owned()).increment(1);
+        metrics::histogram!(telemetry::QUEUE_LATENCY, "type" => job_type.to_owned())
+            .record(job.run_at.until(started).as_secs_f64());
+        let input = AttemptInput {
+            id: job.id,
+            job_type,
+            payload: &job.payload,
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+        };
+        let report = tokio::select! {
+            report = self.runtime.run(&plugin.compiled, &plugin.manifest.limits, input) => report,
+            () = abort.cancelled() => {
+                match self.store.lease_release(job.id, job.token, self.clock.now()).await {
+                    Ok(_) => tracing::warn!(job = job.id, "attempt cut short at shutdown; job returned to the queue"),
+                    Err(e) => tracing::error!(job = job.id, error = %e, "could not release the lease at shutdown; the reaper will requeue the job when it expires"),
+                }
+                return;
+            }
+        };
+        metrics::histogram!(telemetry::ATTEMPT_DURATION, "type" => job_type.to_owned())
+            .record(report.duration.as_secs_f64());
+        metrics::histogram!(telemetry::ATTEMPT_FUEL, "type" => job_type.to_owned())
+            .record(report.fuel_consumed as f64);
+
+        let now = self.clock.now();
+        let outcome = decide(report.outcome, job.attempt, job.max_attempts, &plugin.manifest.backoff, now, &mut rand::rng());
+        let counter = match &outcome {
+            Outcome::Succeeded { .. } => telemetry::JOBS_SUCCEEDED,
+            Outcome::Retry { .. } => telemetry::JOBS_RETRIED,
+            Outcome::Dead { .. } => telemetry::JOBS_DEAD,
+        };
+        let retry = matches!(outcome, Outcome::Retry { .. });
+        if let Outcome::Retry { error, .. } | Outcome::Dead { error } = &outcome {
+            tracing::debug!(job = job.id, attempt = job.attempt, error = %error, "attempt failed");
+        }
+        let completion = Completion {
+            id: job.id,
+            token: job.token,
+            owner: self.config.owner.clone(),
+            outcome,
+            plugin_digest: plugin.compiled.digest.clone(),
+            now,
+        };
+        match self.complete(completion).await {
+            Ok(true) => {
+                metrics::counter!(counter, "type" => job_type.to_owned()).increment(1);
+                if retry {
+                    self.dispatch.scheduled();
+                }
+            }
+            Ok(false) => tracing::warn!(job = job.id, attempt = job.attempt, "lease lost before the attempt finished; its outcome was discarded"),
+            Err(e) => tracing::error!(job = job.id, error = %e, "could not record the attempt; the reaper will requeue the job when its lease expires"),
+        }
+        drop(slots);
+        self.dispatch.hint();
+    }
+
+    /// Records a completion, retrying a few times if the backend hiccups.
+    async fn complete(&self, completion: Completion) -> Result<bool, StoreError> {
+        let mut delay = Duration::from_millis(50);
+        for _ in 0..3 {
+            match self.store.job_complete(completion.clone()).await {
+                Err(StoreError::Backend(e)) => {
+                    tracing::warn!(job = completion.id, error = %e, "recording the outcome failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 4;
+                }
+                other => return other,
+            }
+        }
+        self.store.job_complete(completion).await
+    }
+}
+
+/// Turns an attempt's outcome into the transition the store records.
+pub fn decide(
+    outcome: AttemptOutcome,
+    attempt: u32,
+    max_attempts: u32,
+    backoff: &Backoff,
+    now: Timestamp,
+    rng: &mut impl rand::Rng,
+) -> Outcome {
+    let error = match outcome {
+        AttemptOutcome::Ok(result) => {
+            return Outcome::Succeeded {
+                result: result.map(ensure_json),
+            };
+        }
+        AttemptOutcome::Fatal(msg) => return Outcome::Dead { error: format!("fatal: {msg}") },
+        AttemptOutcome::Retry(msg) => msg,
+        AttemptOutcome::Trapped(reason) => reason.to_string(),
+    };
+    if attempt >= max_attempts {
+        Outcome::Dead {
+            error: format!("{error} (attempt {attempt} of {max_attempts}: no attempts left)"),
+        }
+    } else {
+        Outcome::Retry {
+            error,
+            run_at: now.plus(backoff.delay(attempt, rng)),
+        }
+    }
+}
+
+/// A plugin's result must be JSON; a plain string is kept as a JSON string.
+fn ensure_json(result: String) -> String {
+    if serde_json::from_str::<serde::de::IgnoredAny>(&result).is_ok() {
+        result
+    } else {
+        serde_json::Value::String(result).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::TrapReason;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn run(outcome: AttemptOutcome, attempt: u32) -> Outcome {
+        let backoff = Backoff { jitter: 0.0, ..Backoff::default() };
+        decide(outcome, attempt, 3, &backoff, Timestamp(0), &mut StdRng::seed_from_u64(1))
+    }
+
+    #[test]
+    fn success_keeps_json_and_quotes_plain_text() {
+        assert_eq!(run(AttemptOutcome::Ok(Some("{\"a\":1}".into())), 1), Outcome::Succeeded { result: Some("{\"a\":1}".into()) });
+        assert_eq!(run(AttemptOutcome::Ok(Some("done".into())), 1), Outcome::Succeeded { result: Some("\"done\"".into()) });
+        assert_eq!(run(AttemptOutcome::Ok(None), 1), Outcome::Succeeded { result: None });
+    }
+
+    #[test]
+    fn retryable_failures_back_off_until_the_last_attempt() {
+        assert_eq!(
+            run(AttemptOutcome::Retry("busy".into()), 2),
+            Outcome::Retry { error: "busy".into(), run_at: Timestamp(2_000_000) }
+        );
+        assert_eq!(
+            run(AttemptOutcome::Trapped(TrapReason::FuelExhausted { fuel: 10 }), 1),
+            Outcome::Retry { error: "fuel exhausted after 10 units".into(), run_at: Timestamp(1_000_000) }
+        );
+        assert_eq!(
+            run(AttemptOutcome::Retry("busy".into()), 3),
+            Outcome::Dead { error: "busy (attempt 3 of 3: no attempts left)".into() }
+        );
+    }
+
+    #[test]
+    fn fatal_goes_straight_to_the_dlq() {
+        assert_eq!(run(AttemptOutcome::Fatal("bad".into()), 1), Outcome::Dead { error: "fatal: bad".into() });
+    }
+}
