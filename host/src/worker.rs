@@ -99,6 +99,7 @@ impl Worker {
                 limit: free,
                 owner: self.config.owner.clone(),
                 token: rand::random(),
+                plugin_digest: plugin.compiled.digest.clone(),
                 now,
                 lease_expires_at: now.plus(plugin.manifest.limits.timeout + self.config.lease_grace),
             };
@@ -226,7 +227,7 @@ pub fn decide(
     };
     if attempt >= max_attempts {
         Outcome::Dead {
-            error: format!("{error} (attempt {attempt} of {max_attempts}: no attempts left)"),
+            error: format!("{error} (no attempts left: {attempt} of {max_attempts} used)"),
         }
     } else {
         Outcome::Retry {
@@ -276,7 +277,7 @@ mod tests {
         );
         assert_eq!(
             run(AttemptOutcome::Retry("busy".into()), 3),
-            Outcome::Dead { error: "busy (attempt 3 of 3: no attempts left)".into() }
+            Outcome::Dead { error: "busy (no attempts left: 3 of 3 used)".into() }
         );
     }
 

@@ -1,1 +1,139 @@
-fn main() {}
+//! `cargo xtask <command>`: the project's developer commands.
+//!
+//! - `plugins`: builds every plugin for wasm32-wasip2 (adding the target if it
+//!   is missing) and lays them out under `target/jobhost-plugins/`.
+//! - `run [--release] [-- <serve flags>]`: builds the plugins and starts
+//!   `jobhost serve` with the example plugins on the embedded store (`./data`).
+//! - `test [-- <cargo test args>]`: builds everything and runs the whole test suite.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+/// Example plugins served by `cargo xtask run`.
+const EXAMPLES: &[&str] = &["email_welcome", "noop"];
+/// Plugins only the test suite loads.
+const TEST_PLUGINS: &[&str] = &["testing"];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("plugins") => plugins().map(|_| ()),
+        Some("run") => run(&args[1..]),
+        Some("test") => test(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask <plugins | run [--release] [-- serve flags] | test [-- cargo test args]>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_owned()
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn ensure_wasm_target() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("running rustup (jobhost's plugins need rustup to add the wasm32-wasip2 target)")?;
+    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == WASM_TARGET) {
+        return Ok(());
+    }
+    eprintln!("xtask: adding the {WASM_TARGET} target");
+    status(Command::new("rustup").args(["target", "add", WASM_TARGET]))
+}
+
+/// Builds the plugins and returns `target/jobhost-plugins`, which holds
+/// `examples/` (each example's .wasm and manifest) and `testing/`.
+fn plugins() -> Result<PathBuf> {
+    ensure_wasm_target()?;
+    let root = root();
+    let plugins = root.join("plugins");
+    let target_dir = root.join("target").join("plugins");
+    status(
+        cargo()
+            .current_dir(&plugins)
+            .args(["build", "--release", "--target", WASM_TARGET, "--target-dir"])
+            .arg(&target_dir),
+    )?;
+    let built = target_dir.join(WASM_TARGET).join("release");
+    let out = root.join("target").join("jobhost-plugins");
+    for (group, names) in [("examples", EXAMPLES), ("testing", TEST_PLUGINS)] {
+        let dir = out.join(group);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for name in names {
+            let wasm = built.join(format!("{name}.wasm"));
+            std::fs::copy(&wasm, dir.join(format!("{name}.wasm")))
+                .with_context(|| format!("copying {}", wasm.display()))?;
+            let manifest = plugins.join(name).join(format!("{name}.toml"));
+            if manifest.exists() {
+                std::fs::copy(&manifest, dir.join(format!("{name}.toml")))
+                    .with_context(|| format!("copying {}", manifest.display()))?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let (ours, serve_args) = match args.iter().position(|a| a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (args, &[][..]),
+    };
+    let release = ours.iter().any(|a| a == "--release");
+    if let Some(other) = ours.iter().find(|a| *a != "--release") {
+        bail!("unknown flag {other:?} for `cargo xtask run` (flags for jobhost go after `--`)");
+    }
+    let plugins = plugins()?.join("examples");
+    let mut cmd = cargo();
+    cmd.current_dir(root()).args(["run", "--package", "jobhost"]);
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.args(["--", "serve", "--plugins"]).arg(&plugins).args(serve_args);
+    status(&mut cmd)
+}
+
+fn test(args: &[String]) -> Result<()> {
+    let plugins = plugins()?;
+    let root = root();
+    // The end-to-end tests start the real binary: build it first.
+    status(cargo().current_dir(&root).args(["build", "--package", "jobhost", "--bin", "jobhost"]))?;
+    let extra = match args.first().map(String::as_str) {
+        Some("--") => &args[1..],
+        _ => args,
+    };
+    status(
+        cargo()
+            .current_dir(&root)
+            .args(["test", "--workspace"])
+            .args(extra)
+            .env("JOBHOST_TEST_PLUGINS", &plugins)
+            .env("JOBHOST_BIN", root.join("target").join("debug").join("jobhost")),
+    )
+}

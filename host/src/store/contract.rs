@@ -1,0 +1,383 @@
+//! The store contract suite: every backend runs every scenario here through
+//! `contract_tests!`. A new backend passes all of them or is not done.
+//!
+//! Each scenario takes a fresh, empty store and drives time by hand.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::clock::Timestamp;
+use crate::job::JobState;
+
+const T0: Timestamp = Timestamp(1_700_000_000_000_000);
+const SECOND: Duration = Duration::from_secs(1);
+
+fn new_job(job_type: &str, key: Option<&str>) -> NewJob {
+    NewJob {
+        job_type: job_type.into(),
+        payload: r#"{"userId":42}"#.into(),
+        idempotency_key: key.map(Into::into),
+        max_attempts: 3,
+        run_at: T0,
+    }
+}
+
+async fn insert(s: &dyn Store, job: NewJob) -> JobId {
+    match s.job_insert(job, T0).await.unwrap() {
+        Enqueued::Created { id, .. } => id,
+        other => panic!("expected a new job, got {other:?}"),
+    }
+}
+
+fn claim_req(job_type: &str, limit: usize, token: i64, now: Timestamp) -> ClaimRequest {
+    ClaimRequest {
+        job_type: job_type.into(),
+        limit,
+        owner: format!("test-{token}"),
+        token,
+        plugin_digest: "sha256:test".into(),
+        now,
+        lease_expires_at: now.plus(30 * SECOND),
+    }
+}
+
+fn completion(job: &ClaimedJob, outcome: Outcome, now: Timestamp) -> Completion {
+    Completion {
+        id: job.id,
+        token: job.token,
+        owner: "test".into(),
+        outcome,
+        plugin_digest: "sha256:test".into(),
+        now,
+    }
+}
+
+async fn state(s: &dyn Store, id: JobId) -> JobState {
+    s.job_get(id).await.unwrap().expect("job exists").state
+}
+
+async fn transitions(s: &dyn Store, id: JobId) -> Vec<(Option<JobState>, JobState)> {
+    s.job_events(id).await.unwrap().iter().map(|e| (e.from, e.to)).collect()
+}
+
+pub async fn insert_then_get(s: &dyn Store) {
+    let id = insert(s, new_job("email", None)).await;
+    let job = s.job_get(id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!((job.attempt, job.max_attempts), (0, 3));
+    assert_eq!(job.payload, r#"{"userId":42}"#);
+    assert_eq!(job.created_at, T0);
+    assert_eq!(transitions(s, id).await, vec![(None, JobState::Queued)]);
+    assert!(s.job_get(id + 1000).await.unwrap().is_none());
+}
+
+pub async fn idempotency_key_names_one_job_per_type(s: &dyn Store) {
+    let first = insert(s, new_job("email", Some("k1"))).await;
+    let again = s.job_insert(new_job("email", Some("k1")), T0).await.unwrap();
+    assert_eq!(again, Enqueued::Existing { id: first, state: JobState::Queued });
+    // The same key under another type is another job.
+    let other = insert(s, new_job("sms", Some("k1"))).await;
+    assert_ne!(other, first);
+    // No key: every submission is a job.
+    let a = insert(s, new_job("email", None)).await;
+    let b = insert(s, new_job("email", None)).await;
+    assert_ne!(a, b);
+    assert_eq!(s.counts().await.unwrap().queued, 4);
+    // The duplicate wrote no event.
+    assert_eq!(transitions(s, first).await.len(), 1);
+}
+
+pub async fn concurrent_inserts_all_commit(s: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let key = (i % 2 == 0).then(|| format!("key-{}", i / 2 % 50));
+                s.job_insert(new_job("email", key.as_deref()), T0).await.unwrap()
+            })
+        })
+        .collect();
+    let mut created = std::collections::HashSet::new();
+    let mut existing = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Enqueued::Created { id, .. } => assert!(created.insert(id), "id {id} handed out twice"),
+            Enqueued::Existing { .. } => existing += 1,
+        }
+    }
+    // 100 without a key + 50 distinct keys; the other 50 keyed ones are repeats.
+    assert_eq!(created.len(), 150);
+    assert_eq!(existing, 50);
+    assert_eq!(s.counts().await.unwrap().queued, 150);
+}
+
+pub async fn delayed_jobs_wait_for_the_promoter(s: &dyn Store) {
+    let id = insert(s, NewJob { run_at: T0.plus(10 * SECOND), ..new_job("email", None) }).await;
+    assert_eq!(state(s, id).await, JobState::Scheduled);
+    assert!(s.job_claim(claim_req("email", 10, 1, T0.plus(20 * SECOND))).await.unwrap().is_empty());
+    assert_eq!(s.job_next_due().await.unwrap(), Some(T0.plus(10 * SECOND)));
+    assert!(s.job_promote(T0.plus(9 * SECOND)).await.unwrap().is_empty());
+    assert_eq!(s.job_promote(T0.plus(10 * SECOND)).await.unwrap(), vec![id]);
+    assert_eq!(state(s, id).await, JobState::Queued);
+    assert_eq!(s.job_next_due().await.unwrap(), None);
+    assert_eq!(
+        transitions(s, id).await,
+        vec![(None, JobState::Scheduled), (Some(JobState::Scheduled), JobState::Queued)]
+    );
+}
+
+pub async fn claim_takes_oldest_due_of_one_type_and_counts_the_attempt(s: &dyn Store) {
+    let late = insert(s, NewJob { run_at: T0.plus(SECOND), ..new_job("email", None) }).await;
+    let early = insert(s, new_job("email", None)).await;
+    let _other_type = insert(s, new_job("sms", None)).await;
+    s.job_promote(T0.plus(SECOND)).await.unwrap();
+    let now = T0.plus(2 * SECOND);
+    let claimed = s.job_claim(claim_req("email", 1, 7, now)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, early);
+    assert_eq!((claimed[0].attempt, claimed[0].max_attempts, claimed[0].token), (1, 3, 7));
+    let job = s.job_get(early).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Running);
+    assert_eq!(job.started_at, Some(now));
+    assert_eq!(job.lease_expires_at, Some(now.plus(30 * SECOND)));
+    let rest = s.job_claim(claim_req("email", 10, 8, now)).await.unwrap();
+    assert_eq!(rest.iter().map(|j| j.id).collect::<Vec<_>>(), vec![late]);
+    assert!(s.job_claim(claim_req("email", 10, 9, now)).await.unwrap().is_empty());
+    let events = s.job_events(early).await.unwrap();
+    assert_eq!(events.last().unwrap().plugin_digest.as_deref(), Some("sha256:test"));
+}
+
+pub async fn concurrent_claims_hand_each_job_to_one_claimer(s: Arc<dyn Store>) {
+    for _ in 0..120 {
+        insert(&*s, new_job("email", None)).await;
+    }
+    let claimers: Vec<_> = (0..6)
+        .map(|c| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let got = s.job_claim(claim_req("email", 7, c, T0)).await.unwrap();
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(got.into_iter().map(|j| j.id));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for c in claimers {
+        all.extend(c.await.unwrap());
+    }
+    let unique: std::collections::HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 120, "every job claimed");
+    assert_eq!(unique.len(), 120, "no job claimed twice");
+}
+
+pub async fn completion_is_fenced_by_the_lease_token(s: &dyn Store) {
+    let id = insert(s, new_job("email", None)).await;
+    let job = s.job_claim(claim_req("email", 1, 11, T0)).await.unwrap().remove(0);
+    let forged = ClaimedJob { token: 12, ..job.clone() };
+    let ok = Outcome::Succeeded { result: Some(r#"{"sent":true}"#.into()) };
+    assert!(!s.job_complete(completion(&forged, ok.clone(), T0)).await.unwrap());
+    assert_eq!(state(s, id).await, JobState::Running);
+    assert!(s.job_complete(completion(&job, ok.clone(), T0.plus(SECOND))).await.unwrap());
+    let done = s.job_get(id).await.unwrap().unwrap();
+    assert_eq!(done.state, JobState::Succeeded);
+    assert_eq!(done.result.as_deref(), Some(r#"{"sent":true}"#));
+    assert_eq!(done.plugin_digest.as_deref(), Some("sha256:test"));
+    assert_eq!(done.finished_at, Some(T0.plus(SECOND)));
+    assert_eq!(done.lease_expires_at, None);
+    // A second report of the same attempt changes nothing.
+    assert!(!s.job_complete(completion(&job, Outcome::Dead { error: "late".into() }, T0)).await.unwrap());
+    assert_eq!(state(s, id).await, JobState::Succeeded);
+    assert_eq!(
+        transitions(s, id).await,
+        vec![
+            (None, JobState::Queued),
+            (Some(JobState::Queued), JobState::Running),
+            (Some(JobState::Running), JobState::Succeeded)
+        ]
+    );
+}
+
+pub async fn retry_schedules_and_dead_records_the_error(s: &dyn Store) {
+    let id = insert(s, new_job("email", None)).await;
+    let job = s.job_claim(claim_req("email", 1, 1, T0)).await.unwrap().remove(0);
+    let retry_at = T0.plus(5 * SECOND);
+    let outcome = Outcome::Retry { error: "provider busy".into(), run_at: retry_at };
+    assert!(s.job_complete(completion(&job, outcome, T0)).await.unwrap());
+    let rec = s.job_get(id).await.unwrap().unwrap();
+    assert_eq!((rec.state, rec.run_at, rec.attempt), (JobState::Scheduled, retry_at, 1));
+    assert_eq!(rec.last_error.as_deref(), Some("provider busy"));
+    assert_eq!(rec.finished_at, None);
+    assert_eq!(s.job_promote(retry_at).await.unwrap(), vec![id]);
+    let job = s.job_claim(claim_req("email", 1, 2, retry_at)).await.unwrap().remove(0);
+    assert_eq!(job.attempt, 2);
+    assert!(s.job_complete(completion(&job, Outcome::Dead { error: "fatal: bad user".into() }, retry_at)).await.unwrap());
+    let rec = s.job_get(id).await.unwrap().unwrap();
+    assert_eq!(rec.state, JobState::Dead);
+    assert_eq!(rec.last_error.as_deref(), Some("fatal: bad user"));
+    let events = s.job_events(id).await.unwrap();
+    assert_eq!(events.last().unwrap().reason.as_deref(), Some("fatal: bad user"));
+    assert_eq!(events.last().unwrap().attempt, 2);
+}
+
+pub async fn reaper_requeues_expired_leases_and_fences_out_the_late_holder(s: &dyn Store) {
+    let id = insert(s, new_job("email", None)).await;
+    let job = s.job_claim(claim_req("email", 1, 1, T0)).await.unwrap().remove(0);
+    // Not expired yet: untouched.
+    assert_eq!(s.lease_reap(T0.plus(29 * SECOND)).await.unwrap(), Reaped::default());
+    let reaped = s.lease_reap(T0.plus(30 * SECOND)).await.unwrap();
+    assert_eq!(reaped.requeued, vec![id]);
+    let rec = s.job_get(id).await.unwrap().unwrap();
+    assert_eq!((rec.state, rec.attempt), (JobState::Queued, 1));
+    assert!(rec.last_error.unwrap().contains("lease expired"));
+    // The old holder wakes up late: its report changes nothing.
+    let late = Outcome::Succeeded { result: None };
+    assert!(!s.job_complete(completion(&job, late, T0.plus(31 * SECOND))).await.unwrap());
+    assert_eq!(state(s, id).await, JobState::Queued);
+    // Nor can it release the lease it lost.
+    assert!(!s.lease_release(id, job.token, T0.plus(31 * SECOND)).await.unwrap());
+    // The next holder gets attempt 2.
+    let again = s.job_claim(claim_req("email", 1, 2, T0.plus(32 * SECOND))).await.unwrap().remove(0);
+    assert_eq!(again.attempt, 2);
+}
+
+pub async fn reaper_sends_an_expired_last_attempt_to_the_dlq(s: &dyn Store) {
+    let id = insert(s, NewJob { max_attempts: 1, ..new_job("email", None) }).await;
+    s.job_claim(claim_req("email", 1, 1, T0)).await.unwrap();
+    let reaped = s.lease_reap(T0.plus(60 * SECOND)).await.unwrap();
+    assert_eq!(reaped.dead, vec![id]);
+    let rec = s.job_get(id).await.unwrap().unwrap();
+    assert_eq!(rec.state, JobState::Dead);
+    assert!(rec.finished_at.is_some());
+    let last = s.job_events(id).await.unwrap().pop().unwrap();
+    assert_eq!((last.actor.as_str(), last.to), ("reaper", JobState::Dead));
+}
+
+pub async fn release_returns_the_job_without_spending_the_attempt(s: &dyn Store) {
+    let id = insert(s, new_job("email", None)).await;
+    let job = s.job_claim(claim_req("email", 1, 5, T0)).await.unwrap().remove(0);
+    assert!(!s.lease_release(id, 6, T0).await.unwrap(), "wrong token");
+    assert!(s.lease_release(id, job.token, T0).await.unwrap());
+    let rec = s.job_get(id).await.unwrap().unwrap();
+    assert_eq!((rec.state, rec.attempt, rec.lease_expires_at), (JobState::Queued, 0, None));
+    let again = s.job_claim(claim_req("email", 1, 6, T0)).await.unwrap().remove(0);
+    assert_eq!(again.attempt, 1);
+}
+
+pub async fn replay_moves_only_dead_jobs_with_a_fresh_budget(s: &dyn Store) {
+    let id = insert(s, new_job("email", None)).await;
+    assert!(matches!(s.job_replay(id, T0).await, Err(StoreError::WrongState { state: JobState::Queued, .. })));
+    assert!(matches!(s.job_replay(id + 99, T0).await, Err(StoreError::NotFound(_))));
+    let job = s.job_claim(claim_req("email", 1, 1, T0)).await.unwrap().remove(0);
+    s.job_complete(completion(&job, Outcome::Dead { error: "boom".into() }, T0)).await.unwrap();
+    let replayed = s.job_replay(id, T0.plus(SECOND)).await.unwrap();
+    assert_eq!((replayed.state, replayed.attempt, replayed.run_at), (JobState::Queued, 0, T0.plus(SECOND)));
+    assert_eq!(replayed.finished_at, None);
+    let last = s.job_events(id).await.unwrap().pop().unwrap();
+    assert_eq!((last.from, last.to, last.actor.as_str()), (Some(JobState::Dead), JobState::Queued, "admin"));
+    // It runs again from attempt 1.
+    assert_eq!(s.job_claim(claim_req("email", 1, 2, T0.plus(SECOND))).await.unwrap()[0].attempt, 1);
+}
+
+pub async fn cancel_withdraws_only_waiting_jobs(s: &dyn Store) {
+    let queued = insert(s, new_job("email", None)).await;
+    let scheduled = insert(s, NewJob { run_at: T0.plus(SECOND), ..new_job("email", None) }).await;
+    assert_eq!(s.job_cancel(queued, T0).await.unwrap().state, JobState::Cancelled);
+    assert_eq!(s.job_cancel(scheduled, T0).await.unwrap().state, JobState::Cancelled);
+    assert!(matches!(s.job_cancel(queued, T0).await, Err(StoreError::WrongState { state: JobState::Cancelled, .. })));
+    let running = insert(s, new_job("email", None)).await;
+    s.job_claim(claim_req("email", 1, 1, T0)).await.unwrap();
+    assert!(matches!(s.job_cancel(running, T0).await, Err(StoreError::WrongState { state: JobState::Running, .. })));
+    // A cancelled job is never claimed or promoted.
+    assert!(s.job_promote(T0.plus(SECOND)).await.unwrap().is_empty());
+    assert!(s.job_claim(claim_req("email", 10, 2, T0.plus(SECOND))).await.unwrap().is_empty());
+}
+
+pub async fn counts_per_state_and_type(s: &dyn Store) {
+    insert(s, new_job("email", None)).await;
+    insert(s, new_job("email", None)).await;
+    insert(s, new_job("sms", None)).await;
+    insert(s, NewJob { run_at: T0.plus(SECOND), ..new_job("sms", None) }).await;
+    s.job_claim(claim_req("email", 1, 1, T0)).await.unwrap();
+    let all = s.counts().await.unwrap();
+    assert_eq!((all.queued, all.running, all.scheduled), (2, 1, 1));
+    let by_type = s.counts_by_type().await.unwrap();
+    let names: Vec<_> = by_type.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(names, vec!["email", "sms"]);
+    assert_eq!((by_type[0].1.queued, by_type[0].1.running), (1, 1));
+    assert_eq!((by_type[1].1.queued, by_type[1].1.scheduled), (1, 1));
+}
+
+pub async fn closed_store_refuses_work(s: &dyn Store) {
+    s.close().await;
+    assert!(matches!(s.job_insert(new_job("email", None), T0).await, Err(StoreError::Closed)));
+}
+
+/// Instantiates the whole suite for one backend. `$make` is an async
+/// expression yielding `(store, guard)`; the guard keeps its resources alive.
+#[macro_export]
+macro_rules! store_contract_tests {
+    ($make:expr) => {
+        use std::sync::Arc;
+        use $crate::store::contract as c;
+        use $crate::store::Store;
+
+        macro_rules! scenario {
+            ($name:ident) => {
+                #[tokio::test]
+                async fn $name() {
+                    let (store, _guard) = $make.await;
+                    c::$name(&store).await;
+                }
+            };
+            ($name:ident, shared) => {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (store, _guard) = $make.await;
+                    let store: Arc<dyn Store> = Arc::new(store);
+                    c::$name(store).await;
+                }
+            };
+        }
+
+        scenario!(insert_then_get);
+        scenario!(idempotency_key_names_one_job_per_type);
+        scenario!(concurrent_inserts_all_commit, shared);
+        scenario!(delayed_jobs_wait_for_the_promoter);
+        scenario!(claim_takes_oldest_due_of_one_type_and_counts_the_attempt);
+        scenario!(concurrent_claims_hand_each_job_to_one_claimer, shared);
+        scenario!(completion_is_fenced_by_the_lease_token);
+        scenario!(retry_schedules_and_dead_records_the_error);
+        scenario!(reaper_requeues_expired_leases_and_fences_out_the_late_holder);
+        scenario!(reaper_sends_an_expired_last_attempt_to_the_dlq);
+        scenario!(release_returns_the_job_without_spending_the_attempt);
+        scenario!(replay_moves_only_dead_jobs_with_a_fresh_budget);
+        scenario!(cancel_withdraws_only_waiting_jobs);
+        scenario!(counts_per_state_and_type);
+        scenario!(closed_store_refuses_work);
+    };
+}
+
+mod sqlite {
+    crate::store_contract_tests!(crate::testing::sqlite_store());
+
+    /// SQLite-specific: a committed job is in the file, not in memory.
+    #[tokio::test]
+    async fn committed_jobs_survive_reopening_the_file() {
+        use crate::store::sqlite::{Durability, SqliteStore};
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
+        let store = SqliteStore::open(&url, Durability::Full).await.unwrap();
+        let id = super::insert(&store, super::new_job("email", Some("k"))).await;
+        drop(store);
+        let reopened = SqliteStore::open(&url, Durability::Full).await.unwrap();
+        let job = reopened.job_get(id).await.unwrap().expect("job survived");
+        assert_eq!(job.idempotency_key.as_deref(), Some("k"));
+        assert_eq!(reopened.counts().await.unwrap().queued, 1);
+    }
+}

@@ -55,6 +55,8 @@ pub struct ClaimRequest {
     pub owner: String,
     /// The fence: every later transition of these jobs by this holder names it.
     pub token: i64,
+    /// The plugin version that will run the attempts (recorded in events).
+    pub plugin_digest: String,
     pub now: Timestamp,
     pub lease_expires_at: Timestamp,
 }

@@ -291,12 +291,13 @@ async fn claim(conn: &mut SqliteConnection, req: &ClaimRequest) -> StoreResult<V
     }
     let actor = format!("worker:{}", req.owner);
     sqlx::query(
-        "INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor)
-         SELECT id, ?1, 'queued', 'running', attempt, ?2 FROM jobs
-         WHERE state = 'running' AND lease_token = ?3",
+        "INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, plugin_digest)
+         SELECT id, ?1, 'queued', 'running', attempt, ?2, ?3 FROM jobs
+         WHERE state = 'running' AND lease_token = ?4",
     )
     .bind(req.now.as_micros())
     .bind(&actor)
+    .bind(&req.plugin_digest)
     .bind(req.token)
     .execute(&mut *conn)
     .await?;

@@ -32,8 +32,8 @@ impl Guest for EmailWelcome {
         })?;
         if payload.user_id == ALWAYS_REJECTED_USER {
             return Err(Failure::Retry(format!(
-                "mail provider rejected the welcome mail for user {} (attempt {} of {})",
-                payload.user_id, job.attempt, job.max_attempts
+                "mail provider rejected the welcome mail for user {}",
+                payload.user_id
             )));
         }
         let to = payload

@@ -48,6 +48,23 @@ impl Guest for Testing {
                 std::thread::sleep(std::time::Duration::from_millis(ms));
                 Ok(Some(format!("{{\"slept\":{ms}}}")))
             }
+            // Counts its calls in a static: a fresh sandbox per attempt
+            // means every attempt sees 1.
+            "counter" => {
+                static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                Ok(Some(format!("{{\"calls\":{n}}}")))
+            }
+            // Reports what the sandbox lets it see: environment, files, network.
+            "probe_sandbox" => {
+                let env = std::env::vars().count();
+                let fs = std::fs::read_dir("/").is_ok() || std::fs::read_to_string("/etc/passwd").is_ok();
+                let net = std::net::TcpStream::connect("127.0.0.1:5432").is_ok();
+                let args = std::env::args().count();
+                Ok(Some(format!(
+                    "{{\"env\":{env},\"fs\":{fs},\"net\":{net},\"args\":{args}}}"
+                )))
+            }
             other => Err(Failure::Fatal(format!("testing plugin has no behaviour for job type {other}"))),
         }
     }
