@@ -40,6 +40,8 @@ wasmtime::component::bindgen!({
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// The most a plugin's stderr (panic messages) is kept for its error report.
 const STDERR_CAPTURE: usize = 8 * 1024;
+/// The most of that stderr quoted in a job's error.
+const STDERR_IN_ERROR: usize = 500;
 
 /// Process-wide sandbox settings.
 #[derive(Debug, Clone)]
@@ -341,15 +343,26 @@ fn classify(
         };
     }
     let mut why = match err.downcast_ref::<Trap>() {
-        Some(trap) => format!("wasm trap: {trap}"),
+        Some(trap) => trap.to_string(),
         None => format!("{err:#}"),
     };
-    // A Rust panic prints its message to stderr before it traps.
+    // A Rust panic prints its message to stderr before it traps: keep the
+    // tail of what the plugin wrote, minus the hint about backtraces.
     let captured = stderr.contents();
     let text = String::from_utf8_lossy(&captured);
-    if let Some(line) = text.lines().rev().find(|l| !l.trim().is_empty()) {
-        why.push_str("; stderr: ");
-        why.push_str(line.trim());
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .collect();
+    if !lines.is_empty() {
+        let tail = lines[lines.len().saturating_sub(3)..].join(" ");
+        let mut start = tail.len().saturating_sub(STDERR_IN_ERROR);
+        while !tail.is_char_boundary(start) {
+            start += 1;
+        }
+        why.push_str("; plugin stderr: ");
+        why.push_str(&tail[start..]);
     }
     TrapReason::Crashed(why)
 }

@@ -1,0 +1,230 @@
+//! The runtime against the real compiled plugins (built by `cargo xtask plugins`).
+
+use std::time::Duration;
+
+use super::*;
+use crate::testing::plugin_wasm;
+
+fn runtime() -> Runtime {
+    Runtime::new(RuntimeConfig {
+        max_instances: 32,
+        max_memory_bytes: 256 << 20,
+        cache_dir: None,
+    })
+    .expect("engine")
+}
+
+fn limits() -> Limits {
+    Limits {
+        fuel: 500_000_000,
+        timeout: Duration::from_secs(20),
+        memory_bytes: 32 << 20,
+    }
+}
+
+fn input<'a>(job_type: &'a str, payload: &'a str) -> AttemptInput<'a> {
+    AttemptInput {
+        id: 1,
+        job_type,
+        payload,
+        attempt: 1,
+        max_attempts: 3,
+    }
+}
+
+/// The testing plugin, which picks its behaviour from the job type.
+fn testing(rt: &Runtime) -> CompiledPlugin {
+    rt.compile("testing", &plugin_wasm("testing", "testing")).expect("testing plugin compiles")
+}
+
+fn email(rt: &Runtime) -> CompiledPlugin {
+    rt.compile("email_welcome", &plugin_wasm("examples", "email_welcome")).expect("email_welcome compiles")
+}
+
+/// After any failure, the same runtime still runs a healthy attempt.
+async fn still_serving(rt: &Runtime) {
+    let plugin = email(rt);
+    let report = rt.run(&plugin, &limits(), input("email_welcome", r#"{"userId":1}"#)).await;
+    assert!(matches!(report.outcome, AttemptOutcome::Ok(Some(_))), "{:?}", report.outcome);
+}
+
+#[tokio::test]
+async fn success_returns_the_result() {
+    let rt = runtime();
+    let plugin = email(&rt);
+    assert!(plugin.digest.starts_with("sha256:") && plugin.digest.len() == 7 + 64);
+    let report = rt.run(&plugin, &limits(), input("email_welcome", r#"{"userId":42}"#)).await;
+    let AttemptOutcome::Ok(Some(result)) = report.outcome else {
+        panic!("expected success, got {:?}", report.outcome);
+    };
+    let result: serde_json::Value = serde_json::from_str(&result).unwrap();
+    assert_eq!(result["sentTo"], "user42@example.com");
+    assert!(report.fuel_consumed > 0);
+}
+
+#[tokio::test]
+async fn retry_and_fatal_come_back_as_the_plugin_said() {
+    let rt = runtime();
+    let plugin = email(&rt);
+    let report = rt.run(&plugin, &limits(), input("email_welcome", r#"{"userId":777}"#)).await;
+    assert!(matches!(&report.outcome, AttemptOutcome::Retry(m) if m.contains("777")), "{:?}", report.outcome);
+    let report = rt.run(&plugin, &limits(), input("email_welcome", r#"{"name":"no id"}"#)).await;
+    assert!(matches!(&report.outcome, AttemptOutcome::Fatal(m) if m.contains("userId")), "{:?}", report.outcome);
+    let testing = testing(&rt);
+    let report = rt.run(&testing, &limits(), input("always_fatal", "{}")).await;
+    assert_eq!(report.outcome, AttemptOutcome::Fatal("this job can never succeed".into()));
+}
+
+#[tokio::test]
+async fn an_endless_loop_runs_out_of_fuel_within_its_budget() {
+    let rt = runtime();
+    let plugin = testing(&rt);
+    let budget = Limits { fuel: 20_000_000, ..limits() };
+    let report = rt.run(&plugin, &budget, input("loop_forever", "{}")).await;
+    assert_eq!(report.outcome, AttemptOutcome::Trapped(TrapReason::FuelExhausted { fuel: 20_000_000 }));
+    assert_eq!(report.fuel_consumed, 20_000_000, "it may not burn more than its budget");
+    assert_eq!(
+        TrapReason::FuelExhausted { fuel: 20_000_000 }.to_string(),
+        "fuel exhausted after 20000000 units"
+    );
+    still_serving(&rt).await;
+}
+
+#[tokio::test]
+async fn a_sleeping_plugin_is_stopped_at_its_deadline() {
+    let rt = runtime();
+    let plugin = testing(&rt);
+    let short = Limits { timeout: Duration::from_millis(300), ..limits() };
+    let report = rt.run(&plugin, &short, input("sleeper", r#"{"ms":60000}"#)).await;
+    let timeout = Duration::from_millis(300);
+    assert_eq!(report.outcome, AttemptOutcome::Trapped(TrapReason::TimedOut { timeout }));
+    assert_eq!(TrapReason::TimedOut { timeout }.to_string(), "timed out after 300 ms");
+    // Sleeping burns (almost) no fuel: it was the clock, not the budget.
+    assert!(report.fuel_consumed < 10_000_000, "{}", report.fuel_consumed);
+    still_serving(&rt).await;
+}
+
+#[tokio::test]
+async fn a_busy_plugin_is_also_stopped_at_its_deadline() {
+    let rt = runtime();
+    let plugin = testing(&rt);
+    // Plenty of fuel: only the wall clock can stop it.
+    let limits = Limits { fuel: u64::MAX / 4, timeout: Duration::from_millis(200), ..limits() };
+    let report = rt.run(&plugin, &limits, input("loop_forever", "{}")).await;
+    assert!(
+        matches!(report.outcome, AttemptOutcome::Trapped(TrapReason::TimedOut { .. })),
+        "{:?}",
+        report.outcome
+    );
+}
+
+#[tokio::test]
+async fn memory_growth_is_stopped_by_the_cap() {
+    let rt = runtime();
+    let plugin = testing(&rt);
+    let capped = Limits { memory_bytes: 16 << 20, ..limits() };
+    let report = rt.run(&plugin, &capped, input("memory_hog", "{}")).await;
+    assert_eq!(
+        report.outcome,
+        AttemptOutcome::Trapped(TrapReason::MemoryExceeded { limit_bytes: 16 << 20 })
+    );
+    assert_eq!(
+        TrapReason::MemoryExceeded { limit_bytes: 16 << 20 }.to_string(),
+        "memory limit of 16 MiB exceeded"
+    );
+    still_serving(&rt).await;
+}
+
+#[tokio::test]
+async fn a_panic_traps_and_reports_its_message() {
+    let rt = runtime();
+    let plugin = testing(&rt);
+    let report = rt.run(&plugin, &limits(), input("panicker", "{}")).await;
+    let AttemptOutcome::Trapped(TrapReason::Crashed(why)) = &report.outcome else {
+        panic!("expected a crash, got {:?}", report.outcome);
+    };
+    assert!(why.contains("wasm trap"), "{why}");
+    assert!(why.contains("panics on purpose"), "the panic message should reach the error: {why}");
+    still_serving(&rt).await;
+}
+
+#[tokio::test]
+async fn every_attempt_gets_a_fresh_sandbox() {
+    let rt = runtime();
+    let plugin = testing(&rt);
+    for _ in 0..3 {
+        let report = rt.run(&plugin, &limits(), input("counter", "{}")).await;
+        assert_eq!(report.outcome, AttemptOutcome::Ok(Some(r#"{"calls":1}"#.into())));
+    }
+}
+
+#[tokio::test]
+async fn the_sandbox_grants_no_environment_files_or_network() {
+    let rt = runtime();
+    let plugin = testing(&rt);
+    // SAFETY: tests in this binary do not read this variable concurrently.
+    unsafe { std::env::set_var("JOBHOST_SECRET_FOR_SANDBOX_TEST", "leak") };
+    let report = rt.run(&plugin, &limits(), input("probe_sandbox", "{}")).await;
+    let AttemptOutcome::Ok(Some(seen)) = report.outcome else {
+        panic!("probe failed: {:?}", report.outcome);
+    };
+    let seen: serde_json::Value = serde_json::from_str(&seen).unwrap();
+    assert_eq!(seen["env"], 0, "{seen}");
+    assert_eq!(seen["args"], 0, "{seen}");
+    assert_eq!(seen["fs"], false, "{seen}");
+    assert_eq!(seen["net"], false, "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runaway_plugin_does_not_stall_others() {
+    let rt = std::sync::Arc::new(runtime());
+    let bad = testing(&rt);
+    let good = email(&rt);
+    let forever = Limits { fuel: u64::MAX / 4, timeout: Duration::from_secs(5), ..limits() };
+    let spinners: Vec<_> = (0..4)
+        .map(|_| {
+            let (rt, bad) = (rt.clone(), bad.clone());
+            tokio::spawn(async move { rt.run(&bad, &forever, input("loop_forever", "{}")).await })
+        })
+        .collect();
+    // While four attempts spin on two threads, healthy attempts still complete
+    // (the spinners yield at every epoch tick).
+    for i in 0..20 {
+        let payload = format!(r#"{{"userId":{i}}}"#);
+        let report = rt.run(&good, &limits(), input("email_welcome", &payload)).await;
+        assert!(matches!(report.outcome, AttemptOutcome::Ok(Some(_))), "{:?}", report.outcome);
+    }
+    for s in spinners {
+        let report = s.await.unwrap();
+        assert!(matches!(report.outcome, AttemptOutcome::Trapped(TrapReason::TimedOut { .. })));
+    }
+}
+
+#[tokio::test]
+async fn compiled_components_are_cached_by_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RuntimeConfig {
+        max_instances: 4,
+        max_memory_bytes: 64 << 20,
+        cache_dir: Some(dir.path().to_owned()),
+    };
+    let wasm = plugin_wasm("examples", "email_welcome");
+    let first = Runtime::new(config.clone()).unwrap().compile("email_welcome", &wasm).unwrap();
+    let cached: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    let hex = first.digest.trim_start_matches("sha256:");
+    assert!(cached[0].to_string_lossy().starts_with(hex), "{cached:?}");
+    // A new runtime (a restart) loads the artifact instead of compiling.
+    let rt = Runtime::new(config).unwrap();
+    let again = rt.compile("email_welcome", &wasm).unwrap();
+    assert_eq!(again.digest, first.digest);
+    let report = rt.run(&again, &limits(), input("email_welcome", r#"{"userId":5}"#)).await;
+    assert!(matches!(report.outcome, AttemptOutcome::Ok(Some(_))));
+}
+
+#[tokio::test]
+async fn a_component_for_another_world_is_refused_with_a_clear_error() {
+    let rt = runtime();
+    let err = rt.compile("junk", b"not wasm at all").unwrap_err().to_string();
+    assert!(err.contains("compiling plugin junk"), "{err}");
+}
