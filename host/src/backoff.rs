@@ -93,8 +93,14 @@ mod tests {
             let pos = ((d - 3.2) / 1.6 * 10.0).floor().clamp(0.0, 9.0) as usize;
             buckets[pos] += 1;
         }
-        assert!(buckets.iter().all(|&n| n > 100), "uneven spread: {buckets:?}");
-        assert!(buckets.iter().all(|&n| n < 400), "uneven spread: {buckets:?}");
+        assert!(
+            buckets.iter().all(|&n| n > 100),
+            "uneven spread: {buckets:?}"
+        );
+        assert!(
+            buckets.iter().all(|&n| n < 400),
+            "uneven spread: {buckets:?}"
+        );
     }
 
     #[test]

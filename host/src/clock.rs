@@ -21,7 +21,10 @@ impl Timestamp {
     }
 
     pub fn plus(self, d: Duration) -> Self {
-        Timestamp(self.0.saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)))
+        Timestamp(
+            self.0
+                .saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+        )
     }
 
     /// Time from `self` until `later`, zero if `later` is not later.
@@ -63,8 +66,10 @@ impl ManualClock {
     }
 
     pub fn advance(&self, d: Duration) {
-        self.0
-            .fetch_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX), Ordering::SeqCst);
+        self.0.fetch_add(
+            i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+            Ordering::SeqCst,
+        );
     }
 }
 

@@ -89,6 +89,8 @@ impl ServeConfig {
     }
 
     pub fn plugins_dir(&self) -> PathBuf {
-        self.plugins.clone().unwrap_or_else(|| self.data_dir.join("plugins"))
+        self.plugins
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("plugins"))
     }
 }

@@ -60,7 +60,10 @@ impl JobState {
 
     /// Whether the job has reached the end of its life (replay aside).
     pub fn is_final(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Dead | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Dead | JobState::Cancelled
+        )
     }
 }
 
@@ -247,7 +250,11 @@ mod tests {
     #[test]
     fn final_states_have_no_way_out_but_replay() {
         for from in [Succeeded, Cancelled] {
-            assert!(JobState::ALL.iter().all(|&to| !Transition::is_legal(from, to)));
+            assert!(
+                JobState::ALL
+                    .iter()
+                    .all(|&to| !Transition::is_legal(from, to))
+            );
         }
         let out_of_dead: Vec<_> = JobState::ALL
             .into_iter()

@@ -145,7 +145,10 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
 /// else newly generated and written there (mode 0600), printed once.
 fn admin_token(config: &ServeConfig) -> anyhow::Result<String> {
     if let Some(token) = &config.admin_token {
-        anyhow::ensure!(token.trim().len() >= 16, "--admin-token must be at least 16 characters");
+        anyhow::ensure!(
+            token.trim().len() >= 16,
+            "--admin-token must be at least 16 characters"
+        );
         return Ok(token.trim().to_owned());
     }
     let path = config.data_dir.join("admin-token");
@@ -161,7 +164,10 @@ fn admin_token(config: &ServeConfig) -> anyhow::Result<String> {
     let bytes: [u8; 24] = rand::random();
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     write_private(&path, &token).with_context(|| format!("writing {}", path.display()))?;
-    println!("admin token: {token} (generated; kept in {})", path.display());
+    println!(
+        "admin token: {token} (generated; kept in {})",
+        path.display()
+    );
     Ok(token)
 }
 
@@ -180,7 +186,14 @@ fn banner(addr: &std::net::SocketAddr, loaded: &[String]) {
     println!("  submit:  POST http://{addr}/jobs/{{type}}");
     println!("  metrics: GET  http://{addr}/metrics");
     println!("  admin:   http://{addr}/admin/... (Authorization: Bearer <admin token>)");
-    println!("  plugins: {}", if loaded.is_empty() { "none".to_owned() } else { loaded.join(", ") });
+    println!(
+        "  plugins: {}",
+        if loaded.is_empty() {
+            "none".to_owned()
+        } else {
+            loaded.join(", ")
+        }
+    );
     let _ = std::io::stdout().flush();
 }
 

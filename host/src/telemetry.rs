@@ -18,8 +18,8 @@ pub const QUEUE_LATENCY: &str = "jobhost_queue_latency_seconds";
 pub const QUEUE_DEPTH: &str = "jobhost_queue_depth";
 
 const SECONDS_BUCKETS: &[f64] = &[
-    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0, 30.0, 60.0,
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
 ];
 const FUEL_BUCKETS: &[f64] = &[1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10];
 
@@ -51,10 +51,20 @@ fn describe() {
     describe_counter!(JOBS_ENQUEUED, "Jobs accepted, per type");
     describe_counter!(ATTEMPTS_STARTED, "Attempts started, per type");
     describe_counter!(JOBS_SUCCEEDED, "Jobs that succeeded, per type");
-    describe_counter!(JOBS_RETRIED, "Failed attempts scheduled for a retry, per type");
+    describe_counter!(
+        JOBS_RETRIED,
+        "Failed attempts scheduled for a retry, per type"
+    );
     describe_counter!(JOBS_DEAD, "Jobs moved to the dead-letter queue, per type");
-    describe_histogram!(ATTEMPT_DURATION, Unit::Seconds, "Time to instantiate and run one attempt");
+    describe_histogram!(
+        ATTEMPT_DURATION,
+        Unit::Seconds,
+        "Time to instantiate and run one attempt"
+    );
     describe_histogram!(ATTEMPT_FUEL, "Wasm fuel consumed by one attempt");
     describe_histogram!(QUEUE_LATENCY, Unit::Seconds, "From due to attempt start");
-    describe_gauge!(QUEUE_DEPTH, "Jobs per type and state, read from the store at scrape time");
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Jobs per type and state, read from the store at scrape time"
+    );
 }

@@ -8,7 +8,9 @@ use crate::store::sqlite::{Durability, SqliteStore};
 pub fn plugins_dir() -> PathBuf {
     std::env::var_os("JOBHOST_TEST_PLUGINS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/jobhost-plugins"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/jobhost-plugins")
+        })
 }
 
 /// The bytes of a compiled plugin (`examples/NAME.wasm` or `testing/NAME.wasm`).
@@ -26,6 +28,8 @@ pub fn plugin_wasm(group: &str, name: &str) -> Vec<u8> {
 pub async fn sqlite_store() -> (SqliteStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("creating a temp dir");
     let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
-    let store = SqliteStore::open(&url, Durability::Full).await.expect("opening sqlite store");
+    let store = SqliteStore::open(&url, Durability::Full)
+        .await
+        .expect("opening sqlite store");
     (store, dir)
 }

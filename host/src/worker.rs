@@ -101,7 +101,8 @@ impl Worker {
                 token: rand::random(),
                 plugin_digest: plugin.compiled.digest.clone(),
                 now,
-                lease_expires_at: now.plus(plugin.manifest.limits.timeout + self.config.lease_grace),
+                lease_expires_at: now
+                    .plus(plugin.manifest.limits.timeout + self.config.lease_grace),
             };
             let jobs = match self.store.job_claim(request).await {
                 Ok(jobs) => jobs,
@@ -115,8 +116,15 @@ impl Worker {
                 // Only this task takes permits, and it saw `free` available,
                 // so these cannot fail.
                 let slots = Slots {
-                    _host: host_slots.clone().try_acquire_owned().expect("host slot counted as free"),
-                    _plugin: plugin.slots.clone().try_acquire_owned().expect("plugin slot counted as free"),
+                    _host: host_slots
+                        .clone()
+                        .try_acquire_owned()
+                        .expect("host slot counted as free"),
+                    _plugin: plugin
+                        .slots
+                        .clone()
+                        .try_acquire_owned()
+                        .expect("plugin slot counted as free"),
                 };
                 let worker = self.clone();
                 let plugin = plugin.clone();
@@ -128,7 +136,13 @@ impl Worker {
     }
 
     /// Runs one attempt of `job` and records its outcome.
-    async fn execute(self: Arc<Self>, job: ClaimedJob, plugin: Arc<LoadedPlugin>, slots: Slots, abort: CancellationToken) {
+    async fn execute(
+        self: Arc<Self>,
+        job: ClaimedJob,
+        plugin: Arc<LoadedPlugin>,
+        slots: Slots,
+        abort: CancellationToken,
+    ) {
         let job_type = plugin.job_type.as_str();
         let started = self.clock.now();
         metrics::counter!(telemetry::ATTEMPTS_STARTED, "type" => job_type.to_owned()).increment(1);
@@ -157,7 +171,14 @@ impl Worker {
             .record(report.fuel_consumed as f64);
 
         let now = self.clock.now();
-        let outcome = decide(report.outcome, job.attempt, job.max_attempts, &plugin.manifest.backoff, now, &mut rand::rng());
+        let outcome = decide(
+            report.outcome,
+            job.attempt,
+            job.max_attempts,
+            &plugin.manifest.backoff,
+            now,
+            &mut rand::rng(),
+        );
         let counter = match &outcome {
             Outcome::Succeeded { .. } => telemetry::JOBS_SUCCEEDED,
             Outcome::Retry { .. } => telemetry::JOBS_RETRIED,
@@ -182,8 +203,14 @@ impl Worker {
                     self.dispatch.scheduled();
                 }
             }
-            Ok(false) => tracing::warn!(job = job.id, attempt = job.attempt, "lease lost before the attempt finished; its outcome was discarded"),
-            Err(e) => tracing::error!(job = job.id, error = %e, "could not record the attempt; the reaper will requeue the job when its lease expires"),
+            Ok(false) => tracing::warn!(
+                job = job.id,
+                attempt = job.attempt,
+                "lease lost before the attempt finished; its outcome was discarded"
+            ),
+            Err(e) => {
+                tracing::error!(job = job.id, error = %e, "could not record the attempt; the reaper will requeue the job when its lease expires")
+            }
         }
         drop(slots);
         self.dispatch.hint();
@@ -221,7 +248,11 @@ pub fn decide(
                 result: result.map(ensure_json),
             };
         }
-        AttemptOutcome::Fatal(msg) => return Outcome::Dead { error: format!("fatal: {msg}") },
+        AttemptOutcome::Fatal(msg) => {
+            return Outcome::Dead {
+                error: format!("fatal: {msg}"),
+            };
+        }
         AttemptOutcome::Retry(msg) => msg,
         AttemptOutcome::Trapped(reason) => reason.to_string(),
     };
@@ -254,35 +285,74 @@ mod tests {
     use rand::rngs::StdRng;
 
     fn run(outcome: AttemptOutcome, attempt: u32) -> Outcome {
-        let backoff = Backoff { jitter: 0.0, ..Backoff::default() };
-        decide(outcome, attempt, 3, &backoff, Timestamp(0), &mut StdRng::seed_from_u64(1))
+        let backoff = Backoff {
+            jitter: 0.0,
+            ..Backoff::default()
+        };
+        decide(
+            outcome,
+            attempt,
+            3,
+            &backoff,
+            Timestamp(0),
+            &mut StdRng::seed_from_u64(1),
+        )
     }
 
     #[test]
     fn success_keeps_json_and_quotes_plain_text() {
-        assert_eq!(run(AttemptOutcome::Ok(Some("{\"a\":1}".into())), 1), Outcome::Succeeded { result: Some("{\"a\":1}".into()) });
-        assert_eq!(run(AttemptOutcome::Ok(Some("done".into())), 1), Outcome::Succeeded { result: Some("\"done\"".into()) });
-        assert_eq!(run(AttemptOutcome::Ok(None), 1), Outcome::Succeeded { result: None });
+        assert_eq!(
+            run(AttemptOutcome::Ok(Some("{\"a\":1}".into())), 1),
+            Outcome::Succeeded {
+                result: Some("{\"a\":1}".into())
+            }
+        );
+        assert_eq!(
+            run(AttemptOutcome::Ok(Some("done".into())), 1),
+            Outcome::Succeeded {
+                result: Some("\"done\"".into())
+            }
+        );
+        assert_eq!(
+            run(AttemptOutcome::Ok(None), 1),
+            Outcome::Succeeded { result: None }
+        );
     }
 
     #[test]
     fn retryable_failures_back_off_until_the_last_attempt() {
         assert_eq!(
             run(AttemptOutcome::Retry("busy".into()), 2),
-            Outcome::Retry { error: "busy".into(), run_at: Timestamp(2_000_000) }
+            Outcome::Retry {
+                error: "busy".into(),
+                run_at: Timestamp(2_000_000)
+            }
         );
         assert_eq!(
-            run(AttemptOutcome::Trapped(TrapReason::FuelExhausted { fuel: 10 }), 1),
-            Outcome::Retry { error: "fuel exhausted after 10 units".into(), run_at: Timestamp(1_000_000) }
+            run(
+                AttemptOutcome::Trapped(TrapReason::FuelExhausted { fuel: 10 }),
+                1
+            ),
+            Outcome::Retry {
+                error: "fuel exhausted after 10 units".into(),
+                run_at: Timestamp(1_000_000)
+            }
         );
         assert_eq!(
             run(AttemptOutcome::Retry("busy".into()), 3),
-            Outcome::Dead { error: "busy (no attempts left: 3 of 3 used)".into() }
+            Outcome::Dead {
+                error: "busy (no attempts left: 3 of 3 used)".into()
+            }
         );
     }
 
     #[test]
     fn fatal_goes_straight_to_the_dlq() {
-        assert_eq!(run(AttemptOutcome::Fatal("bad".into()), 1), Outcome::Dead { error: "fatal: bad".into() });
+        assert_eq!(
+            run(AttemptOutcome::Fatal("bad".into()), 1),
+            Outcome::Dead {
+                error: "fatal: bad".into()
+            }
+        );
     }
 }

@@ -1,1 +1,446 @@
+//! End-to-end tests: the real `jobhost` binary, real compiled plugins, a real
+//! SQLite file, over real HTTP. Run with `cargo xtask test`.
 
+mod support;
+
+use serde_json::Value;
+use support::{ADMIN_TOKEN, Plugins, Server};
+
+/// email_welcome with fast retries, so the DLQ path takes milliseconds.
+const EMAIL_FAST_RETRY: &str = "max_attempts = 3\n[backoff]\nbase_ms = 20\ncap_ms = 50\n";
+
+fn email_plugins() -> Plugins {
+    Plugins::new().example("email_welcome", EMAIL_FAST_RETRY)
+}
+
+fn transitions(job: &Value) -> Vec<String> {
+    job["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{}>{}",
+                e["from"].as_str().unwrap_or("new"),
+                e["to"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn happy_path_runs_the_job_in_its_plugin() {
+    let server = Server::start(email_plugins(), &[]).await;
+    let (status, health) = server.get("/healthz").await;
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+
+    let id = server
+        .submit(
+            "email_welcome",
+            r#"{"userId":42,"email":"ada@example.com"}"#,
+        )
+        .await;
+    let job = server.wait_for(id, "succeeded").await;
+    assert_eq!(job["result"]["sentTo"], "ada@example.com");
+    assert_eq!(job["attempts"], 1);
+    assert_eq!(job["type"], "email_welcome");
+    assert_eq!(job["payload"]["userId"], 42);
+    assert_eq!(
+        transitions(&job),
+        ["new>queued", "queued>running", "running>succeeded"]
+    );
+    // Every attempt records the plugin version it ran.
+    let digest = job["pluginDigest"].as_str().unwrap();
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    assert_eq!(job["events"][2]["pluginDigest"], digest);
+    for field in ["createdAt", "startedAt", "finishedAt", "updatedAt"] {
+        assert!(job[field].is_string(), "{field} missing: {job}");
+    }
+
+    let (_, counts) = server.admin_get("/admin/metrics/jobs").await;
+    assert_eq!(
+        (counts["succeeded"].as_u64(), counts["total"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let metrics = server.metrics_text().await;
+    for line in [
+        "jobhost_jobs_enqueued_total{type=\"email_welcome\"} 1",
+        "jobhost_attempts_started_total{type=\"email_welcome\"} 1",
+        "jobhost_jobs_succeeded_total{type=\"email_welcome\"} 1",
+        "jobhost_queue_depth{type=\"email_welcome\",state=\"queued\"} 0",
+        "jobhost_attempt_duration_seconds_count{type=\"email_welcome\"} 1",
+        "jobhost_attempt_fuel_consumed_count{type=\"email_welcome\"} 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn a_form_encoded_body_is_still_read_as_json() {
+    // `curl -d` sends application/x-www-form-urlencoded.
+    let server = Server::start(email_plugins(), &[]).await;
+    let resp = server
+        .http
+        .post(format!("{}/jobs/email_welcome", server.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(r#"{"userId":7}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.unwrap()["jobId"]
+        .as_i64()
+        .unwrap();
+    server.wait_for(id, "succeeded").await;
+}
+
+#[tokio::test]
+async fn a_repeated_idempotency_key_returns_the_same_job_and_runs_it_once() {
+    let server = Server::start(email_plugins(), &[]).await;
+    let body = r#"{"userId":42,"idempotencyKey":"user#42#welcome"}"#;
+    let id = server.submit("email_welcome", body).await;
+    let (status, again) = server.post("/jobs/email_welcome", body).await;
+    assert_eq!(
+        (
+            status,
+            again["jobId"].as_i64(),
+            again["duplicate"].as_bool()
+        ),
+        (200, Some(id), Some(true))
+    );
+    let job = server.wait_for(id, "succeeded").await;
+    // After it ran, the key still names it; the handler ran exactly once.
+    let (status, later) = server.post("/jobs/email_welcome", body).await;
+    assert_eq!(
+        (status, later["jobId"].as_i64(), later["status"].as_str()),
+        (200, Some(id), Some("succeeded"))
+    );
+    assert_eq!(job["attempts"], 1);
+    let runs = transitions(&server.job(id).await)
+        .iter()
+        .filter(|t| *t == "queued>running")
+        .count();
+    assert_eq!(runs, 1);
+
+    // The header works too, and takes precedence over the body's field.
+    let resp = server
+        .http
+        .post(format!("{}/jobs/email_welcome", server.url))
+        .header("Idempotency-Key", "from-header")
+        .body(r#"{"userId":1,"idempotencyKey":"from-body"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let header_id = resp.json::<Value>().await.unwrap()["jobId"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(server.job(header_id).await["idempotencyKey"], "from-header");
+    let (_, counts) = server.admin_get("/admin/metrics/jobs").await;
+    assert_eq!(counts["total"], 2);
+}
+
+#[tokio::test]
+async fn a_job_that_always_fails_goes_dead_and_replay_runs_it_again() {
+    let server = Server::start(email_plugins(), &[]).await;
+    let id = server.submit("email_welcome", r#"{"userId":777}"#).await;
+    let job = server.wait_for(id, "dead").await;
+    assert_eq!(job["attempts"], 3);
+    assert_eq!(job["maxAttempts"], 3);
+    let error = job["lastError"].as_str().unwrap();
+    assert!(
+        error.contains("user 777") && error.contains("no attempts left"),
+        "{error}"
+    );
+    assert_eq!(
+        transitions(&job),
+        [
+            "new>queued",
+            "queued>running",
+            "running>scheduled",
+            "scheduled>queued",
+            "queued>running",
+            "running>scheduled",
+            "scheduled>queued",
+            "queued>running",
+            "running>dead",
+        ]
+    );
+    let attempts: Vec<u64> = job["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(attempts, [0, 1, 1, 1, 2, 2, 2, 3, 3]);
+    let (_, queue) = server.admin_get("/admin/metrics/queue").await;
+    assert_eq!(queue["types"][0]["type"], "email_welcome");
+    assert_eq!(queue["types"][0]["dead"], 1);
+
+    let (status, replayed) = server.admin_post(&format!("/admin/jobs/{id}/replay")).await;
+    assert_eq!(status, 200, "{replayed}");
+    assert_eq!(
+        (replayed["status"].as_str(), replayed["attempts"].as_u64()),
+        (Some("queued"), Some(0))
+    );
+    // It runs again with a fresh budget, and (still failing) ends dead again.
+    let job = server.wait_for_events(id, 18).await;
+    assert_eq!(job["status"], "dead");
+    assert_eq!(job["attempts"], 3);
+    let replay_event = &job["events"][9];
+    assert_eq!(
+        (
+            replay_event["from"].as_str(),
+            replay_event["actor"].as_str()
+        ),
+        (Some("dead"), Some("admin"))
+    );
+    let metrics = server.metrics_text().await;
+    assert!(
+        metrics.contains("jobhost_jobs_dead_total{type=\"email_welcome\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("jobhost_jobs_retried_total{type=\"email_welcome\"} 4"),
+        "{metrics}"
+    );
+
+    // Only dead jobs can be replayed.
+    let ok = server.submit("email_welcome", r#"{"userId":1}"#).await;
+    server.wait_for(ok, "succeeded").await;
+    let (status, err) = server.admin_post(&format!("/admin/jobs/{ok}/replay")).await;
+    assert_eq!(
+        (status, err["code"].as_str(), err["state"].as_str()),
+        (409, Some("invalid_job_state"), Some("succeeded"))
+    );
+    let (status, err) = server.admin_post("/admin/jobs/424242/replay").await;
+    assert_eq!((status, err["code"].as_str()), (404, Some("job_not_found")));
+}
+
+#[tokio::test]
+async fn a_job_that_fails_once_succeeds_on_its_retry() {
+    let plugins = Plugins::new().testing(
+        "flaky",
+        "max_attempts = 2\n[backoff]\nbase_ms = 10\ncap_ms = 10\n",
+    );
+    let server = Server::start(plugins, &[]).await;
+    let id = server.submit("flaky", "{}").await;
+    let job = server.wait_for(id, "succeeded").await;
+    assert_eq!(job["attempts"], 2);
+    assert_eq!(job["result"]["attempt"], 2);
+    assert_eq!(job["events"][2]["reason"], "first attempt always fails");
+}
+
+#[tokio::test]
+async fn misbehaving_plugins_fail_their_own_jobs_only() {
+    let plugins = Plugins::new()
+        .example("email_welcome", EMAIL_FAST_RETRY)
+        .testing("loop_forever", "fuel = 5_000_000\nmax_attempts = 1\n")
+        .testing("memory_hog", "memory_mb = 8\nmax_attempts = 1\n")
+        .testing("panicker", "max_attempts = 1\n")
+        .testing("always_fatal", "max_attempts = 5\n");
+    let server = Server::start(plugins, &[]).await;
+    let cases = [
+        ("loop_forever", "fuel exhausted after 5000000 units"),
+        ("memory_hog", "memory limit of 8 MiB exceeded"),
+        ("panicker", "panics on purpose"),
+        ("always_fatal", "fatal: this job can never succeed"),
+    ];
+    let mut ids = Vec::new();
+    for (job_type, _) in cases {
+        ids.push(server.submit(job_type, "{}").await);
+    }
+    let good = server.submit("email_welcome", r#"{"userId":3}"#).await;
+    for ((job_type, expected), id) in cases.iter().zip(ids) {
+        let job = server.wait_for(id, "dead").await;
+        let error = job["lastError"].as_str().unwrap();
+        assert!(error.contains(expected), "{job_type}: {error}");
+        // Fatal skips the remaining attempts.
+        assert_eq!(job["attempts"], 1, "{job_type}");
+    }
+    server.wait_for(good, "succeeded").await;
+}
+
+#[tokio::test]
+async fn admin_routes_need_the_token() {
+    let server = Server::start(email_plugins(), &[]).await;
+    let url = format!("{}/admin/metrics/jobs", server.url);
+    for request in [
+        server.http.get(&url),
+        server.http.get(&url).bearer_auth("wrong-token"),
+        server.http.get(&url).header("X-Admin-Token", "wrong-token"),
+        server.http.get(&url).header("Authorization", ADMIN_TOKEN),
+    ] {
+        let resp = request.send().await.unwrap();
+        assert_eq!(resp.status(), 401);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["code"], "unauthorized");
+        assert_eq!(body["status"], 401);
+    }
+    let resp = server
+        .http
+        .get(&url)
+        .header("X-Admin-Token", ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (status, _) = server.admin_get("/admin/metrics/jobs").await;
+    assert_eq!(status, 200);
+    let (status, err) = server.post("/admin/jobs/1/replay", "").await;
+    assert_eq!((status, err["code"].as_str()), (401, Some("unauthorized")));
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let server = Server::start(email_plugins(), &["--body-limit", "4096"]).await;
+    let long_key = "k".repeat(201);
+    let key_body = format!(r#"{{"userId":1,"idempotencyKey":"{long_key}"}}"#);
+    let big_body = format!(r#"{{"userId":1,"pad":"{}"}}"#, "x".repeat(5000));
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("/jobs/no_such_type", "{}".into(), 404, "unknown_job_type"),
+        (
+            "/jobs/email_welcome",
+            "{not json".into(),
+            400,
+            "invalid_json",
+        ),
+        ("/jobs/email_welcome", "".into(), 400, "invalid_json"),
+        ("/jobs/email_welcome", big_body, 413, "payload_too_large"),
+        (
+            "/jobs/email_welcome",
+            key_body,
+            400,
+            "idempotency_key_too_long",
+        ),
+        (
+            "/jobs/email_welcome",
+            r#"{"idempotencyKey":5}"#.into(),
+            400,
+            "invalid_idempotency_key",
+        ),
+        (
+            "/jobs/email_welcome?delay_ms=soon",
+            "{}".into(),
+            400,
+            "invalid_query",
+        ),
+        (
+            "/jobs/email_welcome?color=red",
+            "{}".into(),
+            400,
+            "invalid_query",
+        ),
+    ];
+    for (path, body, status, code) in &cases {
+        let (got, err) = server.post(path, body).await;
+        assert_eq!(
+            (got, err["code"].as_str()),
+            (*status, Some(*code)),
+            "{path}: {err}"
+        );
+        assert_eq!(err["status"], *status);
+        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let (_, err) = server.post("/jobs/no_such_type", "{}").await;
+    assert_eq!(err["loadedTypes"], serde_json::json!(["email_welcome"]));
+    let (status, err) = server.get("/jobs/999999").await;
+    assert_eq!((status, err["code"].as_str()), (404, Some("job_not_found")));
+    let (status, err) = server.get("/jobs/abc").await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (400, Some("invalid_job_id"))
+    );
+    let (status, err) = server.get("/no/such/route").await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (404, Some("route_not_found"))
+    );
+    let resp = server
+        .http
+        .delete(format!("{}/jobs/1", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["code"],
+        "method_not_allowed"
+    );
+
+    // Nothing was written by any of them.
+    let (_, counts) = server.admin_get("/admin/metrics/jobs").await;
+    assert_eq!(counts["total"], 0, "{counts}");
+    // And a good request still works.
+    let id = server.submit("email_welcome", r#"{"userId":1}"#).await;
+    server.wait_for(id, "succeeded").await;
+}
+
+#[tokio::test]
+async fn a_delayed_job_waits_then_runs() {
+    let server = Server::start(email_plugins(), &[]).await;
+    let (status, body) = server
+        .post("/jobs/email_welcome?delay_ms=300", r#"{"userId":9}"#)
+        .await;
+    assert_eq!((status, body["status"].as_str()), (202, Some("scheduled")));
+    let id = body["jobId"].as_i64().unwrap();
+    let job = server.wait_for(id, "succeeded").await;
+    assert_eq!(
+        transitions(&job)[..2],
+        ["new>scheduled", "scheduled>queued"]
+    );
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_running_job_finish_and_exits_zero() {
+    let plugins = Plugins::new().testing("sleeper", "timeout_ms = 10_000\n");
+    let mut server = Server::start(plugins, &[]).await;
+    let id = server.submit("sleeper", r#"{"ms":1500}"#).await;
+    server.wait_for(id, "running").await;
+    let status = server.signal_and_wait(libc::SIGTERM);
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    server.restart();
+    let job = server.job(id).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    assert_eq!(job["attempts"], 1);
+    assert_eq!(job["result"]["slept"], 1500);
+}
+
+#[tokio::test]
+async fn sigterm_past_the_grace_period_returns_the_job_to_the_queue() {
+    let plugins = Plugins::new().testing("sleeper", "timeout_ms = 60_000\n");
+    let mut server = Server::start(plugins, &["--shutdown-grace-ms", "200"]).await;
+    let id = server.submit("sleeper", r#"{"ms":30000}"#).await;
+    server.wait_for(id, "running").await;
+    let status = server.signal_and_wait(libc::SIGTERM);
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    // Read the job with workers off (the restarted host would run it again).
+    server.restart();
+    let job = server.job(id).await;
+    let released = job["events"].as_array().unwrap().iter().any(|e| {
+        e["from"] == "running"
+            && e["to"] == "queued"
+            && e["reason"].as_str().unwrap().contains("shutdown")
+    });
+    assert!(released, "{job:#}");
+}
+
+#[tokio::test]
+async fn after_kill_9_the_job_completes_once_its_lease_expires() {
+    let plugins = Plugins::new().testing("sleeper", "timeout_ms = 2_000\n");
+    let flags = ["--lease-grace-ms", "500", "--reap-interval-ms", "100"];
+    let mut server = Server::start(plugins, &flags).await;
+    let id = server.submit("sleeper", r#"{"ms":1000}"#).await;
+    server.wait_for(id, "running").await;
+    let status = server.signal_and_wait(libc::SIGKILL);
+    assert_eq!(status.code(), None, "killed by a signal");
+    server.restart();
+    let job = server.wait_for(id, "succeeded").await;
+    assert_eq!(job["attempts"], 2, "{job:#}");
+    let reaped = job["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["actor"] == "reaper" && e["to"] == "queued");
+    assert!(reaped, "{job:#}");
+}

@@ -1,0 +1,281 @@
+//! Harness for the end-to-end tests: starts the real `jobhost` binary on a
+//! free port with a plugin directory of the test's choosing, and talks HTTP
+//! to it. Waiting is on observed state (polling the API), never on sleeps
+//! standing in for events.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
+
+/// How long any wait may take before the test fails (generous: CI machines are slow).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn binary() -> PathBuf {
+    std::env::var_os("JOBHOST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/debug/jobhost"))
+}
+
+fn compiled_plugins() -> PathBuf {
+    std::env::var_os("JOBHOST_TEST_PLUGINS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/jobhost-plugins"))
+}
+
+/// A plugin directory for one test: `(job type, source wasm, manifest)`.
+pub struct Plugins(Vec<(&'static str, &'static str, String)>);
+
+impl Plugins {
+    pub fn new() -> Self {
+        Plugins(Vec::new())
+    }
+
+    /// `examples/email_welcome.wasm` under its own name.
+    pub fn example(mut self, name: &'static str, manifest: &str) -> Self {
+        self.0.push((name, "examples", manifest.to_owned()));
+        self
+    }
+
+    /// The testing plugin installed as job type `name` (it picks its
+    /// behaviour from the type).
+    pub fn testing(mut self, name: &'static str, manifest: &str) -> Self {
+        self.0.push((name, "testing", manifest.to_owned()));
+        self
+    }
+
+    fn install(&self, dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        for (name, group, manifest) in &self.0 {
+            let file = if *group == "examples" {
+                *name
+            } else {
+                "testing"
+            };
+            let src = compiled_plugins().join(group).join(format!("{file}.wasm"));
+            std::fs::copy(&src, dir.join(format!("{name}.wasm"))).unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e}; run the tests with `cargo xtask test`",
+                    src.display()
+                )
+            });
+            std::fs::write(dir.join(format!("{name}.toml")), manifest).unwrap();
+        }
+    }
+}
+
+/// A running `jobhost serve`.
+pub struct Server {
+    child: Option<Child>,
+    pub url: String,
+    pub data: tempfile::TempDir,
+    args: Vec<String>,
+    pub http: reqwest::Client,
+}
+
+impl Server {
+    /// Starts jobhost with `plugins` and extra serve flags.
+    pub async fn start(plugins: Plugins, args: &[&str]) -> Server {
+        let data = tempfile::tempdir().unwrap();
+        plugins.install(&data.path().join("plugins"));
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (child, url) = spawn(data.path(), &args);
+        Server {
+            child: Some(child),
+            url,
+            data,
+            args,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Starts jobhost again on the same data directory (after a stop or kill).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server before restarting it");
+        let (child, url) = spawn(self.data.path(), &self.args);
+        self.child = Some(child);
+        self.url = url;
+    }
+
+    /// Sends a signal and waits for the process to exit.
+    pub fn signal_and_wait(&mut self, signal: i32) -> ExitStatus {
+        let mut child = self.child.take().expect("server is running");
+        // SAFETY: plain kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill failed");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "jobhost did not exit after signal {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        decode(resp).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        decode(
+            self.http
+                .get(format!("{}{path}", self.url))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
+        let req = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(ADMIN_TOKEN);
+        decode(req.send().await.unwrap()).await
+    }
+
+    pub async fn admin_post(&self, path: &str) -> (u16, Value) {
+        let req = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(ADMIN_TOKEN);
+        decode(req.send().await.unwrap()).await
+    }
+
+    /// Submits a job that must be accepted; returns its id.
+    pub async fn submit(&self, job_type: &str, payload: &str) -> i64 {
+        let (status, body) = self.post(&format!("/jobs/{job_type}"), payload).await;
+        assert_eq!(status, 202, "{body}");
+        body["jobId"].as_i64().expect("jobId")
+    }
+
+    pub async fn job(&self, id: i64) -> Value {
+        let (status, body) = self.get(&format!("/jobs/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Polls the job until its status is `status`; returns it.
+    pub async fn wait_for(&self, id: i64, status: &str) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let job = self.job(id).await;
+            if job["status"] == status {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} never became {status}: {job:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls the job until its history has at least `n` events; returns it.
+    pub async fn wait_for_events(&self, id: i64, n: usize) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let job = self.job(id).await;
+            if job["events"].as_array().is_some_and(|e| e.len() >= n) {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} never reached {n} events: {job:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        let resp = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn decode(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let body =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("body is not JSON ({e}): {text:?}"));
+    (status, body)
+}
+
+/// Starts the binary and reads its banner for the bound address.
+fn spawn(data: &Path, args: &[String]) -> (Child, String) {
+    let mut child = Command::new(binary())
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--admin-token", ADMIN_TOKEN])
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .env(
+            "JOBHOST_LOG",
+            std::env::var("JOBHOST_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "starting {}: {e}; run the tests with `cargo xtask test`",
+                binary().display()
+            )
+        });
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let url = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(rest) = line.strip_prefix("jobhost listening on ") {
+                    break rest.trim().to_owned();
+                }
+            }
+            _ => panic!(
+                "jobhost exited before printing its address: {:?}",
+                child.wait()
+            ),
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, url)
+}

@@ -24,7 +24,9 @@ fn main() -> ExitCode {
         Some("run") => run(&args[1..]),
         Some("test") => test(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <plugins | run [--release] [-- serve flags] | test [-- cargo test args]>");
+            eprintln!(
+                "usage: cargo xtask <plugins | run [--release] [-- serve flags] | test [-- cargo test args]>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -60,8 +62,13 @@ fn ensure_wasm_target() -> Result<()> {
     let out = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
-        .context("running rustup (jobhost's plugins need rustup to add the wasm32-wasip2 target)")?;
-    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == WASM_TARGET) {
+        .context(
+            "running rustup (jobhost's plugins need rustup to add the wasm32-wasip2 target)",
+        )?;
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == WASM_TARGET)
+    {
         return Ok(());
     }
     eprintln!("xtask: adding the {WASM_TARGET} target");
@@ -78,7 +85,13 @@ fn plugins() -> Result<PathBuf> {
     status(
         cargo()
             .current_dir(&plugins)
-            .args(["build", "--release", "--target", WASM_TARGET, "--target-dir"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                WASM_TARGET,
+                "--target-dir",
+            ])
             .arg(&target_dir),
     )?;
     let built = target_dir.join(WASM_TARGET).join("release");
@@ -111,11 +124,14 @@ fn run(args: &[String]) -> Result<()> {
     }
     let plugins = plugins()?.join("examples");
     let mut cmd = cargo();
-    cmd.current_dir(root()).args(["run", "--package", "jobhost"]);
+    cmd.current_dir(root())
+        .args(["run", "--package", "jobhost"]);
     if release {
         cmd.arg("--release");
     }
-    cmd.args(["--", "serve", "--plugins"]).arg(&plugins).args(serve_args);
+    cmd.args(["--", "serve", "--plugins"])
+        .arg(&plugins)
+        .args(serve_args);
     status(&mut cmd)
 }
 
@@ -123,7 +139,11 @@ fn test(args: &[String]) -> Result<()> {
     let plugins = plugins()?;
     let root = root();
     // The end-to-end tests start the real binary: build it first.
-    status(cargo().current_dir(&root).args(["build", "--package", "jobhost", "--bin", "jobhost"]))?;
+    status(
+        cargo()
+            .current_dir(&root)
+            .args(["build", "--package", "jobhost", "--bin", "jobhost"]),
+    )?;
     let extra = match args.first().map(String::as_str) {
         Some("--") => &args[1..],
         _ => args,
@@ -134,6 +154,9 @@ fn test(args: &[String]) -> Result<()> {
             .args(["test", "--workspace"])
             .args(extra)
             .env("JOBHOST_TEST_PLUGINS", &plugins)
-            .env("JOBHOST_BIN", root.join("target").join("debug").join("jobhost")),
+            .env(
+                "JOBHOST_BIN",
+                root.join("target").join("debug").join("jobhost"),
+            ),
     )
 }

@@ -34,7 +34,11 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 
-async fn require_admin(State(app): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+async fn require_admin(
+    State(app): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     if !token_matches(request.headers(), &app.admin_token) {
         return Err(ApiError::Unauthorized);
     }
@@ -64,25 +68,47 @@ fn job_id(id: &str) -> Result<i64, ApiError> {
     }
 }
 
-async fn replay(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn replay(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let job_id = job_id(&id)?;
-    let record = app.store.job_replay(job_id, app.clock.now()).await.map_err(|e| match e {
-        StoreError::WrongState { id, state } => ApiError::WrongState { id, state, action: "replayed", allowed: "dead" },
-        other => other.into(),
-    })?;
+    let record = app
+        .store
+        .job_replay(job_id, app.clock.now())
+        .await
+        .map_err(|e| match e {
+            StoreError::WrongState { id, state } => ApiError::WrongState {
+                id,
+                state,
+                action: "replayed",
+                allowed: "dead",
+            },
+            other => other.into(),
+        })?;
     app.dispatch.hint();
     let events = app.store.job_events(job_id).await?;
     Ok(Json(render_job(&record, &events)))
 }
 
-async fn cancel(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn cancel(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let job_id = job_id(&id)?;
-    let record = app.store.job_cancel(job_id, app.clock.now()).await.map_err(|e| match e {
-        StoreError::WrongState { id, state } => {
-            ApiError::WrongState { id, state, action: "cancelled", allowed: "queued or scheduled" }
-        }
-        other => other.into(),
-    })?;
+    let record = app
+        .store
+        .job_cancel(job_id, app.clock.now())
+        .await
+        .map_err(|e| match e {
+            StoreError::WrongState { id, state } => ApiError::WrongState {
+                id,
+                state,
+                action: "cancelled",
+                allowed: "queued or scheduled",
+            },
+            other => other.into(),
+        })?;
     let events = app.store.job_events(job_id).await?;
     Ok(Json(render_job(&record, &events)))
 }

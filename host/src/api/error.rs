@@ -15,14 +15,26 @@ use crate::store::StoreError;
 pub enum ApiError {
     JobNotFound(String),
     InvalidJobId(String),
-    UnknownJobType { name: String, loaded: Vec<String> },
+    UnknownJobType {
+        name: String,
+        loaded: Vec<String>,
+    },
     InvalidJson(String),
-    PayloadTooLarge { limit: usize },
-    IdempotencyKeyTooLong { len: usize },
+    PayloadTooLarge {
+        limit: usize,
+    },
+    IdempotencyKeyTooLong {
+        len: usize,
+    },
     InvalidIdempotencyKey(&'static str),
     InvalidQuery(String),
     Unauthorized,
-    WrongState { id: JobId, state: JobState, action: &'static str, allowed: &'static str },
+    WrongState {
+        id: JobId,
+        state: JobState,
+        action: &'static str,
+        allowed: &'static str,
+    },
     RouteNotFound,
     MethodNotAllowed,
     Unavailable,
@@ -52,9 +64,9 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::JobNotFound(_) | ApiError::UnknownJobType { .. } | ApiError::RouteNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::JobNotFound(_)
+            | ApiError::UnknownJobType { .. }
+            | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::InvalidJobId(_)
             | ApiError::InvalidJson(_)
             | ApiError::IdempotencyKeyTooLong { .. }

@@ -45,10 +45,12 @@ async fn submit(
     };
     let delay = parse_delay(query.as_deref())?;
     let bytes = read_body(body, &headers, app.body_limit).await?;
-    let payload: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let payload: Value =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     let idempotency_key = idempotency_key(&headers, &payload)?;
     // Valid JSON is valid UTF-8.
-    let payload = String::from_utf8(bytes.to_vec()).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let payload =
+        String::from_utf8(bytes.to_vec()).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
 
     let now = app.clock.now();
     let job = NewJob {
@@ -60,12 +62,16 @@ async fn submit(
     };
     match app.store.job_insert(job, now).await? {
         Enqueued::Created { id, state } => {
-            metrics::counter!(telemetry::JOBS_ENQUEUED, "type" => plugin.job_type.clone()).increment(1);
+            metrics::counter!(telemetry::JOBS_ENQUEUED, "type" => plugin.job_type.clone())
+                .increment(1);
             match state {
                 JobState::Scheduled => app.dispatch.scheduled(),
                 _ => app.dispatch.hint(),
             }
-            Ok((StatusCode::ACCEPTED, Json(json!({ "jobId": id, "status": state }))))
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({ "jobId": id, "status": state })),
+            ))
         }
         Enqueued::Existing { id, state } => Ok((
             StatusCode::OK,
@@ -74,12 +80,19 @@ async fn submit(
     }
 }
 
-async fn show(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let job_id: i64 = match id.parse() {
         Ok(n) if n > 0 => n,
         _ => return Err(ApiError::InvalidJobId(id)),
     };
-    let record = app.store.job_get(job_id).await?.ok_or(ApiError::JobNotFound(id))?;
+    let record = app
+        .store
+        .job_get(job_id)
+        .await?
+        .ok_or(ApiError::JobNotFound(id))?;
     let events = app.store.job_events(job_id).await?;
     Ok(Json(render_job(&record, &events)))
 }
@@ -123,7 +136,11 @@ fn raw_json(text: &str) -> Value {
 
 fn parse_delay(query: Option<&str>) -> Result<Duration, ApiError> {
     let mut delay = Duration::ZERO;
-    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         match pair.split_once('=') {
             Some(("delay_ms", v)) => {
                 let ms: u64 = v
@@ -133,13 +150,21 @@ fn parse_delay(query: Option<&str>) -> Result<Duration, ApiError> {
                     .ok_or_else(|| ApiError::InvalidQuery(format!("delay_ms must be a whole number of milliseconds up to {MAX_DELAY_MS}, not {v:?}")))?;
                 delay = Duration::from_millis(ms);
             }
-            _ => return Err(ApiError::InvalidQuery(format!("unknown parameter {pair:?}; the only one is delay_ms"))),
+            _ => {
+                return Err(ApiError::InvalidQuery(format!(
+                    "unknown parameter {pair:?}; the only one is delay_ms"
+                )));
+            }
         }
     }
     Ok(delay)
 }
 
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -162,18 +187,28 @@ fn idempotency_key(headers: &HeaderMap, payload: &Value) -> Result<Option<String
     let key = match headers.get("idempotency-key") {
         Some(v) => Some(
             v.to_str()
-                .map_err(|_| ApiError::InvalidIdempotencyKey("the Idempotency-Key header must be visible ASCII"))?
+                .map_err(|_| {
+                    ApiError::InvalidIdempotencyKey(
+                        "the Idempotency-Key header must be visible ASCII",
+                    )
+                })?
                 .to_owned(),
         ),
         None => match payload.get("idempotencyKey") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => return Err(ApiError::InvalidIdempotencyKey("the payload's idempotencyKey must be a string")),
+            Some(_) => {
+                return Err(ApiError::InvalidIdempotencyKey(
+                    "the payload's idempotencyKey must be a string",
+                ));
+            }
         },
     };
     match key {
         Some(k) if k.is_empty() => Err(ApiError::InvalidIdempotencyKey("the key is empty")),
-        Some(k) if k.len() > MAX_IDEMPOTENCY_KEY => Err(ApiError::IdempotencyKeyTooLong { len: k.len() }),
+        Some(k) if k.len() > MAX_IDEMPOTENCY_KEY => {
+            Err(ApiError::IdempotencyKeyTooLong { len: k.len() })
+        }
         other => Ok(other),
     }
 }

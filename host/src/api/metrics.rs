@@ -1,11 +1,11 @@
 //! `GET /metrics`: Prometheus text. Queue depth gauges are read from the
 //! store at scrape time, so they are right on every host.
 
+use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
 
 use super::{ApiError, AppState};
 use crate::job::JobState;
@@ -20,13 +20,21 @@ async fn render(State(app): State<AppState>) -> Result<impl IntoResponse, ApiErr
         return Err(ApiError::RouteNotFound);
     };
     for (job_type, counts) in app.store.counts_by_type().await? {
-        for state in [JobState::Queued, JobState::Scheduled, JobState::Running, JobState::Dead] {
+        for state in [
+            JobState::Queued,
+            JobState::Scheduled,
+            JobState::Running,
+            JobState::Dead,
+        ] {
             metrics::gauge!(telemetry::QUEUE_DEPTH, "type" => job_type.clone(), "state" => state.as_str())
                 .set(counts.get(state) as f64);
         }
     }
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         handle.render(),
     ))
 }

@@ -5,7 +5,11 @@ mod serve;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "jobhost", version, about = "A job host that runs every attempt in a sandboxed WebAssembly plugin")]
+#[command(
+    name = "jobhost",
+    version,
+    about = "A job host that runs every attempt in a sandboxed WebAssembly plugin"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -53,7 +53,10 @@ pub enum ManifestError {
     #[error("{0}")]
     Parse(String),
     #[error("`{field}` {problem}")]
-    Invalid { field: &'static str, problem: String },
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -167,9 +170,13 @@ mod tests {
         assert!(e.contains("max_attempts"), "{e}");
         let e = Manifest::parse("timout_ms = 5").unwrap_err().to_string();
         assert!(e.contains("timout_ms"), "{e}");
-        let e = Manifest::parse("[backoff]\nbase_ms = 100\ncap_ms = 10").unwrap_err().to_string();
+        let e = Manifest::parse("[backoff]\nbase_ms = 100\ncap_ms = 10")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("backoff.cap_ms"), "{e}");
-        let e = Manifest::parse("[backoff]\njitter = 1.5").unwrap_err().to_string();
+        let e = Manifest::parse("[backoff]\njitter = 1.5")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("backoff.jitter"), "{e}");
     }
 }

@@ -26,7 +26,9 @@ pub enum LoadError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {name:?} is not a valid job type name (1-64 of a-z, 0-9, _ and -, starting with a letter)")]
+    #[error(
+        "{path}: {name:?} is not a valid job type name (1-64 of a-z, 0-9, _ and -, starting with a letter)"
+    )]
     BadName { path: PathBuf, name: String },
     #[error("manifest {path}: {source}")]
     Manifest {
@@ -77,7 +79,12 @@ impl Registry {
 
     /// Loads every `NAME.wasm` (with its optional `NAME.toml`) in `dir`.
     /// Fails on the first plugin that does not load, naming it.
-    pub fn load_dir(&self, runtime: &Runtime, dir: &Path, max_memory_bytes: usize) -> Result<Vec<String>, LoadError> {
+    pub fn load_dir(
+        &self,
+        runtime: &Runtime,
+        dir: &Path,
+        max_memory_bytes: usize,
+    ) -> Result<Vec<String>, LoadError> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| LoadError::Io { path, source }
@@ -103,7 +110,11 @@ impl Registry {
     }
 }
 
-fn load_one(runtime: &Runtime, path: &Path, max_memory_bytes: usize) -> Result<LoadedPlugin, LoadError> {
+fn load_one(
+    runtime: &Runtime,
+    path: &Path,
+    max_memory_bytes: usize,
+) -> Result<LoadedPlugin, LoadError> {
     let name = path
         .file_stem()
         .and_then(|s| s.to_str())

@@ -34,7 +34,6 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-
 /// How often the engine's epoch ticks. Every tick, a running attempt yields
 /// to the async executor, so a busy plugin never monopolises a host thread.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -97,9 +96,15 @@ impl std::fmt::Display for TrapReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TrapReason::FuelExhausted { fuel } => write!(f, "fuel exhausted after {fuel} units"),
-            TrapReason::TimedOut { timeout } => write!(f, "timed out after {} ms", timeout.as_millis()),
+            TrapReason::TimedOut { timeout } => {
+                write!(f, "timed out after {} ms", timeout.as_millis())
+            }
             TrapReason::MemoryExceeded { limit_bytes } => {
-                write!(f, "memory limit of {} MiB exceeded", limit_bytes / (1024 * 1024))
+                write!(
+                    f,
+                    "memory limit of {} MiB exceeded",
+                    limit_bytes / (1024 * 1024)
+                )
             }
             TrapReason::Crashed(why) => write!(f, "crashed: {why}"),
         }
@@ -125,7 +130,9 @@ pub struct CompiledPlugin {
 
 impl std::fmt::Debug for CompiledPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompiledPlugin").field("digest", &self.digest).finish()
+        f.debug_struct("CompiledPlugin")
+            .field("digest", &self.digest)
+            .finish()
     }
 }
 
@@ -135,7 +142,9 @@ pub enum RuntimeError {
     Engine(String),
     #[error("compiling plugin {name}: {reason}")]
     Compile { name: String, reason: String },
-    #[error("linking plugin {name}: {reason} (does it target the jobhost:plugin/handler world of wit/jobhost.wit?)")]
+    #[error(
+        "linking plugin {name}: {reason} (does it target the jobhost:plugin/handler world of wit/jobhost.wit?)"
+    )]
     Link { name: String, reason: String },
 }
 
@@ -232,7 +241,11 @@ impl Runtime {
 
     fn cache_path(&self, digest: &str) -> Option<PathBuf> {
         let hex = digest.trim_start_matches("sha256:");
-        Some(self.cache_dir.as_ref()?.join(format!("{hex}-{}.cwasm", self.cache_tag)))
+        Some(
+            self.cache_dir
+                .as_ref()?
+                .join(format!("{hex}-{}.cwasm", self.cache_tag)),
+        )
     }
 
     fn cached_component(&self, path: &Path, wasm: &[u8]) -> wasmtime::Result<Component> {
@@ -242,7 +255,9 @@ impl Runtime {
             // inside jobhost's own data directory.
             match unsafe { Component::deserialize_file(&self.engine, path) } {
                 Ok(c) => return Ok(c),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compiled-plugin cache entry"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compiled-plugin cache entry")
+                }
             }
         }
         let bytes = self.engine.precompile_component(wasm)?;

@@ -34,18 +34,30 @@ fn input<'a>(job_type: &'a str, payload: &'a str) -> AttemptInput<'a> {
 
 /// The testing plugin, which picks its behaviour from the job type.
 fn testing(rt: &Runtime) -> CompiledPlugin {
-    rt.compile("testing", &plugin_wasm("testing", "testing")).expect("testing plugin compiles")
+    rt.compile("testing", &plugin_wasm("testing", "testing"))
+        .expect("testing plugin compiles")
 }
 
 fn email(rt: &Runtime) -> CompiledPlugin {
-    rt.compile("email_welcome", &plugin_wasm("examples", "email_welcome")).expect("email_welcome compiles")
+    rt.compile("email_welcome", &plugin_wasm("examples", "email_welcome"))
+        .expect("email_welcome compiles")
 }
 
 /// After any failure, the same runtime still runs a healthy attempt.
 async fn still_serving(rt: &Runtime) {
     let plugin = email(rt);
-    let report = rt.run(&plugin, &limits(), input("email_welcome", r#"{"userId":1}"#)).await;
-    assert!(matches!(report.outcome, AttemptOutcome::Ok(Some(_))), "{:?}", report.outcome);
+    let report = rt
+        .run(
+            &plugin,
+            &limits(),
+            input("email_welcome", r#"{"userId":1}"#),
+        )
+        .await;
+    assert!(
+        matches!(report.outcome, AttemptOutcome::Ok(Some(_))),
+        "{:?}",
+        report.outcome
+    );
 }
 
 #[tokio::test]
@@ -53,7 +65,13 @@ async fn success_returns_the_result() {
     let rt = runtime();
     let plugin = email(&rt);
     assert!(plugin.digest.starts_with("sha256:") && plugin.digest.len() == 7 + 64);
-    let report = rt.run(&plugin, &limits(), input("email_welcome", r#"{"userId":42}"#)).await;
+    let report = rt
+        .run(
+            &plugin,
+            &limits(),
+            input("email_welcome", r#"{"userId":42}"#),
+        )
+        .await;
     let AttemptOutcome::Ok(Some(result)) = report.outcome else {
         panic!("expected success, got {:?}", report.outcome);
     };
@@ -66,23 +84,57 @@ async fn success_returns_the_result() {
 async fn retry_and_fatal_come_back_as_the_plugin_said() {
     let rt = runtime();
     let plugin = email(&rt);
-    let report = rt.run(&plugin, &limits(), input("email_welcome", r#"{"userId":777}"#)).await;
-    assert!(matches!(&report.outcome, AttemptOutcome::Retry(m) if m.contains("777")), "{:?}", report.outcome);
-    let report = rt.run(&plugin, &limits(), input("email_welcome", r#"{"name":"no id"}"#)).await;
-    assert!(matches!(&report.outcome, AttemptOutcome::Fatal(m) if m.contains("userId")), "{:?}", report.outcome);
+    let report = rt
+        .run(
+            &plugin,
+            &limits(),
+            input("email_welcome", r#"{"userId":777}"#),
+        )
+        .await;
+    assert!(
+        matches!(&report.outcome, AttemptOutcome::Retry(m) if m.contains("777")),
+        "{:?}",
+        report.outcome
+    );
+    let report = rt
+        .run(
+            &plugin,
+            &limits(),
+            input("email_welcome", r#"{"name":"no id"}"#),
+        )
+        .await;
+    assert!(
+        matches!(&report.outcome, AttemptOutcome::Fatal(m) if m.contains("userId")),
+        "{:?}",
+        report.outcome
+    );
     let testing = testing(&rt);
-    let report = rt.run(&testing, &limits(), input("always_fatal", "{}")).await;
-    assert_eq!(report.outcome, AttemptOutcome::Fatal("this job can never succeed".into()));
+    let report = rt
+        .run(&testing, &limits(), input("always_fatal", "{}"))
+        .await;
+    assert_eq!(
+        report.outcome,
+        AttemptOutcome::Fatal("this job can never succeed".into())
+    );
 }
 
 #[tokio::test]
 async fn an_endless_loop_runs_out_of_fuel_within_its_budget() {
     let rt = runtime();
     let plugin = testing(&rt);
-    let budget = Limits { fuel: 20_000_000, ..limits() };
+    let budget = Limits {
+        fuel: 20_000_000,
+        ..limits()
+    };
     let report = rt.run(&plugin, &budget, input("loop_forever", "{}")).await;
-    assert_eq!(report.outcome, AttemptOutcome::Trapped(TrapReason::FuelExhausted { fuel: 20_000_000 }));
-    assert_eq!(report.fuel_consumed, 20_000_000, "it may not burn more than its budget");
+    assert_eq!(
+        report.outcome,
+        AttemptOutcome::Trapped(TrapReason::FuelExhausted { fuel: 20_000_000 })
+    );
+    assert_eq!(
+        report.fuel_consumed, 20_000_000,
+        "it may not burn more than its budget"
+    );
     assert_eq!(
         TrapReason::FuelExhausted { fuel: 20_000_000 }.to_string(),
         "fuel exhausted after 20000000 units"
@@ -94,13 +146,28 @@ async fn an_endless_loop_runs_out_of_fuel_within_its_budget() {
 async fn a_sleeping_plugin_is_stopped_at_its_deadline() {
     let rt = runtime();
     let plugin = testing(&rt);
-    let short = Limits { timeout: Duration::from_millis(300), ..limits() };
-    let report = rt.run(&plugin, &short, input("sleeper", r#"{"ms":60000}"#)).await;
+    let short = Limits {
+        timeout: Duration::from_millis(300),
+        ..limits()
+    };
+    let report = rt
+        .run(&plugin, &short, input("sleeper", r#"{"ms":60000}"#))
+        .await;
     let timeout = Duration::from_millis(300);
-    assert_eq!(report.outcome, AttemptOutcome::Trapped(TrapReason::TimedOut { timeout }));
-    assert_eq!(TrapReason::TimedOut { timeout }.to_string(), "timed out after 300 ms");
+    assert_eq!(
+        report.outcome,
+        AttemptOutcome::Trapped(TrapReason::TimedOut { timeout })
+    );
+    assert_eq!(
+        TrapReason::TimedOut { timeout }.to_string(),
+        "timed out after 300 ms"
+    );
     // Sleeping burns (almost) no fuel: it was the clock, not the budget.
-    assert!(report.fuel_consumed < 10_000_000, "{}", report.fuel_consumed);
+    assert!(
+        report.fuel_consumed < 10_000_000,
+        "{}",
+        report.fuel_consumed
+    );
     still_serving(&rt).await;
 }
 
@@ -109,10 +176,17 @@ async fn a_busy_plugin_is_also_stopped_at_its_deadline() {
     let rt = runtime();
     let plugin = testing(&rt);
     // Plenty of fuel: only the wall clock can stop it.
-    let limits = Limits { fuel: u64::MAX / 4, timeout: Duration::from_millis(200), ..limits() };
+    let limits = Limits {
+        fuel: u64::MAX / 4,
+        timeout: Duration::from_millis(200),
+        ..limits()
+    };
     let report = rt.run(&plugin, &limits, input("loop_forever", "{}")).await;
     assert!(
-        matches!(report.outcome, AttemptOutcome::Trapped(TrapReason::TimedOut { .. })),
+        matches!(
+            report.outcome,
+            AttemptOutcome::Trapped(TrapReason::TimedOut { .. })
+        ),
         "{:?}",
         report.outcome
     );
@@ -122,14 +196,22 @@ async fn a_busy_plugin_is_also_stopped_at_its_deadline() {
 async fn memory_growth_is_stopped_by_the_cap() {
     let rt = runtime();
     let plugin = testing(&rt);
-    let capped = Limits { memory_bytes: 16 << 20, ..limits() };
+    let capped = Limits {
+        memory_bytes: 16 << 20,
+        ..limits()
+    };
     let report = rt.run(&plugin, &capped, input("memory_hog", "{}")).await;
     assert_eq!(
         report.outcome,
-        AttemptOutcome::Trapped(TrapReason::MemoryExceeded { limit_bytes: 16 << 20 })
+        AttemptOutcome::Trapped(TrapReason::MemoryExceeded {
+            limit_bytes: 16 << 20
+        })
     );
     assert_eq!(
-        TrapReason::MemoryExceeded { limit_bytes: 16 << 20 }.to_string(),
+        TrapReason::MemoryExceeded {
+            limit_bytes: 16 << 20
+        }
+        .to_string(),
         "memory limit of 16 MiB exceeded"
     );
     still_serving(&rt).await;
@@ -144,7 +226,10 @@ async fn a_panic_traps_and_reports_its_message() {
         panic!("expected a crash, got {:?}", report.outcome);
     };
     assert!(why.contains("wasm trap"), "{why}");
-    assert!(why.contains("panics on purpose"), "the panic message should reach the error: {why}");
+    assert!(
+        why.contains("panics on purpose"),
+        "the panic message should reach the error: {why}"
+    );
     still_serving(&rt).await;
 }
 
@@ -154,7 +239,10 @@ async fn every_attempt_gets_a_fresh_sandbox() {
     let plugin = testing(&rt);
     for _ in 0..3 {
         let report = rt.run(&plugin, &limits(), input("counter", "{}")).await;
-        assert_eq!(report.outcome, AttemptOutcome::Ok(Some(r#"{"calls":1}"#.into())));
+        assert_eq!(
+            report.outcome,
+            AttemptOutcome::Ok(Some(r#"{"calls":1}"#.into()))
+        );
     }
 }
 
@@ -164,7 +252,9 @@ async fn the_sandbox_grants_no_environment_files_or_network() {
     let plugin = testing(&rt);
     // SAFETY: tests in this binary do not read this variable concurrently.
     unsafe { std::env::set_var("JOBHOST_SECRET_FOR_SANDBOX_TEST", "leak") };
-    let report = rt.run(&plugin, &limits(), input("probe_sandbox", "{}")).await;
+    let report = rt
+        .run(&plugin, &limits(), input("probe_sandbox", "{}"))
+        .await;
     let AttemptOutcome::Ok(Some(seen)) = report.outcome else {
         panic!("probe failed: {:?}", report.outcome);
     };
@@ -180,7 +270,11 @@ async fn a_runaway_plugin_does_not_stall_others() {
     let rt = std::sync::Arc::new(runtime());
     let bad = testing(&rt);
     let good = email(&rt);
-    let forever = Limits { fuel: u64::MAX / 4, timeout: Duration::from_secs(5), ..limits() };
+    let forever = Limits {
+        fuel: u64::MAX / 4,
+        timeout: Duration::from_secs(5),
+        ..limits()
+    };
     let spinners: Vec<_> = (0..4)
         .map(|_| {
             let (rt, bad) = (rt.clone(), bad.clone());
@@ -191,12 +285,21 @@ async fn a_runaway_plugin_does_not_stall_others() {
     // (the spinners yield at every epoch tick).
     for i in 0..20 {
         let payload = format!(r#"{{"userId":{i}}}"#);
-        let report = rt.run(&good, &limits(), input("email_welcome", &payload)).await;
-        assert!(matches!(report.outcome, AttemptOutcome::Ok(Some(_))), "{:?}", report.outcome);
+        let report = rt
+            .run(&good, &limits(), input("email_welcome", &payload))
+            .await;
+        assert!(
+            matches!(report.outcome, AttemptOutcome::Ok(Some(_))),
+            "{:?}",
+            report.outcome
+        );
     }
     for s in spinners {
         let report = s.await.unwrap();
-        assert!(matches!(report.outcome, AttemptOutcome::Trapped(TrapReason::TimedOut { .. })));
+        assert!(matches!(
+            report.outcome,
+            AttemptOutcome::Trapped(TrapReason::TimedOut { .. })
+        ));
     }
 }
 
@@ -209,8 +312,14 @@ async fn compiled_components_are_cached_by_digest() {
         cache_dir: Some(dir.path().to_owned()),
     };
     let wasm = plugin_wasm("examples", "email_welcome");
-    let first = Runtime::new(config.clone()).unwrap().compile("email_welcome", &wasm).unwrap();
-    let cached: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let first = Runtime::new(config.clone())
+        .unwrap()
+        .compile("email_welcome", &wasm)
+        .unwrap();
+    let cached: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(cached.len(), 1, "{cached:?}");
     let hex = first.digest.trim_start_matches("sha256:");
     assert!(cached[0].to_string_lossy().starts_with(hex), "{cached:?}");
@@ -218,13 +327,18 @@ async fn compiled_components_are_cached_by_digest() {
     let rt = Runtime::new(config).unwrap();
     let again = rt.compile("email_welcome", &wasm).unwrap();
     assert_eq!(again.digest, first.digest);
-    let report = rt.run(&again, &limits(), input("email_welcome", r#"{"userId":5}"#)).await;
+    let report = rt
+        .run(&again, &limits(), input("email_welcome", r#"{"userId":5}"#))
+        .await;
     assert!(matches!(report.outcome, AttemptOutcome::Ok(Some(_))));
 }
 
 #[tokio::test]
 async fn a_component_for_another_world_is_refused_with_a_clear_error() {
     let rt = runtime();
-    let err = rt.compile("junk", b"not wasm at all").unwrap_err().to_string();
+    let err = rt
+        .compile("junk", b"not wasm at all")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("compiling plugin junk"), "{err}");
 }

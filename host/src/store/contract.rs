@@ -58,7 +58,12 @@ async fn state(s: &dyn Store, id: JobId) -> JobState {
 }
 
 async fn transitions(s: &dyn Store, id: JobId) -> Vec<(Option<JobState>, JobState)> {
-    s.job_events(id).await.unwrap().iter().map(|e| (e.from, e.to)).collect()
+    s.job_events(id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| (e.from, e.to))
+        .collect()
 }
 
 pub async fn insert_then_get(s: &dyn Store) {
@@ -74,8 +79,17 @@ pub async fn insert_then_get(s: &dyn Store) {
 
 pub async fn idempotency_key_names_one_job_per_type(s: &dyn Store) {
     let first = insert(s, new_job("email", Some("k1"))).await;
-    let again = s.job_insert(new_job("email", Some("k1")), T0).await.unwrap();
-    assert_eq!(again, Enqueued::Existing { id: first, state: JobState::Queued });
+    let again = s
+        .job_insert(new_job("email", Some("k1")), T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        Enqueued::Existing {
+            id: first,
+            state: JobState::Queued
+        }
+    );
     // The same key under another type is another job.
     let other = insert(s, new_job("sms", Some("k1"))).await;
     assert_ne!(other, first);
@@ -94,7 +108,9 @@ pub async fn concurrent_inserts_all_commit(s: Arc<dyn Store>) {
             let s = s.clone();
             tokio::spawn(async move {
                 let key = (i % 2 == 0).then(|| format!("key-{}", i / 2 % 50));
-                s.job_insert(new_job("email", key.as_deref()), T0).await.unwrap()
+                s.job_insert(new_job("email", key.as_deref()), T0)
+                    .await
+                    .unwrap()
             })
         })
         .collect();
@@ -113,9 +129,21 @@ pub async fn concurrent_inserts_all_commit(s: Arc<dyn Store>) {
 }
 
 pub async fn delayed_jobs_wait_for_the_promoter(s: &dyn Store) {
-    let id = insert(s, NewJob { run_at: T0.plus(10 * SECOND), ..new_job("email", None) }).await;
+    let id = insert(
+        s,
+        NewJob {
+            run_at: T0.plus(10 * SECOND),
+            ..new_job("email", None)
+        },
+    )
+    .await;
     assert_eq!(state(s, id).await, JobState::Scheduled);
-    assert!(s.job_claim(claim_req("email", 10, 1, T0.plus(20 * SECOND))).await.unwrap().is_empty());
+    assert!(
+        s.job_claim(claim_req("email", 10, 1, T0.plus(20 * SECOND)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(s.job_next_due().await.unwrap(), Some(T0.plus(10 * SECOND)));
     assert!(s.job_promote(T0.plus(9 * SECOND)).await.unwrap().is_empty());
     assert_eq!(s.job_promote(T0.plus(10 * SECOND)).await.unwrap(), vec![id]);
@@ -123,12 +151,22 @@ pub async fn delayed_jobs_wait_for_the_promoter(s: &dyn Store) {
     assert_eq!(s.job_next_due().await.unwrap(), None);
     assert_eq!(
         transitions(s, id).await,
-        vec![(None, JobState::Scheduled), (Some(JobState::Scheduled), JobState::Queued)]
+        vec![
+            (None, JobState::Scheduled),
+            (Some(JobState::Scheduled), JobState::Queued)
+        ]
     );
 }
 
 pub async fn claim_takes_oldest_due_of_one_type_and_counts_the_attempt(s: &dyn Store) {
-    let late = insert(s, NewJob { run_at: T0.plus(SECOND), ..new_job("email", None) }).await;
+    let late = insert(
+        s,
+        NewJob {
+            run_at: T0.plus(SECOND),
+            ..new_job("email", None)
+        },
+    )
+    .await;
     let early = insert(s, new_job("email", None)).await;
     let _other_type = insert(s, new_job("sms", None)).await;
     s.job_promote(T0.plus(SECOND)).await.unwrap();
@@ -136,16 +174,31 @@ pub async fn claim_takes_oldest_due_of_one_type_and_counts_the_attempt(s: &dyn S
     let claimed = s.job_claim(claim_req("email", 1, 7, now)).await.unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].id, early);
-    assert_eq!((claimed[0].attempt, claimed[0].max_attempts, claimed[0].token), (1, 3, 7));
+    assert_eq!(
+        (
+            claimed[0].attempt,
+            claimed[0].max_attempts,
+            claimed[0].token
+        ),
+        (1, 3, 7)
+    );
     let job = s.job_get(early).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Running);
     assert_eq!(job.started_at, Some(now));
     assert_eq!(job.lease_expires_at, Some(now.plus(30 * SECOND)));
     let rest = s.job_claim(claim_req("email", 10, 8, now)).await.unwrap();
     assert_eq!(rest.iter().map(|j| j.id).collect::<Vec<_>>(), vec![late]);
-    assert!(s.job_claim(claim_req("email", 10, 9, now)).await.unwrap().is_empty());
+    assert!(
+        s.job_claim(claim_req("email", 10, 9, now))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let events = s.job_events(early).await.unwrap();
-    assert_eq!(events.last().unwrap().plugin_digest.as_deref(), Some("sha256:test"));
+    assert_eq!(
+        events.last().unwrap().plugin_digest.as_deref(),
+        Some("sha256:test")
+    );
 }
 
 pub async fn concurrent_claims_hand_each_job_to_one_claimer(s: Arc<dyn Store>) {
@@ -178,12 +231,29 @@ pub async fn concurrent_claims_hand_each_job_to_one_claimer(s: Arc<dyn Store>) {
 
 pub async fn completion_is_fenced_by_the_lease_token(s: &dyn Store) {
     let id = insert(s, new_job("email", None)).await;
-    let job = s.job_claim(claim_req("email", 1, 11, T0)).await.unwrap().remove(0);
-    let forged = ClaimedJob { token: 12, ..job.clone() };
-    let ok = Outcome::Succeeded { result: Some(r#"{"sent":true}"#.into()) };
-    assert!(!s.job_complete(completion(&forged, ok.clone(), T0)).await.unwrap());
+    let job = s
+        .job_claim(claim_req("email", 1, 11, T0))
+        .await
+        .unwrap()
+        .remove(0);
+    let forged = ClaimedJob {
+        token: 12,
+        ..job.clone()
+    };
+    let ok = Outcome::Succeeded {
+        result: Some(r#"{"sent":true}"#.into()),
+    };
+    assert!(
+        !s.job_complete(completion(&forged, ok.clone(), T0))
+            .await
+            .unwrap()
+    );
     assert_eq!(state(s, id).await, JobState::Running);
-    assert!(s.job_complete(completion(&job, ok.clone(), T0.plus(SECOND))).await.unwrap());
+    assert!(
+        s.job_complete(completion(&job, ok.clone(), T0.plus(SECOND)))
+            .await
+            .unwrap()
+    );
     let done = s.job_get(id).await.unwrap().unwrap();
     assert_eq!(done.state, JobState::Succeeded);
     assert_eq!(done.result.as_deref(), Some(r#"{"sent":true}"#));
@@ -191,7 +261,17 @@ pub async fn completion_is_fenced_by_the_lease_token(s: &dyn Store) {
     assert_eq!(done.finished_at, Some(T0.plus(SECOND)));
     assert_eq!(done.lease_expires_at, None);
     // A second report of the same attempt changes nothing.
-    assert!(!s.job_complete(completion(&job, Outcome::Dead { error: "late".into() }, T0)).await.unwrap());
+    assert!(
+        !s.job_complete(completion(
+            &job,
+            Outcome::Dead {
+                error: "late".into()
+            },
+            T0
+        ))
+        .await
+        .unwrap()
+    );
     assert_eq!(state(s, id).await, JobState::Succeeded);
     assert_eq!(
         transitions(s, id).await,
@@ -205,31 +285,65 @@ pub async fn completion_is_fenced_by_the_lease_token(s: &dyn Store) {
 
 pub async fn retry_schedules_and_dead_records_the_error(s: &dyn Store) {
     let id = insert(s, new_job("email", None)).await;
-    let job = s.job_claim(claim_req("email", 1, 1, T0)).await.unwrap().remove(0);
+    let job = s
+        .job_claim(claim_req("email", 1, 1, T0))
+        .await
+        .unwrap()
+        .remove(0);
     let retry_at = T0.plus(5 * SECOND);
-    let outcome = Outcome::Retry { error: "provider busy".into(), run_at: retry_at };
+    let outcome = Outcome::Retry {
+        error: "provider busy".into(),
+        run_at: retry_at,
+    };
     assert!(s.job_complete(completion(&job, outcome, T0)).await.unwrap());
     let rec = s.job_get(id).await.unwrap().unwrap();
-    assert_eq!((rec.state, rec.run_at, rec.attempt), (JobState::Scheduled, retry_at, 1));
+    assert_eq!(
+        (rec.state, rec.run_at, rec.attempt),
+        (JobState::Scheduled, retry_at, 1)
+    );
     assert_eq!(rec.last_error.as_deref(), Some("provider busy"));
     assert_eq!(rec.finished_at, None);
     assert_eq!(s.job_promote(retry_at).await.unwrap(), vec![id]);
-    let job = s.job_claim(claim_req("email", 1, 2, retry_at)).await.unwrap().remove(0);
+    let job = s
+        .job_claim(claim_req("email", 1, 2, retry_at))
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(job.attempt, 2);
-    assert!(s.job_complete(completion(&job, Outcome::Dead { error: "fatal: bad user".into() }, retry_at)).await.unwrap());
+    assert!(
+        s.job_complete(completion(
+            &job,
+            Outcome::Dead {
+                error: "fatal: bad user".into()
+            },
+            retry_at
+        ))
+        .await
+        .unwrap()
+    );
     let rec = s.job_get(id).await.unwrap().unwrap();
     assert_eq!(rec.state, JobState::Dead);
     assert_eq!(rec.last_error.as_deref(), Some("fatal: bad user"));
     let events = s.job_events(id).await.unwrap();
-    assert_eq!(events.last().unwrap().reason.as_deref(), Some("fatal: bad user"));
+    assert_eq!(
+        events.last().unwrap().reason.as_deref(),
+        Some("fatal: bad user")
+    );
     assert_eq!(events.last().unwrap().attempt, 2);
 }
 
 pub async fn reaper_requeues_expired_leases_and_fences_out_the_late_holder(s: &dyn Store) {
     let id = insert(s, new_job("email", None)).await;
-    let job = s.job_claim(claim_req("email", 1, 1, T0)).await.unwrap().remove(0);
+    let job = s
+        .job_claim(claim_req("email", 1, 1, T0))
+        .await
+        .unwrap()
+        .remove(0);
     // Not expired yet: untouched.
-    assert_eq!(s.lease_reap(T0.plus(29 * SECOND)).await.unwrap(), Reaped::default());
+    assert_eq!(
+        s.lease_reap(T0.plus(29 * SECOND)).await.unwrap(),
+        Reaped::default()
+    );
     let reaped = s.lease_reap(T0.plus(30 * SECOND)).await.unwrap();
     assert_eq!(reaped.requeued, vec![id]);
     let rec = s.job_get(id).await.unwrap().unwrap();
@@ -237,17 +351,36 @@ pub async fn reaper_requeues_expired_leases_and_fences_out_the_late_holder(s: &d
     assert!(rec.last_error.unwrap().contains("lease expired"));
     // The old holder wakes up late: its report changes nothing.
     let late = Outcome::Succeeded { result: None };
-    assert!(!s.job_complete(completion(&job, late, T0.plus(31 * SECOND))).await.unwrap());
+    assert!(
+        !s.job_complete(completion(&job, late, T0.plus(31 * SECOND)))
+            .await
+            .unwrap()
+    );
     assert_eq!(state(s, id).await, JobState::Queued);
     // Nor can it release the lease it lost.
-    assert!(!s.lease_release(id, job.token, T0.plus(31 * SECOND)).await.unwrap());
+    assert!(
+        !s.lease_release(id, job.token, T0.plus(31 * SECOND))
+            .await
+            .unwrap()
+    );
     // The next holder gets attempt 2.
-    let again = s.job_claim(claim_req("email", 1, 2, T0.plus(32 * SECOND))).await.unwrap().remove(0);
+    let again = s
+        .job_claim(claim_req("email", 1, 2, T0.plus(32 * SECOND)))
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(again.attempt, 2);
 }
 
 pub async fn reaper_sends_an_expired_last_attempt_to_the_dlq(s: &dyn Store) {
-    let id = insert(s, NewJob { max_attempts: 1, ..new_job("email", None) }).await;
+    let id = insert(
+        s,
+        NewJob {
+            max_attempts: 1,
+            ..new_job("email", None)
+        },
+    )
+    .await;
     s.job_claim(claim_req("email", 1, 1, T0)).await.unwrap();
     let reaped = s.lease_reap(T0.plus(60 * SECOND)).await.unwrap();
     assert_eq!(reaped.dead, vec![id]);
@@ -260,49 +393,130 @@ pub async fn reaper_sends_an_expired_last_attempt_to_the_dlq(s: &dyn Store) {
 
 pub async fn release_returns_the_job_without_spending_the_attempt(s: &dyn Store) {
     let id = insert(s, new_job("email", None)).await;
-    let job = s.job_claim(claim_req("email", 1, 5, T0)).await.unwrap().remove(0);
+    let job = s
+        .job_claim(claim_req("email", 1, 5, T0))
+        .await
+        .unwrap()
+        .remove(0);
     assert!(!s.lease_release(id, 6, T0).await.unwrap(), "wrong token");
     assert!(s.lease_release(id, job.token, T0).await.unwrap());
     let rec = s.job_get(id).await.unwrap().unwrap();
-    assert_eq!((rec.state, rec.attempt, rec.lease_expires_at), (JobState::Queued, 0, None));
-    let again = s.job_claim(claim_req("email", 1, 6, T0)).await.unwrap().remove(0);
+    assert_eq!(
+        (rec.state, rec.attempt, rec.lease_expires_at),
+        (JobState::Queued, 0, None)
+    );
+    let again = s
+        .job_claim(claim_req("email", 1, 6, T0))
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(again.attempt, 1);
 }
 
 pub async fn replay_moves_only_dead_jobs_with_a_fresh_budget(s: &dyn Store) {
     let id = insert(s, new_job("email", None)).await;
-    assert!(matches!(s.job_replay(id, T0).await, Err(StoreError::WrongState { state: JobState::Queued, .. })));
-    assert!(matches!(s.job_replay(id + 99, T0).await, Err(StoreError::NotFound(_))));
-    let job = s.job_claim(claim_req("email", 1, 1, T0)).await.unwrap().remove(0);
-    s.job_complete(completion(&job, Outcome::Dead { error: "boom".into() }, T0)).await.unwrap();
+    assert!(matches!(
+        s.job_replay(id, T0).await,
+        Err(StoreError::WrongState {
+            state: JobState::Queued,
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.job_replay(id + 99, T0).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let job = s
+        .job_claim(claim_req("email", 1, 1, T0))
+        .await
+        .unwrap()
+        .remove(0);
+    s.job_complete(completion(
+        &job,
+        Outcome::Dead {
+            error: "boom".into(),
+        },
+        T0,
+    ))
+    .await
+    .unwrap();
     let replayed = s.job_replay(id, T0.plus(SECOND)).await.unwrap();
-    assert_eq!((replayed.state, replayed.attempt, replayed.run_at), (JobState::Queued, 0, T0.plus(SECOND)));
+    assert_eq!(
+        (replayed.state, replayed.attempt, replayed.run_at),
+        (JobState::Queued, 0, T0.plus(SECOND))
+    );
     assert_eq!(replayed.finished_at, None);
     let last = s.job_events(id).await.unwrap().pop().unwrap();
-    assert_eq!((last.from, last.to, last.actor.as_str()), (Some(JobState::Dead), JobState::Queued, "admin"));
+    assert_eq!(
+        (last.from, last.to, last.actor.as_str()),
+        (Some(JobState::Dead), JobState::Queued, "admin")
+    );
     // It runs again from attempt 1.
-    assert_eq!(s.job_claim(claim_req("email", 1, 2, T0.plus(SECOND))).await.unwrap()[0].attempt, 1);
+    assert_eq!(
+        s.job_claim(claim_req("email", 1, 2, T0.plus(SECOND)))
+            .await
+            .unwrap()[0]
+            .attempt,
+        1
+    );
 }
 
 pub async fn cancel_withdraws_only_waiting_jobs(s: &dyn Store) {
     let queued = insert(s, new_job("email", None)).await;
-    let scheduled = insert(s, NewJob { run_at: T0.plus(SECOND), ..new_job("email", None) }).await;
-    assert_eq!(s.job_cancel(queued, T0).await.unwrap().state, JobState::Cancelled);
-    assert_eq!(s.job_cancel(scheduled, T0).await.unwrap().state, JobState::Cancelled);
-    assert!(matches!(s.job_cancel(queued, T0).await, Err(StoreError::WrongState { state: JobState::Cancelled, .. })));
+    let scheduled = insert(
+        s,
+        NewJob {
+            run_at: T0.plus(SECOND),
+            ..new_job("email", None)
+        },
+    )
+    .await;
+    assert_eq!(
+        s.job_cancel(queued, T0).await.unwrap().state,
+        JobState::Cancelled
+    );
+    assert_eq!(
+        s.job_cancel(scheduled, T0).await.unwrap().state,
+        JobState::Cancelled
+    );
+    assert!(matches!(
+        s.job_cancel(queued, T0).await,
+        Err(StoreError::WrongState {
+            state: JobState::Cancelled,
+            ..
+        })
+    ));
     let running = insert(s, new_job("email", None)).await;
     s.job_claim(claim_req("email", 1, 1, T0)).await.unwrap();
-    assert!(matches!(s.job_cancel(running, T0).await, Err(StoreError::WrongState { state: JobState::Running, .. })));
+    assert!(matches!(
+        s.job_cancel(running, T0).await,
+        Err(StoreError::WrongState {
+            state: JobState::Running,
+            ..
+        })
+    ));
     // A cancelled job is never claimed or promoted.
     assert!(s.job_promote(T0.plus(SECOND)).await.unwrap().is_empty());
-    assert!(s.job_claim(claim_req("email", 10, 2, T0.plus(SECOND))).await.unwrap().is_empty());
+    assert!(
+        s.job_claim(claim_req("email", 10, 2, T0.plus(SECOND)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn counts_per_state_and_type(s: &dyn Store) {
     insert(s, new_job("email", None)).await;
     insert(s, new_job("email", None)).await;
     insert(s, new_job("sms", None)).await;
-    insert(s, NewJob { run_at: T0.plus(SECOND), ..new_job("sms", None) }).await;
+    insert(
+        s,
+        NewJob {
+            run_at: T0.plus(SECOND),
+            ..new_job("sms", None)
+        },
+    )
+    .await;
     s.job_claim(claim_req("email", 1, 1, T0)).await.unwrap();
     let all = s.counts().await.unwrap();
     assert_eq!((all.queued, all.running, all.scheduled), (2, 1, 1));
@@ -315,7 +529,10 @@ pub async fn counts_per_state_and_type(s: &dyn Store) {
 
 pub async fn closed_store_refuses_work(s: &dyn Store) {
     s.close().await;
-    assert!(matches!(s.job_insert(new_job("email", None), T0).await, Err(StoreError::Closed)));
+    assert!(matches!(
+        s.job_insert(new_job("email", None), T0).await,
+        Err(StoreError::Closed)
+    ));
 }
 
 /// Instantiates the whole suite for one backend. `$make` is an async
@@ -324,8 +541,8 @@ pub async fn closed_store_refuses_work(s: &dyn Store) {
 macro_rules! store_contract_tests {
     ($make:expr) => {
         use std::sync::Arc;
-        use $crate::store::contract as c;
         use $crate::store::Store;
+        use $crate::store::contract as c;
 
         macro_rules! scenario {
             ($name:ident) => {

@@ -78,11 +78,18 @@ pub struct ClaimedJob {
 /// How an attempt ended, as the store records it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Succeeded { result: Option<String> },
+    Succeeded {
+        result: Option<String>,
+    },
     /// A retryable failure with attempts left: scheduled again at `run_at`.
-    Retry { error: String, run_at: Timestamp },
+    Retry {
+        error: String,
+        run_at: Timestamp,
+    },
     /// Fatal, or the last attempt failed: to the dead-letter queue.
-    Dead { error: String },
+    Dead {
+        error: String,
+    },
 }
 
 /// The lease holder's report of one attempt.

@@ -101,7 +101,11 @@ enum Op {
     Insert(NewJob, Timestamp),
     Claim(ClaimRequest),
     Complete(Completion),
-    Release { id: JobId, token: i64, now: Timestamp },
+    Release {
+        id: JobId,
+        token: i64,
+        now: Timestamp,
+    },
     Reap(Timestamp),
     Promote(Timestamp),
     Replay(JobId, Timestamp),
@@ -179,11 +183,17 @@ async fn apply(conn: &mut SqliteConnection, op: &Op) -> StoreResult<Reply> {
         Op::Insert(job, now) => insert(conn, job, *now).await.map(Reply::Enqueued),
         Op::Claim(req) => claim(conn, req).await.map(Reply::Claimed),
         Op::Complete(c) => complete(conn, c).await.map(Reply::Applied),
-        Op::Release { id, token, now } => release(conn, *id, *token, *now).await.map(Reply::Applied),
+        Op::Release { id, token, now } => {
+            release(conn, *id, *token, *now).await.map(Reply::Applied)
+        }
         Op::Reap(now) => reap(conn, *now).await.map(Reply::Reaped),
         Op::Promote(now) => promote(conn, *now).await.map(Reply::Promoted),
-        Op::Replay(id, now) => replay(conn, *id, *now).await.map(|r| Reply::Record(Box::new(r))),
-        Op::Cancel(id, now) => cancel(conn, *id, *now).await.map(|r| Reply::Record(Box::new(r))),
+        Op::Replay(id, now) => replay(conn, *id, *now)
+            .await
+            .map(|r| Reply::Record(Box::new(r))),
+        Op::Cancel(id, now) => cancel(conn, *id, *now)
+            .await
+            .map(|r| Reply::Record(Box::new(r))),
         Op::Close => Ok(Reply::Closed),
     }
 }
@@ -217,7 +227,11 @@ async fn event_insert(conn: &mut SqliteConnection, e: Event<'_>) -> StoreResult<
     Ok(())
 }
 
-async fn insert(conn: &mut SqliteConnection, job: &NewJob, now: Timestamp) -> StoreResult<Enqueued> {
+async fn insert(
+    conn: &mut SqliteConnection,
+    job: &NewJob,
+    now: Timestamp,
+) -> StoreResult<Enqueued> {
     let state = if job.run_at > now {
         JobState::Scheduled
     } else {
@@ -257,11 +271,13 @@ async fn insert(conn: &mut SqliteConnection, job: &NewJob, now: Timestamp) -> St
             Ok(Enqueued::Created { id, state })
         }
         None => {
-            let row = sqlx::query("SELECT id, state FROM jobs WHERE job_type = ?1 AND idempotency_key = ?2")
-                .bind(&job.job_type)
-                .bind(&job.idempotency_key)
-                .fetch_one(&mut *conn)
-                .await?;
+            let row = sqlx::query(
+                "SELECT id, state FROM jobs WHERE job_type = ?1 AND idempotency_key = ?2",
+            )
+            .bind(&job.job_type)
+            .bind(&job.idempotency_key)
+            .fetch_one(&mut *conn)
+            .await?;
             Ok(Enqueued::Existing {
                 id: row.try_get("id")?,
                 state: state_of(&row, "state")?,
@@ -321,9 +337,27 @@ async fn claim(conn: &mut SqliteConnection, req: &ClaimRequest) -> StoreResult<V
 
 async fn complete(conn: &mut SqliteConnection, c: &Completion) -> StoreResult<bool> {
     let (state, result, error, run_at, finished_at) = match &c.outcome {
-        Outcome::Succeeded { result } => (JobState::Succeeded, result.as_deref(), None, None, Some(c.now)),
-        Outcome::Retry { error, run_at } => (JobState::Scheduled, None, Some(error.as_str()), Some(*run_at), None),
-        Outcome::Dead { error } => (JobState::Dead, None, Some(error.as_str()), None, Some(c.now)),
+        Outcome::Succeeded { result } => (
+            JobState::Succeeded,
+            result.as_deref(),
+            None,
+            None,
+            Some(c.now),
+        ),
+        Outcome::Retry { error, run_at } => (
+            JobState::Scheduled,
+            None,
+            Some(error.as_str()),
+            Some(*run_at),
+            None,
+        ),
+        Outcome::Dead { error } => (
+            JobState::Dead,
+            None,
+            Some(error.as_str()),
+            None,
+            Some(c.now),
+        ),
     };
     let attempt: Option<i64> = sqlx::query_scalar(
         "UPDATE jobs SET state = ?1, result = ?2, last_error = COALESCE(?3, last_error),
@@ -364,7 +398,12 @@ async fn complete(conn: &mut SqliteConnection, c: &Completion) -> StoreResult<bo
     Ok(true)
 }
 
-async fn release(conn: &mut SqliteConnection, id: JobId, token: i64, now: Timestamp) -> StoreResult<bool> {
+async fn release(
+    conn: &mut SqliteConnection,
+    id: JobId,
+    token: i64,
+    now: Timestamp,
+) -> StoreResult<bool> {
     let attempt: Option<i64> = sqlx::query_scalar(
         "UPDATE jobs SET state = 'queued', attempt = attempt - 1, updated_at = ?1,
                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
@@ -388,7 +427,9 @@ async fn release(conn: &mut SqliteConnection, id: JobId, token: i64, now: Timest
             to: JobState::Queued,
             attempt,
             actor: "worker",
-            reason: Some("released at shutdown before the attempt finished; the attempt is not counted"),
+            reason: Some(
+                "released at shutdown before the attempt finished; the attempt is not counted",
+            ),
             plugin_digest: None,
         },
     )
@@ -466,8 +507,16 @@ async fn replay(conn: &mut SqliteConnection, id: JobId, now: Timestamp) -> Store
     .bind(id)
     .execute(&mut *conn)
     .await?;
-    operator_transition(conn, id, now, done.rows_affected(), JobState::Dead, JobState::Queued,
-        "replayed from the dead-letter queue with a fresh attempt budget").await
+    operator_transition(
+        conn,
+        id,
+        now,
+        done.rows_affected(),
+        JobState::Dead,
+        JobState::Queued,
+        "replayed from the dead-letter queue with a fresh attempt budget",
+    )
+    .await
 }
 
 async fn cancel(conn: &mut SqliteConnection, id: JobId, now: Timestamp) -> StoreResult<JobRecord> {
@@ -487,8 +536,16 @@ async fn cancel(conn: &mut SqliteConnection, id: JobId, now: Timestamp) -> Store
     .bind(id)
     .execute(&mut *conn)
     .await?;
-    operator_transition(conn, id, now, done.rows_affected(), from, JobState::Cancelled,
-        "cancelled by an operator").await
+    operator_transition(
+        conn,
+        id,
+        now,
+        done.rows_affected(),
+        from,
+        JobState::Cancelled,
+        "cancelled by an operator",
+    )
+    .await
 }
 
 /// After an operator's conditional UPDATE: records the event if it applied,
@@ -502,9 +559,14 @@ async fn operator_transition(
     to: JobState,
     reason: &str,
 ) -> StoreResult<JobRecord> {
-    let record = record_get(&mut *conn, id).await?.ok_or(StoreError::NotFound(id))?;
+    let record = record_get(&mut *conn, id)
+        .await?
+        .ok_or(StoreError::NotFound(id))?;
     if rows_affected == 0 {
-        return Err(StoreError::WrongState { id, state: record.state });
+        return Err(StoreError::WrongState {
+            id,
+            state: record.state,
+        });
     }
     event_insert(
         conn,

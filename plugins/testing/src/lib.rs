@@ -58,14 +58,17 @@ impl Guest for Testing {
             // Reports what the sandbox lets it see: environment, files, network.
             "probe_sandbox" => {
                 let env = std::env::vars().count();
-                let fs = std::fs::read_dir("/").is_ok() || std::fs::read_to_string("/etc/passwd").is_ok();
+                let fs = std::fs::read_dir("/").is_ok()
+                    || std::fs::read_to_string("/etc/passwd").is_ok();
                 let net = std::net::TcpStream::connect("127.0.0.1:5432").is_ok();
                 let args = std::env::args().count();
                 Ok(Some(format!(
                     "{{\"env\":{env},\"fs\":{fs},\"net\":{net},\"args\":{args}}}"
                 )))
             }
-            other => Err(Failure::Fatal(format!("testing plugin has no behaviour for job type {other}"))),
+            other => Err(Failure::Fatal(format!(
+                "testing plugin has no behaviour for job type {other}"
+            ))),
         }
     }
 }
