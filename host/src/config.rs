@@ -74,6 +74,11 @@ pub struct ServeConfig {
           value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub max_plugin_memory_mb: u64,
 
+    /// Start with workers paused: jobs are accepted but none is claimed
+    /// until `POST /admin/workers/resume`.
+    #[arg(long, env = "JOBHOST_PAUSED")]
+    pub paused: bool,
+
     /// SQLite durability: `full` syncs every commit (survives power loss);
     /// `normal` survives a crash of jobhost but may lose the last commits on
     /// power loss.

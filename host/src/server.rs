@@ -20,7 +20,7 @@ use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 use crate::telemetry;
-use crate::worker::{Worker, WorkerConfig};
+use crate::worker::{Control, Worker, WorkerConfig};
 
 /// Runs jobhost until `shutdown` resolves, then stops claiming, lets running
 /// attempts finish within the grace period, and returns.
@@ -71,12 +71,17 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
 
     let stop = CancellationToken::new();
     let abort = CancellationToken::new();
+    let control = Arc::new(Control::new(config.paused));
+    if config.paused {
+        tracing::warn!("workers start paused: POST /admin/workers/resume to start running jobs");
+    }
     let worker = Arc::new(Worker {
         store: store.clone(),
         registry: registry.clone(),
         runtime: runtime.clone(),
         dispatch: dispatch.clone(),
         clock: clock.clone(),
+        control: control.clone(),
         config: WorkerConfig {
             owner: format!("{}-{}", hostname(), std::process::id()),
             concurrency: config.concurrency as usize,
@@ -105,6 +110,7 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
         registry,
         dispatch,
         clock,
+        workers: control,
         admin_token: admin_token.into(),
         body_limit: config.body_limit as usize,
         prometheus,

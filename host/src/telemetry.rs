@@ -15,6 +15,10 @@ pub const JOBS_DEAD: &str = "jobhost_jobs_dead_total";
 pub const ATTEMPT_DURATION: &str = "jobhost_attempt_duration_seconds";
 pub const ATTEMPT_FUEL: &str = "jobhost_attempt_fuel_consumed";
 pub const QUEUE_LATENCY: &str = "jobhost_queue_latency_seconds";
+/// One claim statement (a batch of up to `--claim-batch` jobs).
+pub const CLAIM_DURATION: &str = "jobhost_claim_duration_seconds";
+/// Recording one attempt's outcome.
+pub const COMPLETE_DURATION: &str = "jobhost_complete_duration_seconds";
 pub const QUEUE_DEPTH: &str = "jobhost_queue_depth";
 
 const SECONDS_BUCKETS: &[f64] = &[

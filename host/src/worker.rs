@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -45,7 +45,31 @@ pub struct Worker {
     pub runtime: Arc<Runtime>,
     pub dispatch: Arc<Dispatch>,
     pub clock: Arc<dyn Clock>,
+    pub control: Arc<Control>,
     pub config: WorkerConfig,
+}
+
+/// The operator's handle on the worker: pause and resume claiming.
+/// Attempts already running are not affected by a pause.
+#[derive(Debug)]
+pub struct Control {
+    paused: watch::Sender<bool>,
+}
+
+impl Control {
+    pub fn new(paused: bool) -> Self {
+        Control {
+            paused: watch::Sender::new(paused),
+        }
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
 }
 
 /// Permits an executor holds while its attempt runs; dropping them frees the slots.
@@ -60,7 +84,15 @@ impl Worker {
     pub async fn run(self: Arc<Self>, stop: CancellationToken, abort: CancellationToken) {
         let host_slots = Arc::new(Semaphore::new(self.config.concurrency));
         let executors = TaskTracker::new();
+        let mut paused = self.control.paused.subscribe();
         while !stop.is_cancelled() {
+            if *paused.borrow_and_update() {
+                tokio::select! {
+                    _ = paused.changed() => {}
+                    () = stop.cancelled() => {}
+                }
+                continue;
+            }
             let full_batch = self.claim_round(&host_slots, &executors, &abort).await;
             if full_batch {
                 // There may be more waiting: claim again at once.
@@ -69,6 +101,7 @@ impl Worker {
             tokio::select! {
                 () = self.dispatch.wait() => {}
                 () = tokio::time::sleep(self.config.poll_interval) => {}
+                _ = paused.changed() => {}
                 () = stop.cancelled() => {}
             }
         }
@@ -104,7 +137,11 @@ impl Worker {
                 lease_expires_at: now
                     .plus(plugin.manifest.limits.timeout + self.config.lease_grace),
             };
-            let jobs = match self.store.job_claim(request).await {
+            let claim_started = std::time::Instant::now();
+            let claimed = self.store.job_claim(request).await;
+            metrics::histogram!(telemetry::CLAIM_DURATION, "type" => plugin.job_type.clone())
+                .record(claim_started.elapsed().as_secs_f64());
+            let jobs = match claimed {
                 Ok(jobs) => jobs,
                 Err(e) => {
                     tracing::error!(error = %e, job_type = %plugin.job_type, "claim failed; retrying after the poll interval");
@@ -196,7 +233,11 @@ impl Worker {
             plugin_digest: plugin.compiled.digest.clone(),
             now,
         };
-        match self.complete(completion).await {
+        let complete_started = std::time::Instant::now();
+        let recorded = self.complete(completion).await;
+        metrics::histogram!(telemetry::COMPLETE_DURATION, "type" => job_type.to_owned())
+            .record(complete_started.elapsed().as_secs_f64());
+        match recorded {
             Ok(true) => {
                 metrics::counter!(counter, "type" => job_type.to_owned()).increment(1);
                 if retry {

@@ -444,3 +444,62 @@ async fn after_kill_9_the_job_completes_once_its_lease_expires() {
         .any(|e| e["actor"] == "reaper" && e["to"] == "queued");
     assert!(reaped, "{job:#}");
 }
+
+#[tokio::test]
+async fn a_batch_is_committed_whole_and_paused_workers_hold_it() {
+    let server = Server::start(email_plugins(), &["--paused"]).await;
+    let (_, workers) = server.admin_get("/admin/workers").await;
+    assert_eq!(workers["paused"], true);
+    let batch =
+        r#"[{"userId":1},{"userId":2,"idempotencyKey":"k"},{"userId":3,"idempotencyKey":"k"}]"#;
+    let (status, body) = server.post("/jobs/email_welcome/batch", batch).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        (body["created"].as_u64(), body["duplicates"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let ids: Vec<i64> = body["jobIds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(ids[1], ids[2], "a key repeated in the batch names one job");
+    // Paused since start: accepted, not claimed.
+    assert_eq!(server.job(ids[0]).await["status"], "queued");
+
+    // Bad batches are refused whole.
+    let long_key = "k".repeat(201);
+    let bad_key = format!(r#"[{{"userId":4}},{{"userId":5,"idempotencyKey":"{long_key}"}}]"#);
+    for (body, code) in [
+        (r#"{"userId":1}"#.to_owned(), "invalid_batch"),
+        ("[]".to_owned(), "invalid_batch"),
+        ("[{\"userId\":1},".to_owned(), "invalid_batch"),
+        (bad_key, "idempotency_key_too_long"),
+    ] {
+        let (status, err) = server.post("/jobs/email_welcome/batch", &body).await;
+        assert_eq!(
+            (status, err["code"].as_str()),
+            (400, Some(code)),
+            "{body}: {err}"
+        );
+    }
+    let resp = server
+        .http
+        .post(format!("{}/jobs/email_welcome/batch", server.url))
+        .header("Idempotency-Key", "whole-batch")
+        .body("[{}]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let (_, counts) = server.admin_get("/admin/metrics/jobs").await;
+    assert_eq!(counts["total"], 2, "{counts}");
+
+    let (status, resumed) = server.admin_post("/admin/workers/resume").await;
+    assert_eq!((status, resumed["paused"].as_bool()), (200, Some(false)));
+    for id in [ids[0], ids[1]] {
+        server.wait_for(id, "succeeded").await;
+    }
+}

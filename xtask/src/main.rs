@@ -123,6 +123,15 @@ fn run(args: &[String]) -> Result<()> {
         bail!("unknown flag {other:?} for `cargo xtask run` (flags for jobhost go after `--`)");
     }
     let plugins = plugins()?.join("examples");
+    // jobhost prints a token only when it generates one; remind the developer.
+    let token_file = root().join("data").join("admin-token");
+    if let Ok(token) = std::fs::read_to_string(&token_file) {
+        eprintln!(
+            "xtask: admin token (from {}): {}",
+            token_file.display(),
+            token.trim()
+        );
+    }
     let mut cmd = cargo();
     cmd.current_dir(root())
         .args(["run", "--package", "jobhost"]);

@@ -5,6 +5,8 @@
 //! - `GET /admin/metrics/jobs`: jobs per state.
 //! - `GET /admin/metrics/queue`: per type: queued, scheduled, running, dead.
 //! - `GET /admin/plugins`: loaded plugins, their digests and limits.
+//! - `GET /admin/workers`, `POST /admin/workers/pause`, `POST /admin/workers/resume`:
+//!   stop and restart claiming on this host (running attempts go on).
 //!
 //! The token is taken from `Authorization: Bearer <token>` or `X-Admin-Token`
 //! and compared in constant time.
@@ -31,6 +33,9 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/metrics/jobs", get(job_counts))
         .route("/metrics/queue", get(queue_counts))
         .route("/plugins", get(plugins))
+        .route("/workers", get(workers))
+        .route("/workers/pause", post(pause))
+        .route("/workers/resume", post(resume))
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 
@@ -168,4 +173,21 @@ async fn plugins(State(app): State<AppState>) -> Json<Value> {
         })
         .collect();
     Json(json!({ "plugins": plugins }))
+}
+
+async fn workers(State(app): State<AppState>) -> Json<Value> {
+    Json(json!({ "paused": app.workers.is_paused() }))
+}
+
+async fn pause(State(app): State<AppState>) -> Json<Value> {
+    app.workers.set_paused(true);
+    tracing::info!("workers paused by an operator");
+    Json(json!({ "paused": true }))
+}
+
+async fn resume(State(app): State<AppState>) -> Json<Value> {
+    app.workers.set_paused(false);
+    app.dispatch.hint();
+    tracing::info!("workers resumed by an operator");
+    Json(json!({ "paused": false }))
 }

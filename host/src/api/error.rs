@@ -28,6 +28,7 @@ pub enum ApiError {
     },
     InvalidIdempotencyKey(&'static str),
     InvalidQuery(String),
+    InvalidBatch(String),
     Unauthorized,
     WrongState {
         id: JobId,
@@ -53,6 +54,7 @@ impl ApiError {
             ApiError::IdempotencyKeyTooLong { .. } => "idempotency_key_too_long",
             ApiError::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
             ApiError::InvalidQuery(_) => "invalid_query",
+            ApiError::InvalidBatch(_) => "invalid_batch",
             ApiError::Unauthorized => "unauthorized",
             ApiError::WrongState { .. } => "invalid_job_state",
             ApiError::RouteNotFound => "route_not_found",
@@ -71,7 +73,8 @@ impl ApiError {
             | ApiError::InvalidJson(_)
             | ApiError::IdempotencyKeyTooLong { .. }
             | ApiError::InvalidIdempotencyKey(_)
-            | ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            | ApiError::InvalidQuery(_)
+            | ApiError::InvalidBatch(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::WrongState { .. } => StatusCode::CONFLICT,
@@ -99,6 +102,7 @@ impl ApiError {
             ),
             ApiError::InvalidIdempotencyKey(why) => format!("invalid idempotency key: {why}"),
             ApiError::InvalidQuery(why) => format!("invalid query string: {why}"),
+            ApiError::InvalidBatch(why) => format!("invalid batch: {why}"),
             ApiError::Unauthorized => "admin routes need `Authorization: Bearer <token>` (or `X-Admin-Token: <token>`) with the admin token".to_owned(),
             ApiError::WrongState { id, state, action, allowed } => {
                 format!("job {id} is {state}; only {allowed} jobs can be {action}")

@@ -6,6 +6,10 @@
 //!   Optional query `delay_ms=N` schedules the job N ms from now. Answers
 //!   `202 {"jobId", "status"}` once the job is durably committed, or
 //!   `200 {"jobId", "status", "duplicate": true}` if the key was used before.
+//! - `POST /jobs/{type}/batch`: the body is a JSON array of payloads (at most
+//!   [`MAX_BATCH`]); all are committed in one transaction, or none. Each
+//!   payload may carry its own `idempotencyKey`. Answers `202 {"jobIds": [...],
+//!   "created": n, "duplicates": m}` with the ids in the order of the array.
 //! - `GET /jobs/{id}`: the job, its attempts, result, errors and history.
 
 use std::time::Duration;
@@ -17,7 +21,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, MAX_IDEMPOTENCY_KEY};
+use super::{ApiError, AppState, MAX_BATCH, MAX_IDEMPOTENCY_KEY};
 use crate::job::{JobEvent, JobRecord, JobState};
 use crate::store::{Enqueued, NewJob};
 use crate::telemetry;
@@ -27,7 +31,9 @@ const MAX_DELAY_MS: u64 = 365 * 24 * 3600 * 1000;
 
 pub fn router() -> Router<AppState> {
     // One path for both: axum needs one parameter name per segment.
-    Router::new().route("/jobs/{key}", post(submit).get(show))
+    Router::new()
+        .route("/jobs/{key}", post(submit).get(show))
+        .route("/jobs/{key}/batch", post(submit_batch))
 }
 
 async fn submit(
@@ -78,6 +84,83 @@ async fn submit(
             Json(json!({ "jobId": id, "status": state, "duplicate": true })),
         )),
     }
+}
+
+async fn submit_batch(
+    State(app): State<AppState>,
+    Path(job_type): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Some(plugin) = app.registry.get(&job_type) else {
+        return Err(ApiError::UnknownJobType {
+            name: job_type,
+            loaded: app.registry.types(),
+        });
+    };
+    if headers.contains_key("idempotency-key") {
+        return Err(ApiError::InvalidIdempotencyKey(
+            "a batch takes no Idempotency-Key header; put an idempotencyKey in each payload",
+        ));
+    }
+    let delay = parse_delay(query.as_deref())?;
+    let bytes = read_body(body, &headers, app.body_limit).await?;
+    let payloads: Vec<&serde_json::value::RawValue> =
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::InvalidBatch(format!("the body must be a JSON array of payloads: {e}"))
+        })?;
+    if payloads.is_empty() || payloads.len() > MAX_BATCH {
+        return Err(ApiError::InvalidBatch(format!(
+            "a batch holds 1 to {MAX_BATCH} jobs, not {}",
+            payloads.len()
+        )));
+    }
+    let now = app.clock.now();
+    let run_at = now.plus(delay);
+    let mut jobs = Vec::with_capacity(payloads.len());
+    for raw in payloads {
+        let text = raw.get();
+        // Only an object can carry a key.
+        let idempotency_key = if text.starts_with('{') {
+            let value: Value =
+                serde_json::from_str(text).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+            idempotency_key(&HeaderMap::new(), &value)?
+        } else {
+            None
+        };
+        jobs.push(NewJob {
+            job_type: plugin.job_type.clone(),
+            payload: text.to_owned(),
+            idempotency_key,
+            max_attempts: plugin.manifest.max_attempts,
+            run_at,
+        });
+    }
+    let results = app.store.job_insert_batch(jobs, now).await?;
+    let created = results
+        .iter()
+        .filter(|r| matches!(r, Enqueued::Created { .. }))
+        .count();
+    metrics::counter!(telemetry::JOBS_ENQUEUED, "type" => plugin.job_type.clone())
+        .increment(created as u64);
+    if created > 0 {
+        if delay.is_zero() {
+            app.dispatch.hint();
+        } else {
+            app.dispatch.scheduled();
+        }
+    }
+    let ids: Vec<i64> = results
+        .iter()
+        .map(|r| match r {
+            Enqueued::Created { id, .. } | Enqueued::Existing { id, .. } => *id,
+        })
+        .collect();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "jobIds": ids, "created": created, "duplicates": results.len() - created })),
+    ))
 }
 
 async fn show(

@@ -20,6 +20,10 @@ use crate::clock::Clock;
 use crate::dispatch::Dispatch;
 use crate::plugins::Registry;
 use crate::store::Store;
+use crate::worker::Control;
+
+/// Most jobs in one `POST /jobs/{type}/batch`.
+pub const MAX_BATCH: usize = 10_000;
 
 /// Longest idempotency key, in bytes.
 pub const MAX_IDEMPOTENCY_KEY: usize = 200;
@@ -31,6 +35,7 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub dispatch: Arc<Dispatch>,
     pub clock: Arc<dyn Clock>,
+    pub workers: Arc<Control>,
     pub admin_token: Arc<str>,
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,

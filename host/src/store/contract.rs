@@ -102,6 +102,60 @@ pub async fn idempotency_key_names_one_job_per_type(s: &dyn Store) {
     assert_eq!(transitions(s, first).await.len(), 1);
 }
 
+pub async fn batch_insert_creates_all_in_order(s: &dyn Store) {
+    let existing = insert(s, new_job("email", Some("old"))).await;
+    let batch = vec![
+        new_job("email", None),
+        new_job("email", Some("old")),
+        new_job("email", Some("new")),
+        new_job("email", Some("new")),
+        NewJob {
+            run_at: T0.plus(SECOND),
+            ..new_job("email", None)
+        },
+    ];
+    let out = s.job_insert_batch(batch, T0).await.unwrap();
+    assert_eq!(out.len(), 5);
+    let Enqueued::Created {
+        id: first,
+        state: JobState::Queued,
+    } = out[0]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        out[1],
+        Enqueued::Existing {
+            id: existing,
+            state: JobState::Queued
+        }
+    );
+    let Enqueued::Created { id: keyed, .. } = out[2] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        out[3],
+        Enqueued::Existing {
+            id: keyed,
+            state: JobState::Queued
+        }
+    );
+    assert!(matches!(
+        out[4],
+        Enqueued::Created {
+            state: JobState::Scheduled,
+            ..
+        }
+    ));
+    assert!(
+        first > existing && keyed > first,
+        "ids follow the batch order"
+    );
+    let counts = s.counts().await.unwrap();
+    assert_eq!((counts.queued, counts.scheduled), (3, 1));
+    assert!(s.job_insert_batch(Vec::new(), T0).await.unwrap().is_empty());
+}
+
 pub async fn concurrent_inserts_all_commit(s: Arc<dyn Store>) {
     let tasks: Vec<_> = (0..200)
         .map(|i| {
@@ -564,6 +618,7 @@ macro_rules! store_contract_tests {
 
         scenario!(insert_then_get);
         scenario!(idempotency_key_names_one_job_per_type);
+        scenario!(batch_insert_creates_all_in_order);
         scenario!(concurrent_inserts_all_commit, shared);
         scenario!(delayed_jobs_wait_for_the_promoter);
         scenario!(claim_takes_oldest_due_of_one_type_and_counts_the_attempt);

@@ -169,6 +169,15 @@ pub trait Store: Send + Sync + 'static {
     /// Creates a job (or finds the one holding its idempotency key).
     async fn job_insert(&self, job: NewJob, now: Timestamp) -> StoreResult<Enqueued>;
 
+    /// Creates many jobs in one transaction: all of them or none. Results
+    /// are in the order of `jobs`; a key repeated within the batch names the
+    /// job its first use created.
+    async fn job_insert_batch(
+        &self,
+        jobs: Vec<NewJob>,
+        now: Timestamp,
+    ) -> StoreResult<Vec<Enqueued>>;
+
     async fn job_get(&self, id: JobId) -> StoreResult<Option<JobRecord>>;
 
     /// The job's history, oldest first.

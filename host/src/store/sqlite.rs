@@ -99,6 +99,7 @@ struct Command {
 
 enum Op {
     Insert(NewJob, Timestamp),
+    InsertBatch(Vec<NewJob>, Timestamp),
     Claim(ClaimRequest),
     Complete(Completion),
     Release {
@@ -116,6 +117,7 @@ enum Op {
 
 enum Reply {
     Enqueued(Enqueued),
+    EnqueuedBatch(Vec<Enqueued>),
     Claimed(Vec<ClaimedJob>),
     Applied(bool),
     Reaped(Reaped),
@@ -181,6 +183,13 @@ async fn apply_batch(
 async fn apply(conn: &mut SqliteConnection, op: &Op) -> StoreResult<Reply> {
     match op {
         Op::Insert(job, now) => insert(conn, job, *now).await.map(Reply::Enqueued),
+        Op::InsertBatch(jobs, now) => {
+            let mut out = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                out.push(insert(conn, job, *now).await?);
+            }
+            Ok(Reply::EnqueuedBatch(out))
+        }
         Op::Claim(req) => claim(conn, req).await.map(Reply::Claimed),
         Op::Complete(c) => complete(conn, c).await.map(Reply::Applied),
         Op::Release { id, token, now } => {
@@ -637,6 +646,17 @@ impl Store for SqliteStore {
         match self.send(Op::Insert(job, now)).await? {
             Reply::Enqueued(e) => Ok(e),
             _ => unreachable!("the writer answers Insert with Enqueued"),
+        }
+    }
+
+    async fn job_insert_batch(
+        &self,
+        jobs: Vec<NewJob>,
+        now: Timestamp,
+    ) -> StoreResult<Vec<Enqueued>> {
+        match self.send(Op::InsertBatch(jobs, now)).await? {
+            Reply::EnqueuedBatch(e) => Ok(e),
+            _ => unreachable!("the writer answers InsertBatch with EnqueuedBatch"),
         }
     }
 
