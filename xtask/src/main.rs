@@ -5,6 +5,8 @@
 //! - `run [--release] [-- <serve flags>]`: builds the plugins and starts
 //!   `jobhost serve` with the example plugins on the embedded store (`./data`).
 //! - `test [-- <cargo test args>]`: builds everything and runs the whole test suite.
+//! - `bench [<scenario>] [--quick] [flags]`: builds in release mode and runs
+//!   the benchmark suite against the real binary (`jobhost-bench --help`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -23,6 +25,7 @@ fn main() -> ExitCode {
         Some("plugins") => plugins().map(|_| ()),
         Some("run") => run(&args[1..]),
         Some("test") => test(&args[1..]),
+        Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <plugins | run [--release] [-- serve flags] | test [-- cargo test args]>"
@@ -167,5 +170,30 @@ fn test(args: &[String]) -> Result<()> {
                 "JOBHOST_BIN",
                 root.join("target").join("debug").join("jobhost"),
             ),
+    )
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    let plugins = plugins()?.join("examples");
+    let root = root();
+    status(cargo().current_dir(&root).args([
+        "build",
+        "--release",
+        "--package",
+        "jobhost",
+        "--package",
+        "jobhost-bench",
+    ]))?;
+    let release = root.join("target").join("release");
+    let mut args = args.to_vec();
+    if !args.iter().any(|a| !a.starts_with('-')) {
+        args.insert(0, "all".into());
+    }
+    status(
+        Command::new(release.join("jobhost-bench"))
+            .current_dir(&root)
+            .args(&args)
+            .env("JOBHOST_BIN", release.join("jobhost"))
+            .env("JOBHOST_BENCH_PLUGINS", &plugins),
     )
 }

@@ -1,0 +1,543 @@
+//! jobhost-bench: drives the real `jobhost` binary over HTTP and prints
+//! figures. Started by `cargo xtask bench`; never asserts on timings, but
+//! fails if any submitted job was lost, duplicated or failed.
+//!
+//! Scenarios (each with `--quick` for a run under a minute):
+//! - `burn-down`: N no-op jobs submitted while workers are paused, then
+//!   released; jobs/s from the first attempt start to the last completion.
+//! - `latency`: open-loop arrival at fixed rates, one job per request;
+//!   submit → attempt-start percentiles (same clock: host timestamps in the
+//!   store, load-generator timestamps here).
+//! - `submit`: 64 connections posting single jobs as fast as they can.
+//! - `batch`: jobs/s through `POST /jobs/{type}/batch` (workers paused).
+//! - `seed`: the seed project's k6 shape: ramp to 20 then 40 virtual users,
+//!   each posting to /jobs/email_welcome and sleeping 0.2 s.
+//! - `overhead`: per-attempt host cost split into claim, sandbox and complete,
+//!   from the host's own histograms.
+
+mod http;
+mod report;
+mod server;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use http::Conn;
+use report::{Report, histogram};
+use server::{Server, verify};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks for jobhost; prints figures, never asserts on them")]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// The jobhost binary (a release build).
+    #[arg(long, env = "JOBHOST_BIN")]
+    bin: PathBuf,
+    /// Directory with noop.wasm and email_welcome.wasm (+ manifests).
+    #[arg(long, env = "JOBHOST_BENCH_PLUGINS")]
+    plugins: PathBuf,
+    /// Where data directories and JSON results go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Shorter runs (each scenario under a minute).
+    #[arg(long, global = true)]
+    quick: bool,
+    /// Extra flags for `jobhost serve`, e.g. `--serve-arg=--sqlite-sync=normal`.
+    #[arg(long = "serve-arg", global = true)]
+    serve_args: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Every scenario in turn.
+    All,
+    BurnDown {
+        /// Jobs to burn down (default 200,000; 20,000 with --quick).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
+    Latency {
+        /// Arrival rates in jobs/s.
+        #[arg(long, value_delimiter = ',', default_value = "500,5000")]
+        rates: Vec<u64>,
+        /// Seconds per rate (default 10; 3 with --quick).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    Submit {
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Seconds (default 10; 3 with --quick).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    Batch {
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Seconds (default 10; 3 with --quick).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    Seed {
+        /// Seconds (default 60; 10 with --quick), half ramping to 20 users, half to 40.
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    Overhead {
+        /// Jobs (default 50,000; 10,000 with --quick).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let c = &cli.common;
+        let q = c.quick;
+        match cli.scenario {
+            Scenario::All => {
+                burn_down(c, if q { 20_000 } else { 200_000 }, "burn-down").await?;
+                latency(c, &[500, 5000], if q { 3 } else { 10 }).await?;
+                submit(c, 64, if q { 3 } else { 10 }).await?;
+                batch(c, 1000, 4, if q { 3 } else { 10 }).await?;
+                seed(c, if q { 10 } else { 60 }).await?;
+                burn_down(c, if q { 10_000 } else { 50_000 }, "overhead").await
+            }
+            Scenario::BurnDown { jobs } => {
+                burn_down(
+                    c,
+                    jobs.unwrap_or(if q { 20_000 } else { 200_000 }),
+                    "burn-down",
+                )
+                .await
+            }
+            Scenario::Latency { rates, seconds } => {
+                latency(c, &rates, seconds.unwrap_or(if q { 3 } else { 10 })).await
+            }
+            Scenario::Submit {
+                connections,
+                seconds,
+            } => submit(c, connections, seconds.unwrap_or(if q { 3 } else { 10 })).await,
+            Scenario::Batch {
+                batch: size,
+                connections,
+                seconds,
+            } => {
+                batch(
+                    c,
+                    size,
+                    connections,
+                    seconds.unwrap_or(if q { 3 } else { 10 }),
+                )
+                .await
+            }
+            Scenario::Seed { seconds } => seed(c, seconds.unwrap_or(if q { 10 } else { 60 })).await,
+            Scenario::Overhead { jobs } => {
+                burn_down(
+                    c,
+                    jobs.unwrap_or(if q { 10_000 } else { 50_000 }),
+                    "overhead",
+                )
+                .await
+            }
+        }
+    })
+}
+
+fn start(c: &Common, scenario: &str, extra: &[&str]) -> Result<Server> {
+    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    args.extend(c.serve_args.iter().cloned());
+    Server::start(
+        &c.bin,
+        &c.plugins,
+        &c.out.join(format!("data-{scenario}")),
+        &args,
+    )
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+async fn admin(server: &Server) -> Result<Conn> {
+    Conn::connect(server.addr, Some(server::TOKEN)).await
+}
+
+/// Submits `total` no-op jobs through the batch endpoint over `connections`
+/// connections; returns their ids.
+async fn submit_batches(
+    server: &Server,
+    total: usize,
+    size: usize,
+    connections: usize,
+) -> Result<Vec<i64>> {
+    let body = Bytes::from(format!("[{}]", vec!["{}"; size].join(",")));
+    let next = Arc::new(AtomicU64::new(0));
+    let batches = total.div_ceil(size) as u64;
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (next, body, addr) = (next.clone(), body.clone(), server.addr);
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::connect(addr, None).await?;
+            let mut ids = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < batches {
+                let (status, resp) = conn.post("/jobs/noop/batch", body.clone()).await?;
+                anyhow::ensure!(
+                    status == 202,
+                    "batch submit: {status} {}",
+                    String::from_utf8_lossy(&resp)
+                );
+                let v: Value = serde_json::from_slice(&resp)?;
+                ids.extend(
+                    v["jobIds"]
+                        .as_array()
+                        .context("jobIds")?
+                        .iter()
+                        .filter_map(Value::as_i64),
+                );
+            }
+            Ok::<_, anyhow::Error>(ids)
+        }));
+    }
+    let mut ids = Vec::with_capacity(total);
+    for t in tasks {
+        ids.extend(t.await??);
+    }
+    Ok(ids)
+}
+
+/// Polls until `n` jobs are in a final state.
+async fn wait_done(server: &Server, n: u64, patience: Duration) -> Result<()> {
+    let mut conn = admin(server).await?;
+    let deadline = Instant::now() + patience;
+    loop {
+        let counts = conn.json("/admin/metrics/jobs").await?;
+        let done = counts["succeeded"].as_u64().unwrap_or(0) + counts["dead"].as_u64().unwrap_or(0);
+        if done >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {done} of {n} jobs finished within {patience:?}: {counts}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sum and count of a Prometheus histogram, over all label sets.
+fn prom_sum_count(text: &str, name: &str) -> (f64, f64) {
+    let value = |suffix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}_{suffix}")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    (value("sum"), value("count"))
+}
+
+async fn burn_down(c: &Common, jobs: usize, scenario: &str) -> Result<()> {
+    let server = start(
+        c,
+        scenario,
+        &["--paused", "--concurrency", "64", "--claim-batch", "256"],
+    )?;
+    let mut report = Report::new(scenario);
+    report.param("jobs", jobs);
+    report.param("concurrency", 64);
+    report.param("claim_batch", 256);
+    let submitted_at = Instant::now();
+    let ids = submit_batches(&server, jobs, 5000, 2).await?;
+    let submit_secs = submitted_at.elapsed().as_secs_f64();
+    let mut conn = admin(&server).await?;
+    let (status, _) = conn.post("/admin/workers/resume", Bytes::new()).await?;
+    anyhow::ensure!(status == 200, "resume: {status}");
+    wait_done(&server, jobs as u64, Duration::from_secs(1800)).await?;
+    let rows = server.jobs().await?;
+    let verified = verify(&ids, &rows)?;
+    let first_start = rows.iter().filter_map(|r| r.started_at).min().unwrap_or(0);
+    let last_finish = rows.iter().filter_map(|r| r.finished_at).max().unwrap_or(0);
+    let span = (last_finish - first_start) as f64 / 1e6;
+    let metrics = String::from_utf8_lossy(&conn.get("/metrics").await?.1).into_owned();
+    let per_job = |name: &str, jobs: f64| prom_sum_count(&metrics, name).0 / jobs * 1e6;
+    let (_, attempts) = prom_sum_count(&metrics, "jobhost_attempt_duration_seconds");
+    let claim_us = per_job("jobhost_claim_duration_seconds", attempts);
+    let sandbox_us = per_job("jobhost_attempt_duration_seconds", attempts);
+    let complete_us = per_job("jobhost_complete_duration_seconds", attempts);
+    if scenario == "burn-down" {
+        report.figure(
+            "jobs/s (first start → last finish)",
+            jobs as f64 / span,
+            "jobs/s",
+        );
+        report.figure("burn-down time", span, "s");
+        report.figure(
+            "batch submit while paused",
+            jobs as f64 / submit_secs,
+            "jobs/s",
+        );
+    }
+    report.figure("claim per job (statement time / jobs)", claim_us, "µs");
+    report.figure("sandbox per attempt (instantiate + call)", sandbox_us, "µs");
+    report.figure("complete per job (wait for commit)", complete_us, "µs");
+    report.figure(
+        "host overhead (claim + complete)",
+        claim_us + complete_us,
+        "µs",
+    );
+    report.figure("server peak RSS", server.peak_rss_mib(), "MiB");
+    report.note(format!("verified: {verified}"));
+    report.note("complete per job is the time an executor waits for its completion to commit (group commit): it overlaps with other executors' work, so it is a latency, not CPU cost.");
+    server.stop()?;
+    report.finish(&c.out)
+}
+
+async fn latency(c: &Common, rates: &[u64], seconds: u64) -> Result<()> {
+    let server = start(c, "latency", &[])?;
+    let mut report = Report::new("latency");
+    report.param("rates", rates.to_vec());
+    report.param("seconds_per_rate", seconds);
+    let mut all_ids = Vec::new();
+    for &rate in rates {
+        // Open loop: connection i sends at t0 + (i + k·conns)/rate, whether
+        // or not earlier requests were slow; latency counts from that
+        // intended time, so a stall is not hidden (no coordinated omission).
+        let conns = 64u64.min(rate.max(1));
+        let total = rate * seconds;
+        let t0 = Instant::now() + Duration::from_millis(100);
+        let t0_wall = now_micros() + 100_000;
+        let mut tasks = Vec::new();
+        for i in 0..conns {
+            let addr = server.addr;
+            tasks.push(tokio::spawn(async move {
+                let mut conn = Conn::connect(addr, None).await?;
+                let mut sent = Vec::new();
+                let mut http = histogram();
+                let mut errors = 0u64;
+                let mut k = i;
+                while k < total {
+                    let offset = Duration::from_nanos(k * 1_000_000_000 / rate);
+                    tokio::time::sleep_until((t0 + offset).into()).await;
+                    let intended = t0_wall + offset.as_micros() as i64;
+                    let began = Instant::now();
+                    let (status, body) = conn.post("/jobs/noop", Bytes::from_static(b"{}")).await?;
+                    http.record(began.elapsed().as_micros().max(1) as u64)?;
+                    if status == 202 {
+                        let v: Value = serde_json::from_slice(&body)?;
+                        sent.push((v["jobId"].as_i64().context("jobId")?, intended));
+                    } else {
+                        errors += 1;
+                    }
+                    k += conns;
+                }
+                Ok::<_, anyhow::Error>((sent, http, errors))
+            }));
+        }
+        let mut sent = Vec::new();
+        let mut http = histogram();
+        let mut errors = 0;
+        for t in tasks {
+            let (s, h, e) = t.await??;
+            sent.extend(s);
+            http.add(&h)?;
+            errors += e;
+        }
+        wait_done(
+            &server,
+            (all_ids.len() + sent.len()) as u64,
+            Duration::from_secs(300),
+        )
+        .await?;
+        let rows = server.jobs().await?;
+        let started: std::collections::HashMap<i64, i64> = rows
+            .iter()
+            .filter_map(|r| Some((r.id, r.started_at?)))
+            .collect();
+        let mut start_latency = histogram();
+        for (id, intended) in &sent {
+            let at = started
+                .get(id)
+                .copied()
+                .context("a submitted job never started")?;
+            start_latency.record((at - intended).max(1) as u64)?;
+        }
+        report.latency(&format!("{rate}/s submit→start"), &start_latency);
+        report.latency(&format!("{rate}/s HTTP"), &http);
+        report.figure(format!("{rate}/s errors"), errors as f64, "");
+        all_ids.extend(sent.iter().map(|(id, _)| *id));
+    }
+    let verified = verify(&all_ids, &server.jobs().await?)?;
+    report.figure("server peak RSS", server.peak_rss_mib(), "MiB");
+    report.note(format!("verified: {verified}"));
+    server.stop()?;
+    report.finish(&c.out)
+}
+
+/// Closed-loop load: `connections` tasks post single no-op jobs until the deadline.
+async fn submit(c: &Common, connections: usize, seconds: u64) -> Result<()> {
+    let server = start(c, "submit", &[])?;
+    let mut report = Report::new("submit");
+    report.param("connections", connections);
+    report.param("seconds", seconds);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let began = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let addr = server.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::connect(addr, None).await?;
+            let (mut ids, mut h, mut errors) = (Vec::new(), histogram(), 0u64);
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let (status, body) = conn.post("/jobs/noop", Bytes::from_static(b"{}")).await?;
+                h.record(t.elapsed().as_micros().max(1) as u64)?;
+                if status == 202 {
+                    ids.push(
+                        serde_json::from_slice::<Value>(&body)?["jobId"]
+                            .as_i64()
+                            .context("jobId")?,
+                    );
+                } else {
+                    errors += 1;
+                }
+            }
+            Ok::<_, anyhow::Error>((ids, h, errors))
+        }));
+    }
+    let (mut ids, mut h, mut errors) = (Vec::new(), histogram(), 0);
+    for t in tasks {
+        let (i, hh, e) = t.await??;
+        ids.extend(i);
+        h.add(&hh)?;
+        errors += e;
+    }
+    let elapsed = began.elapsed().as_secs_f64();
+    report.figure("requests/s", h.len() as f64 / elapsed, "req/s");
+    report.latency("HTTP", &h);
+    report.figure("errors", errors as f64, "");
+    wait_done(&server, ids.len() as u64, Duration::from_secs(300)).await?;
+    let verified = verify(&ids, &server.jobs().await?)?;
+    report.figure("server peak RSS", server.peak_rss_mib(), "MiB");
+    report.note(format!("verified: {verified}"));
+    server.stop()?;
+    report.finish(&c.out)
+}
+
+async fn batch(c: &Common, size: usize, connections: usize, seconds: u64) -> Result<()> {
+    let server = start(c, "batch", &["--paused"])?;
+    let mut report = Report::new("batch");
+    report.param("batch", size);
+    report.param("connections", connections);
+    report.param("seconds", seconds);
+    // Estimate from a short probe, then submit that many for the asked time.
+    let began = Instant::now();
+    let mut ids = submit_batches(&server, size * connections * 4, size, connections).await?;
+    let probe_rate = ids.len() as f64 / began.elapsed().as_secs_f64();
+    let target = ((probe_rate * seconds as f64) as usize).max(size);
+    let began = Instant::now();
+    let more = submit_batches(&server, target, size, connections).await?;
+    let elapsed = began.elapsed().as_secs_f64();
+    report.figure("jobs/s", more.len() as f64 / elapsed, "jobs/s");
+    report.figure("requests/s", (more.len() / size) as f64 / elapsed, "req/s");
+    ids.extend(more);
+    let mut conn = admin(&server).await?;
+    conn.post("/admin/workers/resume", Bytes::new()).await?;
+    wait_done(&server, ids.len() as u64, Duration::from_secs(1800)).await?;
+    let verified = verify(&ids, &server.jobs().await?)?;
+    report.figure("server peak RSS", server.peak_rss_mib(), "MiB");
+    report.note(format!("verified: {verified}"));
+    report.note("workers paused while submitting: the figure is ingestion alone");
+    server.stop()?;
+    report.finish(&c.out)
+}
+
+async fn seed(c: &Common, seconds: u64) -> Result<()> {
+    let server = start(c, "seed", &[])?;
+    let mut report = Report::new("seed");
+    report.param("seconds", seconds);
+    report.param(
+        "shape",
+        "ramp 0→20 users over the first half, 20→40 over the second; each posts then sleeps 0.2 s",
+    );
+    let began = Instant::now();
+    let half = Duration::from_secs(seconds) / 2;
+    let end = began + half * 2;
+    let mut tasks = Vec::new();
+    for vu in 0..40u32 {
+        // User n starts once the ramp reaches n users.
+        let start_at = if vu < 20 {
+            half * vu / 20
+        } else {
+            half + half * (vu - 20) / 20
+        };
+        let addr = server.addr;
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until((began + start_at).into()).await;
+            let mut conn = Conn::connect(addr, None).await?;
+            let (mut ids, mut h, mut errors) = (Vec::new(), histogram(), 0u64);
+            while Instant::now() < end {
+                let user = loop {
+                    let u: u32 = rand::random_range(1..1_000_000);
+                    if u != 777 {
+                        break u; // 777 is the always-failing example user
+                    }
+                };
+                let body = Bytes::from(format!(r#"{{"userId":{user}}}"#));
+                let t = Instant::now();
+                let (status, resp) = conn.post("/jobs/email_welcome", body).await?;
+                h.record(t.elapsed().as_micros().max(1) as u64)?;
+                if status == 202 {
+                    ids.push(
+                        serde_json::from_slice::<Value>(&resp)?["jobId"]
+                            .as_i64()
+                            .context("jobId")?,
+                    );
+                } else {
+                    errors += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok::<_, anyhow::Error>((ids, h, errors))
+        }));
+    }
+    let (mut ids, mut h, mut errors) = (Vec::new(), histogram(), 0);
+    for t in tasks {
+        let (i, hh, e) = t.await??;
+        ids.extend(i);
+        h.add(&hh)?;
+        errors += e;
+    }
+    report.figure("requests", h.len() as f64, "");
+    report.figure("HTTP avg", h.mean() / 1000.0, "ms");
+    report.figure("HTTP p95", h.value_at_quantile(0.95) as f64 / 1000.0, "ms");
+    report.latency("HTTP", &h);
+    report.figure("errors", errors as f64, "");
+    wait_done(&server, ids.len() as u64, Duration::from_secs(300)).await?;
+    let verified = verify(&ids, &server.jobs().await?)?;
+    report.figure("server peak RSS", server.peak_rss_mib(), "MiB");
+    report.note(format!("verified: {verified}"));
+    report.note("the seed JobQ published 8.35 ms avg / 16.09 ms p95 for this shape");
+    server.stop()?;
+    report.finish(&c.out)
+}

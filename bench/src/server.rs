@@ -1,0 +1,165 @@
+//! The jobhost under test: the real release binary on a fresh data directory.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use sqlx::Row;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, SqliteConnection};
+
+pub const TOKEN: &str = "bench-admin-token-0123456789";
+
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data: PathBuf,
+}
+
+/// One job as the store recorded it.
+pub struct JobRow {
+    pub id: i64,
+    pub state: String,
+    pub attempt: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+impl Server {
+    pub fn start(bin: &Path, plugins: &Path, data: &Path, args: &[String]) -> Result<Server> {
+        if data.exists() {
+            std::fs::remove_dir_all(data)
+                .with_context(|| format!("clearing {}", data.display()))?;
+        }
+        std::fs::create_dir_all(data)?;
+        let mut child = Command::new(bin)
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--admin-token", TOKEN])
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--plugins")
+            .arg(plugins)
+            .args(args)
+            .env("JOBHOST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("jobhost listening on http://") {
+                        break url.trim().parse()?;
+                    }
+                }
+                _ => bail!("jobhost exited before printing its address"),
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Server {
+            child,
+            addr,
+            data: data.to_owned(),
+        })
+    }
+
+    /// The server's peak resident set (VmHWM), in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kib| kib / 1024.0)
+            .unwrap_or(f64::NAN)
+    }
+
+    /// Every job in the store, read straight from the database file.
+    pub async fn jobs(&self) -> Result<Vec<JobRow>> {
+        let mut conn: SqliteConnection = SqliteConnectOptions::new()
+            .filename(self.data.join("jobhost.db"))
+            .read_only(true)
+            .connect()
+            .await?;
+        let rows =
+            sqlx::query("SELECT id, state, attempt, started_at, finished_at FROM jobs ORDER BY id")
+                .fetch_all(&mut conn)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(JobRow {
+                    id: r.try_get("id")?,
+                    state: r.try_get("state")?,
+                    attempt: r.try_get("attempt")?,
+                    started_at: r.try_get("started_at")?,
+                    finished_at: r.try_get("finished_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) -> Result<()> {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::ensure!(status.success(), "jobhost exited with {status}");
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("jobhost did not stop within 60 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Checks that the store holds exactly the submitted jobs, each succeeded
+/// on its first attempt. A fast figure must not hide a lost job.
+pub fn verify(submitted: &[i64], rows: &[JobRow]) -> Result<String> {
+    let mut want: Vec<i64> = submitted.to_vec();
+    want.sort_unstable();
+    want.dedup();
+    anyhow::ensure!(
+        want.len() == submitted.len(),
+        "the server handed out a job id twice"
+    );
+    let have: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    anyhow::ensure!(
+        have == want,
+        "the store holds {} jobs, {} were submitted (ids differ)",
+        have.len(),
+        want.len()
+    );
+    let not_done: Vec<_> = rows
+        .iter()
+        .filter(|r| r.state != "succeeded")
+        .take(5)
+        .map(|r| (r.id, r.state.clone()))
+        .collect();
+    anyhow::ensure!(not_done.is_empty(), "jobs not succeeded: {not_done:?}");
+    let retried = rows.iter().filter(|r| r.attempt != 1).count();
+    anyhow::ensure!(retried == 0, "{retried} jobs took more than one attempt");
+    Ok(format!(
+        "{} of {} jobs succeeded once, ids match",
+        rows.len(),
+        submitted.len()
+    ))
+}
