@@ -34,7 +34,7 @@ pub struct ServeConfig {
 
     /// Attempts in flight at once on this host.
     #[arg(long, env = "JOBHOST_CONCURRENCY", default_value_t = 16,
-          value_parser = clap::value_parser!(u32).range(1..=4096))]
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: u32,
 
     /// Most jobs leased per claim.

@@ -52,12 +52,15 @@ impl Maintenance {
     pub async fn promoter(self: Arc<Self>, stop: CancellationToken) {
         loop {
             let now = self.clock.now();
-            match self.store.job_promote(now).await {
+            let promoted = self.store.job_promote(now).await;
+            match &promoted {
                 Ok(ids) if !ids.is_empty() => self.dispatch.hint(),
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "promoting due jobs failed"),
             }
             let sleep = match self.store.job_next_due().await {
+                // After a failure the due job is still due: wait before retrying.
+                _ if promoted.is_err() => self.promote_interval,
                 Ok(Some(next)) => now.until(next).min(self.promote_interval),
                 Ok(None) => self.promote_interval,
                 Err(e) => {

@@ -69,6 +69,11 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let dispatch = Arc::new(Dispatch::new());
 
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+
     let stop = CancellationToken::new();
     let abort = CancellationToken::new();
     let control = Arc::new(Control::new(config.paused));
@@ -82,6 +87,7 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
         dispatch: dispatch.clone(),
         clock: clock.clone(),
         control: control.clone(),
+        round: Default::default(),
         config: WorkerConfig {
             owner: format!("{}-{}", hostname(), std::process::id()),
             concurrency: config.concurrency as usize,
@@ -101,10 +107,6 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
     let reaper = tokio::spawn(maintenance.clone().reaper(stop.clone()));
     let promoter = tokio::spawn(maintenance.promoter(stop.clone()));
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.listen))?;
-    let addr = listener.local_addr().context("reading the bound address")?;
     let app = api::app(AppState {
         store: store.clone(),
         registry,

@@ -11,6 +11,7 @@
 //! queue without spending the attempt.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -47,6 +48,8 @@ pub struct Worker {
     pub clock: Arc<dyn Clock>,
     pub control: Arc<Control>,
     pub config: WorkerConfig,
+    /// Claim rounds so far (for the rotation).
+    pub round: AtomicUsize,
 }
 
 /// The operator's handle on the worker: pause and resume claiming.
@@ -118,7 +121,14 @@ impl Worker {
         abort: &CancellationToken,
     ) -> bool {
         let mut full_batch = false;
-        for plugin in self.registry.all() {
+        // Start each round at the next plugin, so a type with a backlog
+        // cannot take every freed slot from the types after it.
+        let mut plugins = self.registry.all();
+        if !plugins.is_empty() {
+            let first = self.round.fetch_add(1, Ordering::Relaxed) % plugins.len();
+            plugins.rotate_left(first);
+        }
+        for plugin in plugins {
             let free = host_slots
                 .available_permits()
                 .min(plugin.slots.available_permits())
@@ -207,6 +217,22 @@ impl Worker {
         metrics::histogram!(telemetry::ATTEMPT_FUEL, "type" => job_type.to_owned())
             .record(report.fuel_consumed as f64);
 
+        if let AttemptOutcome::NotStarted(why) = &report.outcome {
+            // Not the job's fault: give it back unspent, after a pause so a
+            // host short of sandboxes does not spin.
+            tracing::error!(job = job.id, error = %why, "could not start an attempt; returning the job to the queue");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Err(e) = self
+                .store
+                .lease_release(job.id, job.token, self.clock.now())
+                .await
+            {
+                tracing::error!(job = job.id, error = %e, "could not release the lease; the reaper will requeue the job when it expires");
+            }
+            drop(slots);
+            self.dispatch.hint();
+            return;
+        }
         let now = self.clock.now();
         let outcome = decide(
             report.outcome,
@@ -284,6 +310,15 @@ pub fn decide(
     rng: &mut impl rand::Rng,
 ) -> Outcome {
     let error = match outcome {
+        AttemptOutcome::Ok(Some(result)) if result.len() > MAX_RESULT => {
+            // Retrying would repeat the job's side effects for the same result.
+            return Outcome::Dead {
+                error: format!(
+                    "fatal: the result is {} bytes; the limit is {MAX_RESULT}",
+                    result.len()
+                ),
+            };
+        }
         AttemptOutcome::Ok(result) => {
             return Outcome::Succeeded {
                 result: result.map(ensure_json),
@@ -291,11 +326,12 @@ pub fn decide(
         }
         AttemptOutcome::Fatal(msg) => {
             return Outcome::Dead {
-                error: format!("fatal: {msg}"),
+                error: format!("fatal: {}", truncate(msg)),
             };
         }
-        AttemptOutcome::Retry(msg) => msg,
+        AttemptOutcome::Retry(msg) => truncate(msg),
         AttemptOutcome::Trapped(reason) => reason.to_string(),
+        AttemptOutcome::NotStarted(why) => why,
     };
     if attempt >= max_attempts {
         Outcome::Dead {
@@ -307,6 +343,23 @@ pub fn decide(
             run_at: now.plus(backoff.delay(attempt, rng)),
         }
     }
+}
+
+/// Longest result a job may store, in bytes.
+pub const MAX_RESULT: usize = 1 << 20;
+/// Longest error message kept from a plugin, in bytes.
+pub const MAX_ERROR: usize = 4096;
+
+fn truncate(mut msg: String) -> String {
+    if msg.len() > MAX_ERROR {
+        let mut cut = MAX_ERROR;
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        msg.truncate(cut);
+        msg.push_str(" [truncated]");
+    }
+    msg
 }
 
 /// A plugin's result must be JSON; a plain string is kept as a JSON string.
@@ -385,6 +438,19 @@ mod tests {
                 error: "busy (no attempts left: 3 of 3 used)".into()
             }
         );
+    }
+
+    #[test]
+    fn oversized_output_is_cut_or_refused() {
+        let Outcome::Retry { error, .. } = run(AttemptOutcome::Retry("é".repeat(5000)), 1) else {
+            panic!("expected a retry")
+        };
+        assert!(error.len() <= MAX_ERROR + 20 && error.ends_with("[truncated]"));
+        let huge = format!("\"{}\"", "x".repeat(MAX_RESULT));
+        let Outcome::Dead { error } = run(AttemptOutcome::Ok(Some(huge)), 1) else {
+            panic!("expected the DLQ")
+        };
+        assert!(error.contains("limit"), "{error}");
     }
 
     #[test]

@@ -351,6 +351,8 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         (status, err["code"].as_str()),
         (400, Some("invalid_job_id"))
     );
+    let (status, err) = server.get("/jobs/%FF").await;
+    assert_eq!((status, err["code"].as_str()), (400, Some("invalid_path")));
     let (status, err) = server.get("/no/such/route").await;
     assert_eq!(
         (status, err["code"].as_str()),
@@ -384,10 +386,22 @@ async fn a_delayed_job_waits_then_runs() {
         .await;
     assert_eq!((status, body["status"].as_str()), (202, Some("scheduled")));
     let id = body["jobId"].as_i64().unwrap();
+    let waiting = server.job(id).await;
+    // RFC 3339 with fixed-width microseconds in UTC: string order is time order.
+    let due = waiting["nextAttemptAt"].as_str().unwrap().to_owned();
+    assert!(
+        due.as_str() > waiting["createdAt"].as_str().unwrap(),
+        "{waiting}"
+    );
     let job = server.wait_for(id, "succeeded").await;
     assert_eq!(
         transitions(&job)[..2],
         ["new>scheduled", "scheduled>queued"]
+    );
+    let promoted_at = job["events"][1]["at"].as_str().unwrap();
+    assert!(
+        promoted_at >= due.as_str(),
+        "promoted at {promoted_at}, due {due}"
     );
 }
 
@@ -414,15 +428,24 @@ async fn sigterm_past_the_grace_period_returns_the_job_to_the_queue() {
     server.wait_for(id, "running").await;
     let status = server.signal_and_wait(libc::SIGTERM);
     assert_eq!(status.code(), Some(0), "{status:?}");
-    // Read the job with workers off (the restarted host would run it again).
-    server.restart();
+    // Look with workers paused, or the restarted host would run it again.
+    server.restart_with(&["--paused"]);
     let job = server.job(id).await;
-    let released = job["events"].as_array().unwrap().iter().any(|e| {
-        e["from"] == "running"
-            && e["to"] == "queued"
-            && e["reason"].as_str().unwrap().contains("shutdown")
-    });
-    assert!(released, "{job:#}");
+    assert_eq!(job["status"], "queued", "{job:#}");
+    assert_eq!(
+        job["attempts"], 0,
+        "the interrupted attempt is refunded: {job:#}"
+    );
+    let last = job["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["from"].as_str(), last["to"].as_str()),
+        (Some("running"), Some("queued"))
+    );
+    assert_eq!(last["attempt"], 0);
+    assert!(
+        last["reason"].as_str().unwrap().contains("shutdown"),
+        "{last}"
+    );
 }
 
 #[tokio::test]

@@ -102,8 +102,15 @@ impl Server {
 
     /// Starts jobhost again on the same data directory (after a stop or kill).
     pub fn restart(&mut self) {
+        self.restart_with(&[]);
+    }
+
+    /// Restarts with extra flags added to the original ones.
+    pub fn restart_with(&mut self, extra: &[&str]) {
         assert!(self.child.is_none(), "stop the server before restarting it");
-        let (child, url) = spawn(self.data.path(), &self.args);
+        let mut args = self.args.clone();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let (child, url) = spawn(self.data.path(), &args);
         self.child = Some(child);
         self.url = url;
     }

@@ -11,7 +11,7 @@
 //! The token is taken from `Authorization: Bearer <token>` or `X-Admin-Token`
 //! and compared in constant time.
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::jobs::render_job;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, PathParam};
 use crate::job::JobState;
 use crate::store::{StateCounts, StoreError};
 
@@ -75,7 +75,7 @@ fn job_id(id: &str) -> Result<i64, ApiError> {
 
 async fn replay(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<Value>, ApiError> {
     let job_id = job_id(&id)?;
     let record = app
@@ -92,13 +92,15 @@ async fn replay(
             other => other.into(),
         })?;
     app.dispatch.hint();
-    let events = app.store.job_events(job_id).await?;
-    Ok(Json(render_job(&record, &events)))
+    Ok(Json(render_job(
+        &record,
+        &events_after_commit(&app, job_id).await,
+    )))
 }
 
 async fn cancel(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<Value>, ApiError> {
     let job_id = job_id(&id)?;
     let record = app
@@ -114,8 +116,19 @@ async fn cancel(
             },
             other => other.into(),
         })?;
-    let events = app.store.job_events(job_id).await?;
-    Ok(Json(render_job(&record, &events)))
+    Ok(Json(render_job(
+        &record,
+        &events_after_commit(&app, job_id).await,
+    )))
+}
+
+/// The history to show after a change was committed: failing to read it
+/// must not report the (successful) change as an error.
+async fn events_after_commit(app: &AppState, id: i64) -> Vec<crate::job::JobEvent> {
+    app.store.job_events(id).await.unwrap_or_else(|e| {
+        tracing::warn!(job = id, error = %e, "could not read the history after a committed change");
+        Vec::new()
+    })
 }
 
 async fn job_counts(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {

@@ -29,6 +29,7 @@ pub enum ApiError {
     InvalidIdempotencyKey(&'static str),
     InvalidQuery(String),
     InvalidBatch(String),
+    InvalidPath(String),
     Unauthorized,
     WrongState {
         id: JobId,
@@ -55,6 +56,7 @@ impl ApiError {
             ApiError::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
             ApiError::InvalidQuery(_) => "invalid_query",
             ApiError::InvalidBatch(_) => "invalid_batch",
+            ApiError::InvalidPath(_) => "invalid_path",
             ApiError::Unauthorized => "unauthorized",
             ApiError::WrongState { .. } => "invalid_job_state",
             ApiError::RouteNotFound => "route_not_found",
@@ -74,7 +76,8 @@ impl ApiError {
             | ApiError::IdempotencyKeyTooLong { .. }
             | ApiError::InvalidIdempotencyKey(_)
             | ApiError::InvalidQuery(_)
-            | ApiError::InvalidBatch(_) => StatusCode::BAD_REQUEST,
+            | ApiError::InvalidBatch(_)
+            | ApiError::InvalidPath(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::WrongState { .. } => StatusCode::CONFLICT,
@@ -103,6 +106,7 @@ impl ApiError {
             ApiError::InvalidIdempotencyKey(why) => format!("invalid idempotency key: {why}"),
             ApiError::InvalidQuery(why) => format!("invalid query string: {why}"),
             ApiError::InvalidBatch(why) => format!("invalid batch: {why}"),
+            ApiError::InvalidPath(why) => format!("invalid path: {why}"),
             ApiError::Unauthorized => "admin routes need `Authorization: Bearer <token>` (or `X-Admin-Token: <token>`) with the admin token".to_owned(),
             ApiError::WrongState { id, state, action, allowed } => {
                 format!("job {id} is {state}; only {allowed} jobs can be {action}")

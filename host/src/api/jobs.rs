@@ -15,13 +15,13 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, MAX_BATCH, MAX_IDEMPOTENCY_KEY};
+use super::{ApiError, AppState, MAX_BATCH, MAX_IDEMPOTENCY_KEY, PathParam};
 use crate::job::{JobEvent, JobRecord, JobState};
 use crate::store::{Enqueued, NewJob};
 use crate::telemetry;
@@ -38,7 +38,7 @@ pub fn router() -> Router<AppState> {
 
 async fn submit(
     State(app): State<AppState>,
-    Path(job_type): Path<String>,
+    PathParam(job_type): PathParam,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
@@ -88,7 +88,7 @@ async fn submit(
 
 async fn submit_batch(
     State(app): State<AppState>,
-    Path(job_type): Path<String>,
+    PathParam(job_type): PathParam,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
@@ -165,7 +165,7 @@ async fn submit_batch(
 
 async fn show(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Json<Value>, ApiError> {
     let job_id: i64 = match id.parse() {
         Ok(n) if n > 0 => n,

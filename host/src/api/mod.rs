@@ -42,6 +42,24 @@ pub struct AppState {
     pub prometheus: Option<PrometheusHandle>,
 }
 
+/// A path parameter whose rejection (bad percent-encoding) is an
+/// [`ApiError`] like every other error, not axum's plain-text 400.
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(p)) => Ok(PathParam(p)),
+            Err(e) => Err(ApiError::InvalidPath(e.body_text())),
+        }
+    }
+}
+
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
     Router::new()

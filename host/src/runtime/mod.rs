@@ -24,15 +24,19 @@ use wasmtime::{
     UpdateDeadline,
 };
 use wasmtime_wasi::WasiCtx;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
-use host::{AttemptState, MemoryCap};
+use host::{AttemptState, MemoryCap, StderrTail};
 
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "handler",
     exports: { default: async },
 });
+
+/// Per-component limits of the instance pool.
+const MAX_CORE_INSTANCES: u32 = 16;
+const MAX_MEMORIES: u32 = 4;
+const MAX_TABLES: u32 = 8;
 
 /// How often the engine's epoch ticks. Every tick, a running attempt yields
 /// to the async executor, so a busy plugin never monopolises a host thread.
@@ -82,6 +86,9 @@ pub enum AttemptOutcome {
     Fatal(String),
     /// The sandbox stopped the attempt; always retryable.
     Trapped(TrapReason),
+    /// The host could not start the attempt (every sandbox slot is taken):
+    /// not the job's fault, so it does not count as an attempt.
+    NotStarted(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -164,15 +171,17 @@ impl Runtime {
         let instances = config.max_instances.max(1);
         let mut pool = PoolingAllocationConfig::new();
         // A Rust wasip2 component is a few core instances (the program and
-        // its adapter shims) with one or two memories: leave headroom.
+        // its adapter shims) with one or two memories. Totals are sized for
+        // every slot holding the largest component allowed, so one plugin
+        // can never take the pool from the others.
         pool.total_component_instances(instances)
-            .total_core_instances(instances * 8)
-            .total_memories(instances * 2)
-            .total_tables(instances * 4)
+            .total_core_instances(instances * MAX_CORE_INSTANCES)
+            .total_memories(instances * MAX_MEMORIES)
+            .total_tables(instances * MAX_TABLES)
             .total_stacks(instances)
-            .max_core_instances_per_component(16)
-            .max_memories_per_component(4)
-            .max_tables_per_component(8)
+            .max_core_instances_per_component(MAX_CORE_INSTANCES)
+            .max_memories_per_component(MAX_MEMORIES)
+            .max_tables_per_component(MAX_TABLES)
             .max_memory_size(config.max_memory_bytes)
             // Reset small memories with memset and leave them resident,
             // scanning only the dirty pages: the next attempt takes no faults.
@@ -264,7 +273,11 @@ impl Runtime {
         if let Some(dir) = path.parent() {
             let written = std::fs::create_dir_all(dir).and_then(|()| {
                 // Write then rename, so a crash never leaves a torn artifact.
-                let tmp = path.with_extension("tmp");
+                let tmp = path.with_extension(format!(
+                    "{}-{:x}.tmp",
+                    std::process::id(),
+                    rand::random::<u32>()
+                ));
                 std::fs::write(&tmp, &bytes)?;
                 std::fs::rename(&tmp, path)
             });
@@ -284,7 +297,7 @@ impl Runtime {
         job: AttemptInput<'_>,
     ) -> AttemptReport {
         let started = Instant::now();
-        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
+        let stderr = StderrTail::new(STDERR_CAPTURE);
         let mut wasi = WasiCtx::builder();
         wasi.stderr(stderr.clone());
         let state = AttemptState {
@@ -321,6 +334,13 @@ impl Runtime {
             Ok(Ok(Ok(result))) => AttemptOutcome::Ok(result),
             Ok(Ok(Err(Failure::Retry(msg)))) => AttemptOutcome::Retry(msg),
             Ok(Ok(Err(Failure::Fatal(msg)))) => AttemptOutcome::Fatal(msg),
+            Ok(Err(err))
+                if err
+                    .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                    .is_some() =>
+            {
+                AttemptOutcome::NotStarted(format!("{err:#}"))
+            }
             Ok(Err(err)) => AttemptOutcome::Trapped(classify(
                 &err,
                 limits,
@@ -347,12 +367,18 @@ fn classify(
     err: &wasmtime::Error,
     limits: &Limits,
     memory_denied: bool,
-    stderr: &MemoryOutputPipe,
+    stderr: &StderrTail,
 ) -> TrapReason {
     if let Some(Trap::OutOfFuel) = err.downcast_ref::<Trap>() {
         return TrapReason::FuelExhausted { fuel: limits.fuel };
     }
-    if memory_denied {
+    // A denied growth makes Rust's allocator abort with `unreachable`.
+    if memory_denied
+        && matches!(
+            err.downcast_ref::<Trap>(),
+            Some(Trap::UnreachableCodeReached)
+        )
+    {
         return TrapReason::MemoryExceeded {
             limit_bytes: limits.memory_bytes,
         };
@@ -378,6 +404,12 @@ fn classify(
         }
         why.push_str("; plugin stderr: ");
         why.push_str(&tail[start..]);
+    }
+    if memory_denied {
+        why.push_str(&format!(
+            " (after a memory growth past the {} MiB cap was denied)",
+            limits.memory_bytes >> 20
+        ));
     }
     TrapReason::Crashed(why)
 }

@@ -272,35 +272,62 @@ async fn a_runaway_plugin_does_not_stall_others() {
     let good = email(&rt);
     let forever = Limits {
         fuel: u64::MAX / 4,
-        timeout: Duration::from_secs(5),
+        timeout: Duration::from_secs(20),
         ..limits()
     };
+    // Four spinners on the runtime's two worker threads...
     let spinners: Vec<_> = (0..4)
         .map(|_| {
             let (rt, bad) = (rt.clone(), bad.clone());
             tokio::spawn(async move { rt.run(&bad, &forever, input("loop_forever", "{}")).await })
         })
         .collect();
-    // While four attempts spin on two threads, healthy attempts still complete
-    // (the spinners yield at every epoch tick).
-    for i in 0..20 {
-        let payload = format!(r#"{{"userId":{i}}}"#);
-        let report = rt
-            .run(&good, &limits(), input("email_welcome", &payload))
-            .await;
+    // ...and healthy attempts on the same threads still complete (the
+    // spinners yield at every epoch tick), long before the spinners' deadline.
+    let healthy: Vec<_> = (0..20)
+        .map(|i| {
+            let (rt, good) = (rt.clone(), good.clone());
+            tokio::spawn(async move {
+                let payload = format!(r#"{{"userId":{i}}}"#);
+                rt.run(&good, &limits(), input("email_welcome", &payload))
+                    .await
+            })
+        })
+        .collect();
+    for h in healthy {
+        let report = h.await.unwrap();
         assert!(
             matches!(report.outcome, AttemptOutcome::Ok(Some(_))),
             "{:?}",
             report.outcome
         );
     }
+    assert!(
+        spinners.iter().all(|s| !s.is_finished()),
+        "the spinners should still be spinning"
+    );
+    // Dropping a running attempt (as the deadline does) frees its thread.
     for s in spinners {
-        let report = s.await.unwrap();
-        assert!(matches!(
-            report.outcome,
-            AttemptOutcome::Trapped(TrapReason::TimedOut { .. })
-        ));
+        s.abort();
+        assert!(s.await.unwrap_err().is_cancelled());
     }
+    still_serving(&rt).await;
+}
+
+#[tokio::test]
+async fn a_chatty_plugin_is_not_failed_by_its_stderr() {
+    let rt = runtime();
+    let plugin = testing(&rt);
+    let report = rt.run(&plugin, &limits(), input("chatty", "{}")).await;
+    assert_eq!(report.outcome, AttemptOutcome::Ok(None));
+    // The panic message written after 100 KiB of chatter is the part kept.
+    let report = rt
+        .run(&plugin, &limits(), input("chatty", r#"{"panic":true}"#))
+        .await;
+    let AttemptOutcome::Trapped(TrapReason::Crashed(why)) = &report.outcome else {
+        panic!("expected a crash, got {:?}", report.outcome);
+    };
+    assert!(why.contains("chatty plugin panics after all that"), "{why}");
 }
 
 #[tokio::test]
@@ -323,9 +350,16 @@ async fn compiled_components_are_cached_by_digest() {
     assert_eq!(cached.len(), 1, "{cached:?}");
     let hex = first.digest.trim_start_matches("sha256:");
     assert!(cached[0].to_string_lossy().starts_with(hex), "{cached:?}");
-    // A new runtime (a restart) loads the artifact instead of compiling.
+    // A new runtime (a restart) loads the artifact instead of compiling:
+    // the file is not rewritten.
+    let artifact = dir.path().join(&cached[0]);
+    let written = std::fs::metadata(&artifact).unwrap().modified().unwrap();
     let rt = Runtime::new(config).unwrap();
     let again = rt.compile("email_welcome", &wasm).unwrap();
+    assert_eq!(
+        std::fs::metadata(&artifact).unwrap().modified().unwrap(),
+        written
+    );
     assert_eq!(again.digest, first.digest);
     let report = rt
         .run(&again, &limits(), input("email_welcome", r#"{"userId":5}"#))

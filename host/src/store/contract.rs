@@ -281,6 +281,59 @@ pub async fn concurrent_claims_hand_each_job_to_one_claimer(s: Arc<dyn Store>) {
     let unique: std::collections::HashSet<_> = all.iter().collect();
     assert_eq!(all.len(), 120, "every job claimed");
     assert_eq!(unique.len(), 120, "no job claimed twice");
+    for id in all {
+        let claims = transitions(&*s, id)
+            .await
+            .iter()
+            .filter(|t| t.1 == JobState::Running)
+            .count();
+        assert_eq!(claims, 1, "job {id} has {claims} claim events");
+    }
+}
+
+pub async fn a_failing_write_fails_alone(s: Arc<dyn Store>) {
+    // Writes that arrive together share a transaction; one that the database
+    // refuses (max_attempts 0 breaks a CHECK) must not take the others down.
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let max_attempts = if i == 25 { 0 } else { 3 };
+                s.job_insert(
+                    NewJob {
+                        max_attempts,
+                        ..new_job("email", None)
+                    },
+                    T0,
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut failed = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(Enqueued::Created { .. }) => ok += 1,
+            Err(StoreError::Backend(_)) => failed += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((ok, failed), (49, 1));
+    assert_eq!(s.counts().await.unwrap().queued, 49);
+    // A batch with a bad job is refused whole.
+    let batch = vec![
+        new_job("email", None),
+        NewJob {
+            max_attempts: 0,
+            ..new_job("email", None)
+        },
+    ];
+    assert!(matches!(
+        s.job_insert_batch(batch, T0).await,
+        Err(StoreError::Backend(_))
+    ));
+    assert_eq!(s.counts().await.unwrap().queued, 49);
 }
 
 pub async fn completion_is_fenced_by_the_lease_token(s: &dyn Store) {
@@ -623,6 +676,7 @@ macro_rules! store_contract_tests {
         scenario!(delayed_jobs_wait_for_the_promoter);
         scenario!(claim_takes_oldest_due_of_one_type_and_counts_the_attempt);
         scenario!(concurrent_claims_hand_each_job_to_one_claimer, shared);
+        scenario!(a_failing_write_fails_alone, shared);
         scenario!(completion_is_fenced_by_the_lease_token);
         scenario!(retry_schedules_and_dead_records_the_error);
         scenario!(reaper_requeues_expired_leases_and_fences_out_the_late_holder);

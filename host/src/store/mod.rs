@@ -53,7 +53,8 @@ pub struct ClaimRequest {
     pub limit: usize,
     /// Who takes the lease (recorded in events).
     pub owner: String,
-    /// The fence: every later transition of these jobs by this holder names it.
+    /// The fence: every later transition of these jobs by this holder names
+    /// it. Must be fresh for every claim (the worker draws 64 random bits).
     pub token: i64,
     /// The plugin version that will run the attempts (recorded in events).
     pub plugin_digest: String,
@@ -224,6 +225,9 @@ pub trait Store: Send + Sync + 'static {
 impl From<sqlx::Error> for StoreError {
     /// Every sqlx backend maps its errors here: clients never see them.
     fn from(e: sqlx::Error) -> Self {
-        StoreError::Backend(e.to_string())
+        match e {
+            sqlx::Error::PoolClosed => StoreError::Closed,
+            e => StoreError::Backend(e.to_string()),
+        }
     }
 }

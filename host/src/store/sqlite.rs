@@ -314,16 +314,23 @@ async fn claim(conn: &mut SqliteConnection, req: &ClaimRequest) -> StoreResult<V
     if rows.is_empty() {
         return Ok(Vec::new());
     }
+    // One event per claimed row, named by id (not by token, which a careless
+    // caller could reuse).
+    let ids: Vec<i64> = rows
+        .iter()
+        .map(|r| r.try_get("id"))
+        .collect::<Result<_, _>>()?;
+    let ids = serde_json::to_string(&ids).map_err(|e| StoreError::Backend(e.to_string()))?;
     let actor = format!("worker:{}", req.owner);
     sqlx::query(
         "INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, plugin_digest)
          SELECT id, ?1, 'queued', 'running', attempt, ?2, ?3 FROM jobs
-         WHERE state = 'running' AND lease_token = ?4",
+         WHERE id IN (SELECT value FROM json_each(?4))",
     )
     .bind(req.now.as_micros())
     .bind(&actor)
     .bind(&req.plugin_digest)
-    .bind(req.token)
+    .bind(ids)
     .execute(&mut *conn)
     .await?;
     let mut jobs = rows

@@ -38,6 +38,16 @@ impl Guest for Testing {
                 }
             }
             "panicker" => panic!("the panicker plugin panics on purpose"),
+            // Writes 100 KiB to stderr, then panics if the payload says so.
+            "chatty" => {
+                for i in 0..1000 {
+                    eprintln!("chatter line {i:04} {}", "-".repeat(80));
+                }
+                if job.payload.contains("panic") {
+                    panic!("chatty plugin panics after all that");
+                }
+                Ok(None)
+            }
             // Sleeps on the WASI monotonic clock (no fuel burns while it
             // waits) for payload `{"ms": N}`, then succeeds.
             "sleeper" => {
