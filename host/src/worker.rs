@@ -259,6 +259,10 @@ impl Worker {
             plugin_digest: plugin.compiled.digest.clone(),
             now,
         };
+        // The sandbox is done: free its slot now, so the producer claims the
+        // next job while this outcome waits for its group commit.
+        drop(slots);
+        self.dispatch.hint();
         let complete_started = std::time::Instant::now();
         let recorded = self.complete(completion).await;
         metrics::histogram!(telemetry::COMPLETE_DURATION, "type" => job_type.to_owned())
@@ -279,8 +283,6 @@ impl Worker {
                 tracing::error!(job = job.id, error = %e, "could not record the attempt; the reaper will requeue the job when its lease expires")
             }
         }
-        drop(slots);
-        self.dispatch.hint();
     }
 
     /// Records a completion, retrying a few times if the backend hiccups.

@@ -291,6 +291,55 @@ pub async fn concurrent_claims_hand_each_job_to_one_claimer(s: Arc<dyn Store>) {
     }
 }
 
+pub async fn concurrent_completions_apply_once_each(s: Arc<dyn Store>) {
+    for _ in 0..50 {
+        insert(&*s, new_job("email", None)).await;
+    }
+    let jobs = s.job_claim(claim_req("email", 50, 77, T0)).await.unwrap();
+    assert_eq!(jobs.len(), 50);
+    // Every job is reported twice at once: by a stale holder and by the
+    // real one. Only the real report may apply.
+    let tasks: Vec<_> = jobs
+        .iter()
+        .flat_map(|job| {
+            let stale = ClaimedJob {
+                token: 78,
+                ..job.clone()
+            };
+            [(stale, false), (job.clone(), true)]
+        })
+        .map(|(job, real)| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let ok = Outcome::Succeeded {
+                    result: Some(format!("{{\"real\":{real}}}")),
+                };
+                (
+                    real,
+                    s.job_complete(completion(&job, ok, T0)).await.unwrap(),
+                )
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (real, applied) = t.await.unwrap();
+        assert_eq!(
+            real, applied,
+            "only the current lease holder's report applies"
+        );
+    }
+    for job in &jobs {
+        let rec = s.job_get(job.id).await.unwrap().unwrap();
+        assert_eq!(rec.result.as_deref(), Some(r#"{"real":true}"#));
+        let done = transitions(&*s, job.id)
+            .await
+            .iter()
+            .filter(|t| t.1 == JobState::Succeeded)
+            .count();
+        assert_eq!(done, 1);
+    }
+}
+
 pub async fn a_failing_write_fails_alone(s: Arc<dyn Store>) {
     // Writes that arrive together share a transaction; one that the database
     // refuses (max_attempts 0 breaks a CHECK) must not take the others down.
@@ -677,6 +726,7 @@ macro_rules! store_contract_tests {
         scenario!(claim_takes_oldest_due_of_one_type_and_counts_the_attempt);
         scenario!(concurrent_claims_hand_each_job_to_one_claimer, shared);
         scenario!(a_failing_write_fails_alone, shared);
+        scenario!(concurrent_completions_apply_once_each, shared);
         scenario!(completion_is_fenced_by_the_lease_token);
         scenario!(retry_schedules_and_dead_records_the_error);
         scenario!(reaper_requeues_expired_leases_and_fences_out_the_late_holder);

@@ -167,70 +167,124 @@ async fn apply_batch(
     batch: &[Command],
 ) -> StoreResult<Vec<StoreResult<Reply>>> {
     let mut tx = conn.begin().await?;
-    let mut results = Vec::with_capacity(batch.len());
-    for cmd in batch {
-        let result = apply(&mut tx, &cmd.op).await;
-        if let Err(StoreError::Backend(e)) = result {
-            tx.rollback().await?;
-            return Err(StoreError::Backend(e));
+    let mut events = Events::new();
+    let mut results: Vec<Option<StoreResult<Reply>>> = batch.iter().map(|_| None).collect();
+    // Completions are the bulk of a busy writer's work: record all of them
+    // in one statement. (They were concurrent, so no order among them or
+    // with the other commands of the batch is lost.)
+    let mut seen = std::collections::HashSet::new();
+    let completions: Vec<(usize, &Completion)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(i, cmd)| match &cmd.op {
+            Op::Complete(c) if seen.insert(c.id) => Some((i, c)),
+            _ => None,
+        })
+        .collect();
+    let outcome = async {
+        if !completions.is_empty() {
+            let all: Vec<&Completion> = completions.iter().map(|(_, c)| *c).collect();
+            let applied = complete_many(&mut tx, &all, &mut events).await?;
+            for ((i, _), ok) in completions.iter().zip(applied) {
+                results[*i] = Some(Ok(Reply::Applied(ok)));
+            }
         }
-        results.push(result);
+        for (i, cmd) in batch.iter().enumerate() {
+            if results[i].is_some() {
+                continue;
+            }
+            let result = apply(&mut tx, &cmd.op, &mut events).await;
+            if let Err(StoreError::Backend(e)) = result {
+                return Err(StoreError::Backend(e));
+            }
+            results[i] = Some(result);
+        }
+        events_flush(&mut tx, &events).await
+    }
+    .await;
+    if let Err(e) = outcome {
+        tx.rollback().await?;
+        return Err(e);
     }
     tx.commit().await?;
-    Ok(results)
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("every command has a result"))
+        .collect())
 }
 
-async fn apply(conn: &mut SqliteConnection, op: &Op) -> StoreResult<Reply> {
+async fn apply(conn: &mut SqliteConnection, op: &Op, events: &mut Events) -> StoreResult<Reply> {
     match op {
-        Op::Insert(job, now) => insert(conn, job, *now).await.map(Reply::Enqueued),
+        Op::Insert(job, now) => insert(conn, job, *now, events).await.map(Reply::Enqueued),
         Op::InsertBatch(jobs, now) => {
             let mut out = Vec::with_capacity(jobs.len());
             for job in jobs {
-                out.push(insert(conn, job, *now).await?);
+                out.push(insert(conn, job, *now, events).await?);
             }
             Ok(Reply::EnqueuedBatch(out))
         }
-        Op::Claim(req) => claim(conn, req).await.map(Reply::Claimed),
-        Op::Complete(c) => complete(conn, c).await.map(Reply::Applied),
-        Op::Release { id, token, now } => {
-            release(conn, *id, *token, *now).await.map(Reply::Applied)
-        }
-        Op::Reap(now) => reap(conn, *now).await.map(Reply::Reaped),
-        Op::Promote(now) => promote(conn, *now).await.map(Reply::Promoted),
-        Op::Replay(id, now) => replay(conn, *id, *now)
+        Op::Claim(req) => claim(conn, req, events).await.map(Reply::Claimed),
+        // A repeated report for a job already in this batch's bulk update.
+        Op::Complete(c) => complete_many(conn, &[c], events)
+            .await
+            .map(|applied| Reply::Applied(applied[0])),
+        Op::Release { id, token, now } => release(conn, *id, *token, *now, events)
+            .await
+            .map(Reply::Applied),
+        Op::Reap(now) => reap(conn, *now, events).await.map(Reply::Reaped),
+        Op::Promote(now) => promote(conn, *now, events).await.map(Reply::Promoted),
+        Op::Replay(id, now) => replay(conn, *id, *now, events)
             .await
             .map(|r| Reply::Record(Box::new(r))),
-        Op::Cancel(id, now) => cancel(conn, *id, *now)
+        Op::Cancel(id, now) => cancel(conn, *id, *now, events)
             .await
             .map(|r| Reply::Record(Box::new(r))),
         Op::Close => Ok(Reply::Closed),
     }
 }
 
-struct Event<'a> {
+/// One history row. The commands of a batch collect theirs and the batch
+/// writes them all in one statement just before it commits.
+struct Event {
     job_id: JobId,
     at: Timestamp,
     from: Option<JobState>,
     to: JobState,
     attempt: i64,
-    actor: &'a str,
-    reason: Option<&'a str>,
-    plugin_digest: Option<&'a str>,
+    actor: String,
+    reason: Option<String>,
+    plugin_digest: Option<String>,
 }
 
-async fn event_insert(conn: &mut SqliteConnection, e: Event<'_>) -> StoreResult<()> {
+type Events = Vec<Event>;
+
+/// Writes every collected event in one statement, in order.
+async fn events_flush(conn: &mut SqliteConnection, events: &Events) -> StoreResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<_> = events
+        .iter()
+        .map(|e| {
+            (
+                e.job_id,
+                e.at.as_micros(),
+                e.from.map(JobState::as_str),
+                e.to.as_str(),
+                e.attempt,
+                &e.actor,
+                &e.reason,
+                &e.plugin_digest,
+            )
+        })
+        .collect();
+    let doc = serde_json::to_string(&rows).map_err(|e| StoreError::Backend(e.to_string()))?;
     sqlx::query(
         "INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason, plugin_digest)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7
+         FROM json_each(?1) ORDER BY key",
     )
-    .bind(e.job_id)
-    .bind(e.at.as_micros())
-    .bind(e.from.map(JobState::as_str))
-    .bind(e.to.as_str())
-    .bind(e.attempt)
-    .bind(e.actor)
-    .bind(e.reason)
-    .bind(e.plugin_digest)
+    .bind(doc)
     .execute(conn)
     .await?;
     Ok(())
@@ -240,6 +294,7 @@ async fn insert(
     conn: &mut SqliteConnection,
     job: &NewJob,
     now: Timestamp,
+    events: &mut Events,
 ) -> StoreResult<Enqueued> {
     let state = if job.run_at > now {
         JobState::Scheduled
@@ -263,20 +318,16 @@ async fn insert(
     .await?;
     match created {
         Some(id) => {
-            event_insert(
-                conn,
-                Event {
-                    job_id: id,
-                    at: now,
-                    from: None,
-                    to: state,
-                    attempt: 0,
-                    actor: "api",
-                    reason: Some("enqueued"),
-                    plugin_digest: None,
-                },
-            )
-            .await?;
+            events.push(Event {
+                job_id: id,
+                at: now,
+                from: None,
+                to: state,
+                attempt: 0,
+                actor: "api".into(),
+                reason: Some("enqueued".into()),
+                plugin_digest: None,
+            });
             Ok(Enqueued::Created { id, state })
         }
         None => {
@@ -295,7 +346,11 @@ async fn insert(
     }
 }
 
-async fn claim(conn: &mut SqliteConnection, req: &ClaimRequest) -> StoreResult<Vec<ClaimedJob>> {
+async fn claim(
+    conn: &mut SqliteConnection,
+    req: &ClaimRequest,
+    events: &mut Events,
+) -> StoreResult<Vec<ClaimedJob>> {
     let rows = sqlx::query(
         "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?1,
                 lease_token = ?2, lease_expires_at = ?3, started_at = ?4, updated_at = ?4
@@ -310,28 +365,6 @@ async fn claim(conn: &mut SqliteConnection, req: &ClaimRequest) -> StoreResult<V
     .bind(&req.job_type)
     .bind(i64::try_from(req.limit).unwrap_or(i64::MAX))
     .fetch_all(&mut *conn)
-    .await?;
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    // One event per claimed row, named by id (not by token, which a careless
-    // caller could reuse).
-    let ids: Vec<i64> = rows
-        .iter()
-        .map(|r| r.try_get("id"))
-        .collect::<Result<_, _>>()?;
-    let ids = serde_json::to_string(&ids).map_err(|e| StoreError::Backend(e.to_string()))?;
-    let actor = format!("worker:{}", req.owner);
-    sqlx::query(
-        "INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, plugin_digest)
-         SELECT id, ?1, 'queued', 'running', attempt, ?2, ?3 FROM jobs
-         WHERE id IN (SELECT value FROM json_each(?4))",
-    )
-    .bind(req.now.as_micros())
-    .bind(&actor)
-    .bind(&req.plugin_digest)
-    .bind(ids)
-    .execute(&mut *conn)
     .await?;
     let mut jobs = rows
         .iter()
@@ -348,70 +381,110 @@ async fn claim(conn: &mut SqliteConnection, req: &ClaimRequest) -> StoreResult<V
         })
         .collect::<StoreResult<Vec<_>>>()?;
     jobs.sort_by_key(|j| (j.run_at, j.id));
+    let actor = format!("worker:{}", req.owner);
+    events.extend(jobs.iter().map(|j| Event {
+        job_id: j.id,
+        at: req.now,
+        from: Some(JobState::Queued),
+        to: JobState::Running,
+        attempt: i64::from(j.attempt),
+        actor: actor.clone(),
+        reason: None,
+        plugin_digest: Some(req.plugin_digest.clone()),
+    }));
     Ok(jobs)
 }
 
-async fn complete(conn: &mut SqliteConnection, c: &Completion) -> StoreResult<bool> {
-    let (state, result, error, run_at, finished_at) = match &c.outcome {
-        Outcome::Succeeded { result } => (
-            JobState::Succeeded,
-            result.as_deref(),
-            None,
-            None,
-            Some(c.now),
-        ),
-        Outcome::Retry { error, run_at } => (
-            JobState::Scheduled,
-            None,
-            Some(error.as_str()),
-            Some(*run_at),
-            None,
-        ),
-        Outcome::Dead { error } => (
-            JobState::Dead,
-            None,
-            Some(error.as_str()),
-            None,
-            Some(c.now),
-        ),
-    };
-    let attempt: Option<i64> = sqlx::query_scalar(
-        "UPDATE jobs SET state = ?1, result = ?2, last_error = COALESCE(?3, last_error),
-                run_at = COALESCE(?4, run_at), finished_at = ?5, plugin_digest = ?6, updated_at = ?7,
+/// Records completions (each for a distinct job) in one statement, each
+/// fenced by its own lease token. Returns, per completion, whether it applied.
+async fn complete_many(
+    conn: &mut SqliteConnection,
+    completions: &[&Completion],
+    events: &mut Events,
+) -> StoreResult<Vec<bool>> {
+    let rows: Vec<_> = completions
+        .iter()
+        .map(|c| {
+            let (state, result, error, run_at, finished_at) = match &c.outcome {
+                Outcome::Succeeded { result } => (
+                    JobState::Succeeded,
+                    result.as_deref(),
+                    None,
+                    None,
+                    Some(c.now),
+                ),
+                Outcome::Retry { error, run_at } => (
+                    JobState::Scheduled,
+                    None,
+                    Some(error.as_str()),
+                    Some(*run_at),
+                    None,
+                ),
+                Outcome::Dead { error } => (
+                    JobState::Dead,
+                    None,
+                    Some(error.as_str()),
+                    None,
+                    Some(c.now),
+                ),
+            };
+            serde_json::json!([
+                c.id,
+                c.token,
+                state.as_str(),
+                result,
+                error,
+                run_at.map(Timestamp::as_micros),
+                finished_at.map(Timestamp::as_micros),
+                c.plugin_digest,
+                c.now.as_micros(),
+            ])
+        })
+        .collect();
+    let doc = serde_json::to_string(&rows).map_err(|e| StoreError::Backend(e.to_string()))?;
+    let applied: Vec<(i64, i64)> = sqlx::query_as(
+        "UPDATE jobs SET state = c.state, result = c.result,
+                last_error = COALESCE(c.error, jobs.last_error),
+                run_at = COALESCE(c.run_at, jobs.run_at), finished_at = c.finished_at,
+                plugin_digest = c.digest, updated_at = c.now,
                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-         WHERE id = ?8 AND state = 'running' AND lease_token = ?9
-         RETURNING attempt",
+         FROM (SELECT value->>0 AS id, value->>1 AS token, value->>2 AS state,
+                      value->>3 AS result, value->>4 AS error, value->>5 AS run_at,
+                      value->>6 AS finished_at, value->>7 AS digest, value->>8 AS now
+               FROM json_each(?1)) AS c
+         WHERE jobs.id = c.id AND jobs.state = 'running' AND jobs.lease_token = c.token
+         RETURNING jobs.id, jobs.attempt",
     )
-    .bind(state.as_str())
-    .bind(result)
-    .bind(error)
-    .bind(run_at.map(Timestamp::as_micros))
-    .bind(finished_at.map(Timestamp::as_micros))
-    .bind(&c.plugin_digest)
-    .bind(c.now.as_micros())
-    .bind(c.id)
-    .bind(c.token)
-    .fetch_optional(&mut *conn)
+    .bind(doc)
+    .fetch_all(&mut *conn)
     .await?;
-    let Some(attempt) = attempt else {
-        return Ok(false);
-    };
-    let actor = format!("worker:{}", c.owner);
-    event_insert(
-        conn,
-        Event {
-            job_id: c.id,
-            at: c.now,
-            from: Some(JobState::Running),
-            to: state,
-            attempt,
-            actor: &actor,
-            reason: error,
-            plugin_digest: Some(&c.plugin_digest),
-        },
-    )
-    .await?;
-    Ok(true)
+    // Ids are distinct within `completions`, and the token is in the WHERE
+    // clause, so an id coming back means that completion applied.
+    let applied: std::collections::HashMap<i64, i64> = applied.into_iter().collect();
+    Ok(completions
+        .iter()
+        .map(|c| {
+            let Some(&attempt) = applied.get(&c.id) else {
+                return false;
+            };
+            let (to, reason) = match &c.outcome {
+                Outcome::Succeeded { .. } => (JobState::Succeeded, None),
+                Outcome::Retry { error, .. } => (JobState::Scheduled, Some(error.clone())),
+                Outcome::Dead { error } => (JobState::Dead, Some(error.clone())),
+            };
+            events.push(Event {
+                job_id: c.id,
+                at: c.now,
+                from: Some(JobState::Running),
+                to,
+                attempt,
+                actor: format!("worker:{}", c.owner),
+                reason,
+                plugin_digest: Some(c.plugin_digest.clone()),
+            });
+            true
+        })
+        .collect())
 }
 
 async fn release(
@@ -419,6 +492,7 @@ async fn release(
     id: JobId,
     token: i64,
     now: Timestamp,
+    events: &mut Events,
 ) -> StoreResult<bool> {
     let attempt: Option<i64> = sqlx::query_scalar(
         "UPDATE jobs SET state = 'queued', attempt = attempt - 1, updated_at = ?1,
@@ -434,26 +508,26 @@ async fn release(
     let Some(attempt) = attempt else {
         return Ok(false);
     };
-    event_insert(
-        conn,
-        Event {
-            job_id: id,
-            at: now,
-            from: Some(JobState::Running),
-            to: JobState::Queued,
-            attempt,
-            actor: "worker",
-            reason: Some(
-                "released at shutdown before the attempt finished; the attempt is not counted",
-            ),
-            plugin_digest: None,
-        },
-    )
-    .await?;
+    events.push(Event {
+        job_id: id,
+        at: now,
+        from: Some(JobState::Running),
+        to: JobState::Queued,
+        attempt,
+        actor: "worker".into(),
+        reason: Some(
+            "released at shutdown before the attempt finished; the attempt is not counted".into(),
+        ),
+        plugin_digest: None,
+    });
     Ok(true)
 }
 
-async fn reap(conn: &mut SqliteConnection, now: Timestamp) -> StoreResult<Reaped> {
+async fn reap(
+    conn: &mut SqliteConnection,
+    now: Timestamp,
+    events: &mut Events,
+) -> StoreResult<Reaped> {
     let rows = sqlx::query(
         "UPDATE jobs SET
                 state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
@@ -471,21 +545,16 @@ async fn reap(conn: &mut SqliteConnection, now: Timestamp) -> StoreResult<Reaped
     for row in &rows {
         let id: JobId = row.try_get("id")?;
         let to = state_of(row, "state")?;
-        let reason: String = row.try_get("last_error")?;
-        event_insert(
-            conn,
-            Event {
-                job_id: id,
-                at: now,
-                from: Some(JobState::Running),
-                to,
-                attempt: row.try_get("attempt")?,
-                actor: "reaper",
-                reason: Some(&reason),
-                plugin_digest: None,
-            },
-        )
-        .await?;
+        events.push(Event {
+            job_id: id,
+            at: now,
+            from: Some(JobState::Running),
+            to,
+            attempt: row.try_get("attempt")?,
+            actor: "reaper".into(),
+            reason: Some(row.try_get("last_error")?),
+            plugin_digest: None,
+        });
         match to {
             JobState::Dead => reaped.dead.push(id),
             _ => reaped.requeued.push(id),
@@ -494,26 +563,38 @@ async fn reap(conn: &mut SqliteConnection, now: Timestamp) -> StoreResult<Reaped
     Ok(reaped)
 }
 
-async fn promote(conn: &mut SqliteConnection, now: Timestamp) -> StoreResult<Vec<JobId>> {
-    sqlx::query(
-        "INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
-         SELECT id, ?1, 'scheduled', 'queued', attempt, 'promoter', 'due'
-         FROM jobs WHERE state = 'scheduled' AND run_at <= ?1",
-    )
-    .bind(now.as_micros())
-    .execute(&mut *conn)
-    .await?;
-    let ids = sqlx::query_scalar(
+async fn promote(
+    conn: &mut SqliteConnection,
+    now: Timestamp,
+    events: &mut Events,
+) -> StoreResult<Vec<JobId>> {
+    let mut promoted: Vec<(JobId, i64)> = sqlx::query_as(
         "UPDATE jobs SET state = 'queued', updated_at = ?1
-         WHERE state = 'scheduled' AND run_at <= ?1 RETURNING id",
+         WHERE state = 'scheduled' AND run_at <= ?1 RETURNING id, attempt",
     )
     .bind(now.as_micros())
     .fetch_all(&mut *conn)
     .await?;
-    Ok(ids)
+    promoted.sort_unstable();
+    events.extend(promoted.iter().map(|&(id, attempt)| Event {
+        job_id: id,
+        at: now,
+        from: Some(JobState::Scheduled),
+        to: JobState::Queued,
+        attempt,
+        actor: "promoter".into(),
+        reason: Some("due".into()),
+        plugin_digest: None,
+    }));
+    Ok(promoted.into_iter().map(|(id, _)| id).collect())
 }
 
-async fn replay(conn: &mut SqliteConnection, id: JobId, now: Timestamp) -> StoreResult<JobRecord> {
+async fn replay(
+    conn: &mut SqliteConnection,
+    id: JobId,
+    now: Timestamp,
+    events: &mut Events,
+) -> StoreResult<JobRecord> {
     let done = sqlx::query(
         "UPDATE jobs SET state = 'queued', attempt = 0, run_at = ?1, result = NULL,
                 finished_at = NULL, updated_at = ?1
@@ -528,14 +609,19 @@ async fn replay(conn: &mut SqliteConnection, id: JobId, now: Timestamp) -> Store
         id,
         now,
         done.rows_affected(),
-        JobState::Dead,
-        JobState::Queued,
+        (JobState::Dead, JobState::Queued),
         "replayed from the dead-letter queue with a fresh attempt budget",
+        events,
     )
     .await
 }
 
-async fn cancel(conn: &mut SqliteConnection, id: JobId, now: Timestamp) -> StoreResult<JobRecord> {
+async fn cancel(
+    conn: &mut SqliteConnection,
+    id: JobId,
+    now: Timestamp,
+    events: &mut Events,
+) -> StoreResult<JobRecord> {
     let from: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?1")
         .bind(id)
         .fetch_optional(&mut *conn)
@@ -557,9 +643,9 @@ async fn cancel(conn: &mut SqliteConnection, id: JobId, now: Timestamp) -> Store
         id,
         now,
         done.rows_affected(),
-        from,
-        JobState::Cancelled,
+        (from, JobState::Cancelled),
         "cancelled by an operator",
+        events,
     )
     .await
 }
@@ -571,9 +657,9 @@ async fn operator_transition(
     id: JobId,
     now: Timestamp,
     rows_affected: u64,
-    from: JobState,
-    to: JobState,
+    (from, to): (JobState, JobState),
     reason: &str,
+    events: &mut Events,
 ) -> StoreResult<JobRecord> {
     let record = record_get(&mut *conn, id)
         .await?
@@ -584,20 +670,16 @@ async fn operator_transition(
             state: record.state,
         });
     }
-    event_insert(
-        conn,
-        Event {
-            job_id: id,
-            at: now,
-            from: Some(from),
-            to,
-            attempt: i64::from(record.attempt),
-            actor: "admin",
-            reason: Some(reason),
-            plugin_digest: None,
-        },
-    )
-    .await?;
+    events.push(Event {
+        job_id: id,
+        at: now,
+        from: Some(from),
+        to,
+        attempt: i64::from(record.attempt),
+        actor: "admin".into(),
+        reason: Some(reason.into()),
+        plugin_digest: None,
+    });
     Ok(record)
 }
 
