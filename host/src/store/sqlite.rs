@@ -181,7 +181,24 @@ async fn apply_batch(
             _ => None,
         })
         .collect();
+    // Likewise every single enqueue without an idempotency key.
+    let inserts: Vec<(usize, &NewJob, Timestamp)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(i, cmd)| match &cmd.op {
+            Op::Insert(job, now) if job.idempotency_key.is_none() => Some((i, job, *now)),
+            _ => None,
+        })
+        .collect();
     let outcome = async {
+        if !inserts.is_empty() {
+            let jobs: Vec<(&NewJob, Timestamp)> =
+                inserts.iter().map(|(_, j, now)| (*j, *now)).collect();
+            let created = insert_many(&mut tx, &jobs, &mut events).await?;
+            for ((i, _, _), created) in inserts.iter().zip(created) {
+                results[*i] = Some(Ok(Reply::Enqueued(created)));
+            }
+        }
         if !completions.is_empty() {
             let all: Vec<&Completion> = completions.iter().map(|(_, c)| *c).collect();
             let applied = complete_many(&mut tx, &all, &mut events).await?;
@@ -217,11 +234,25 @@ async fn apply(conn: &mut SqliteConnection, op: &Op, events: &mut Events) -> Sto
     match op {
         Op::Insert(job, now) => insert(conn, job, *now, events).await.map(Reply::Enqueued),
         Op::InsertBatch(jobs, now) => {
-            let mut out = Vec::with_capacity(jobs.len());
-            for job in jobs {
-                out.push(insert(conn, job, *now, events).await?);
+            let (keyless, keyed): (Vec<_>, Vec<_>) = jobs
+                .iter()
+                .enumerate()
+                .partition(|(_, j)| j.idempotency_key.is_none());
+            let mut out: Vec<Option<Enqueued>> = vec![None; jobs.len()];
+            let bulk: Vec<(&NewJob, Timestamp)> = keyless.iter().map(|(_, j)| (*j, *now)).collect();
+            for ((i, _), created) in keyless.iter().zip(insert_many(conn, &bulk, events).await?) {
+                out[*i] = Some(created);
             }
-            Ok(Reply::EnqueuedBatch(out))
+            // Keyed jobs one by one, in order, so a key repeated within the
+            // batch finds the job its first use created.
+            for (i, job) in keyed {
+                out[i] = Some(insert(conn, job, *now, events).await?);
+            }
+            Ok(Reply::EnqueuedBatch(
+                out.into_iter()
+                    .map(|e| e.expect("every job was inserted"))
+                    .collect(),
+            ))
         }
         Op::Claim(req) => claim(conn, req, events).await.map(Reply::Claimed),
         // A repeated report for a job already in this batch's bulk update.
@@ -290,17 +321,73 @@ async fn events_flush(conn: &mut SqliteConnection, events: &Events) -> StoreResu
     Ok(())
 }
 
+fn initial_state(job: &NewJob, now: Timestamp) -> JobState {
+    if job.run_at > now {
+        JobState::Scheduled
+    } else {
+        JobState::Queued
+    }
+}
+
+/// Creates jobs without idempotency keys in one statement. Ids are assigned
+/// here, in order, from the largest id so far: the writer is the only writer
+/// and holds the write transaction, so nobody can take them in between.
+async fn insert_many(
+    conn: &mut SqliteConnection,
+    jobs: &[(&NewJob, Timestamp)],
+    events: &mut Events,
+) -> StoreResult<Vec<Enqueued>> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM jobs")
+        .fetch_one(&mut *conn)
+        .await?;
+    let mut rows = Vec::with_capacity(jobs.len());
+    let mut created = Vec::with_capacity(jobs.len());
+    for (n, (job, now)) in jobs.iter().enumerate() {
+        let id = last + 1 + n as i64;
+        let state = initial_state(job, *now);
+        rows.push(serde_json::json!([
+            id,
+            job.job_type,
+            state.as_str(),
+            job.payload,
+            job.max_attempts,
+            job.run_at.as_micros(),
+            now.as_micros(),
+        ]));
+        events.push(Event {
+            job_id: id,
+            at: *now,
+            from: None,
+            to: state,
+            attempt: 0,
+            actor: "api".into(),
+            reason: Some("enqueued".into()),
+            plugin_digest: None,
+        });
+        created.push(Enqueued::Created { id, state });
+    }
+    let doc = serde_json::to_string(&rows).map_err(|e| StoreError::Backend(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO jobs (id, job_type, state, payload, max_attempts, run_at, created_at, updated_at)
+         SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>6
+         FROM json_each(?1)",
+    )
+    .bind(doc)
+    .execute(&mut *conn)
+    .await?;
+    Ok(created)
+}
+
 async fn insert(
     conn: &mut SqliteConnection,
     job: &NewJob,
     now: Timestamp,
     events: &mut Events,
 ) -> StoreResult<Enqueued> {
-    let state = if job.run_at > now {
-        JobState::Scheduled
-    } else {
-        JobState::Queued
-    };
+    let state = initial_state(job, now);
     let created: Option<i64> = sqlx::query_scalar(
         "INSERT INTO jobs (job_type, state, payload, idempotency_key, max_attempts, run_at, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
