@@ -192,7 +192,8 @@ pub struct JobRecord {
     pub lease_expires_at: Option<Timestamp>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
-    /// When the latest attempt started.
+    /// When the latest attempt started: when it was leased while it runs,
+    /// when it actually began running once it has finished.
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
 }

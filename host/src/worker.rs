@@ -257,6 +257,7 @@ impl Worker {
             owner: self.config.owner.clone(),
             outcome,
             plugin_digest: plugin.compiled.digest.clone(),
+            started_at: started,
             now,
         };
         // The sandbox is done: free its slot now, so the producer claims the

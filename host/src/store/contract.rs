@@ -49,6 +49,7 @@ fn completion(job: &ClaimedJob, outcome: Outcome, now: Timestamp) -> Completion 
         owner: "test".into(),
         outcome,
         plugin_digest: "sha256:test".into(),
+        started_at: now,
         now,
     }
 }
@@ -405,12 +406,18 @@ pub async fn completion_is_fenced_by_the_lease_token(s: &dyn Store) {
             .unwrap()
     );
     assert_eq!(state(s, id).await, JobState::Running);
-    assert!(
-        s.job_complete(completion(&job, ok.clone(), T0.plus(SECOND)))
-            .await
-            .unwrap()
-    );
+    let began = T0.plus(SECOND / 2);
+    let report = Completion {
+        started_at: began,
+        ..completion(&job, ok.clone(), T0.plus(SECOND))
+    };
+    assert!(s.job_complete(report).await.unwrap());
     let done = s.job_get(id).await.unwrap().unwrap();
+    assert_eq!(
+        done.started_at,
+        Some(began),
+        "the attempt's real start replaces the lease time"
+    );
     assert_eq!(done.state, JobState::Succeeded);
     assert_eq!(done.result.as_deref(), Some(r#"{"sent":true}"#));
     assert_eq!(done.plugin_digest.as_deref(), Some("sha256:test"));

@@ -101,6 +101,8 @@ pub struct Completion {
     pub owner: String,
     pub outcome: Outcome,
     pub plugin_digest: String,
+    /// When the attempt actually began running (after its claim committed).
+    pub started_at: Timestamp,
     pub now: Timestamp,
 }
 

@@ -20,6 +20,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::{
     ClaimRequest, ClaimedJob, Completion, Enqueued, NewJob, Outcome, Reaped, StateCounts, Store,
@@ -49,7 +50,11 @@ pub enum Durability {
 pub struct SqliteStore {
     writer: mpsc::Sender<Command>,
     readers: SqlitePool,
+    checkpointer: CancellationToken,
 }
+
+/// How often the WAL is checkpointed into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 impl SqliteStore {
     /// Opens (creating if missing) the database at `url` (`sqlite://path`),
@@ -64,20 +69,30 @@ impl SqliteStore {
             })
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let mut conn = options.clone().connect().await?;
+        // The writer never checkpoints (that would stall every request
+        // queued behind it); a connection of its own does, in the background.
+        let mut conn = options
+            .clone()
+            .pragma("wal_autocheckpoint", "0")
+            .connect()
+            .await?;
         MIGRATOR
             .run(&mut conn)
             .await
             .map_err(|e| StoreError::Backend(format!("migrating {url}: {e}")))?;
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options.read_only(true))
+            .connect_with(options.clone().read_only(true))
             .await?;
+        let checkpoint_conn = options.connect().await?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(writer(conn, rx));
+        let checkpointer = CancellationToken::new();
+        tokio::spawn(checkpoints(checkpoint_conn, checkpointer.clone()));
         Ok(SqliteStore {
             writer: tx,
             readers,
+            checkpointer,
         })
     }
 
@@ -89,6 +104,24 @@ impl SqliteStore {
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
+}
+
+/// Copies committed WAL frames into the database file without blocking the
+/// writer or the readers (a PASSIVE checkpoint), until `stop`.
+async fn checkpoints(mut conn: SqliteConnection, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+            () = stop.cancelled() => break,
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut conn)
+            .await
+        {
+            tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+        }
+    }
+    let _ = conn.close().await;
 }
 
 /// One write, as the writer receives it.
@@ -153,6 +186,13 @@ async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Command>) {
             // change is committed regardless, which is what it asked for.
             let _ = cmd.reply.send(result);
         }
+    }
+    // Leave a compact database behind: fold the whole WAL in and empty it.
+    if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&mut conn)
+        .await
+    {
+        tracing::warn!(error = %e, "final WAL checkpoint failed");
     }
     if let Err(e) = conn.close().await {
         tracing::warn!(error = %e, "closing the sqlite writer connection");
@@ -525,6 +565,7 @@ async fn complete_many(
                 finished_at.map(Timestamp::as_micros),
                 c.plugin_digest,
                 c.now.as_micros(),
+                c.started_at.as_micros(),
             ])
         })
         .collect();
@@ -533,11 +574,12 @@ async fn complete_many(
         "UPDATE jobs SET state = c.state, result = c.result,
                 last_error = COALESCE(c.error, jobs.last_error),
                 run_at = COALESCE(c.run_at, jobs.run_at), finished_at = c.finished_at,
-                plugin_digest = c.digest, updated_at = c.now,
+                plugin_digest = c.digest, updated_at = c.now, started_at = c.started_at,
                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
          FROM (SELECT value->>0 AS id, value->>1 AS token, value->>2 AS state,
                       value->>3 AS result, value->>4 AS error, value->>5 AS run_at,
-                      value->>6 AS finished_at, value->>7 AS digest, value->>8 AS now
+                      value->>6 AS finished_at, value->>7 AS digest, value->>8 AS now,
+                      value->>9 AS started_at
                FROM json_each(?1)) AS c
          WHERE jobs.id = c.id AND jobs.state = 'running' AND jobs.lease_token = c.token
          RETURNING jobs.id, jobs.attempt",
@@ -955,6 +997,7 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         // Ok or Closed: either way the writer is gone afterwards.
+        self.checkpointer.cancel();
         let _ = self.send(Op::Close).await;
         self.readers.close().await;
     }
