@@ -164,8 +164,24 @@ fn main() -> Result<()> {
     })
 }
 
-fn start(c: &Common, scenario: &str, extra: &[&str]) -> Result<Server> {
-    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+/// Starts jobhost with the scenario's flags (`--flag value` pairs or lone
+/// switches), except those the user overrides with `--serve-arg=--flag=value`.
+fn start(c: &Common, scenario: &str, defaults: &[&str]) -> Result<Server> {
+    let overridden = |flag: &str| {
+        c.serve_args
+            .iter()
+            .any(|a| a.split('=').next() == Some(flag))
+    };
+    let mut args: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < defaults.len() {
+        let takes_value = defaults.get(i + 1).is_some_and(|v| !v.starts_with("--"));
+        let width = if takes_value { 2 } else { 1 };
+        if !overridden(defaults[i]) {
+            args.extend(defaults[i..i + width].iter().map(|s| s.to_string()));
+        }
+        i += width;
+    }
     args.extend(c.serve_args.iter().cloned());
     Server::start(
         &c.bin,
@@ -242,7 +258,9 @@ async fn wait_done(server: &Server, n: u64, patience: Duration) -> Result<()> {
         if Instant::now() > deadline {
             bail!("only {done} of {n} jobs finished within {patience:?}: {counts}");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Counting is a scan of the jobs table: poll gently, so the
+        // measurement does not slow down what it measures.
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -261,12 +279,11 @@ async fn burn_down(c: &Common, jobs: usize, scenario: &str) -> Result<()> {
     let server = start(
         c,
         scenario,
-        &["--paused", "--concurrency", "64", "--claim-batch", "256"],
+        &["--paused", "--concurrency", "256", "--claim-batch", "512"],
     )?;
     let mut report = Report::new(scenario);
     report.param("jobs", jobs);
-    report.param("concurrency", 64);
-    report.param("claim_batch", 256);
+    report.param("serve_flags", "--concurrency 256 --claim-batch 512");
     let submitted_at = Instant::now();
     let ids = submit_batches(&server, jobs, 5000, 2).await?;
     let submit_secs = submitted_at.elapsed().as_secs_f64();
@@ -314,9 +331,10 @@ async fn burn_down(c: &Common, jobs: usize, scenario: &str) -> Result<()> {
 }
 
 async fn latency(c: &Common, rates: &[u64], seconds: u64) -> Result<()> {
-    let server = start(c, "latency", &[])?;
+    let server = start(c, "latency", &["--concurrency", "256"])?;
     let mut report = Report::new("latency");
     report.param("rates", rates.to_vec());
+    report.param("serve_flags", "--concurrency 256");
     report.param("seconds_per_rate", seconds);
     let mut all_ids = Vec::new();
     for &rate in rates {
@@ -396,10 +414,11 @@ async fn latency(c: &Common, rates: &[u64], seconds: u64) -> Result<()> {
 
 /// Closed-loop load: `connections` tasks post single no-op jobs until the deadline.
 async fn submit(c: &Common, connections: usize, seconds: u64) -> Result<()> {
-    let server = start(c, "submit", &[])?;
+    let server = start(c, "submit", &["--concurrency", "256"])?;
     let mut report = Report::new("submit");
     report.param("connections", connections);
     report.param("seconds", seconds);
+    report.param("serve_flags", "--concurrency 256");
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let began = Instant::now();
     let mut tasks = Vec::new();

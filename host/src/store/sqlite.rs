@@ -351,9 +351,12 @@ async fn events_flush(conn: &mut SqliteConnection, events: &Events) -> StoreResu
         .collect();
     let doc = serde_json::to_string(&rows).map_err(|e| StoreError::Backend(e.to_string()))?;
     sqlx::query(
-        "INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason, plugin_digest)
-         SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7
-         FROM json_each(?1) ORDER BY key",
+        // Ids follow the array (`key` is the index), so the history keeps
+        // the batch's order without a sort; the writer is the only writer.
+        "INSERT INTO job_events (id, job_id, at, from_state, to_state, attempt, actor, reason, plugin_digest)
+         SELECT (SELECT COALESCE(MAX(id), 0) FROM job_events) + key + 1,
+                value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7
+         FROM json_each(?1)",
     )
     .bind(doc)
     .execute(conn)
