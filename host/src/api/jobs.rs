@@ -12,6 +12,7 @@
 //!   "created": n, "duplicates": m}` with the ids in the order of the array.
 //! - `GET /jobs/{id}`: the job, its attempts, result, errors and history.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -23,6 +24,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState, MAX_BATCH, MAX_IDEMPOTENCY_KEY, PathParam};
 use crate::job::{JobEvent, JobRecord, JobState};
+use crate::plugins::LoadedPlugin;
 use crate::store::{Enqueued, NewJob};
 use crate::telemetry;
 
@@ -36,6 +38,16 @@ pub fn router() -> Router<AppState> {
         .route("/jobs/{key}/batch", post(submit_batch))
 }
 
+/// The plugin that handles `job_type`, or the error that lists those loaded.
+fn plugin_for(app: &AppState, job_type: String) -> Result<Arc<LoadedPlugin>, ApiError> {
+    app.registry
+        .get(&job_type)
+        .ok_or_else(|| ApiError::UnknownJobType {
+            name: job_type,
+            loaded: app.registry.types(),
+        })
+}
+
 async fn submit(
     State(app): State<AppState>,
     PathParam(job_type): PathParam,
@@ -43,12 +55,7 @@ async fn submit(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Some(plugin) = app.registry.get(&job_type) else {
-        return Err(ApiError::UnknownJobType {
-            name: job_type,
-            loaded: app.registry.types(),
-        });
-    };
+    let plugin = plugin_for(&app, job_type)?;
     let delay = parse_delay(query.as_deref())?;
     let bytes = read_body(body, &headers, app.body_limit).await?;
     let payload: Value =
@@ -93,12 +100,7 @@ async fn submit_batch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Some(plugin) = app.registry.get(&job_type) else {
-        return Err(ApiError::UnknownJobType {
-            name: job_type,
-            loaded: app.registry.types(),
-        });
-    };
+    let plugin = plugin_for(&app, job_type)?;
     if headers.contains_key("idempotency-key") {
         return Err(ApiError::InvalidIdempotencyKey(
             "a batch takes no Idempotency-Key header; put an idempotencyKey in each payload",

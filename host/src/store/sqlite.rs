@@ -327,6 +327,21 @@ struct Event {
     plugin_digest: Option<String>,
 }
 
+impl Event {
+    fn enqueued(job_id: JobId, at: Timestamp, state: JobState) -> Event {
+        Event {
+            job_id,
+            at,
+            from: None,
+            to: state,
+            attempt: 0,
+            actor: "api".into(),
+            reason: Some("enqueued".into()),
+            plugin_digest: None,
+        }
+    }
+}
+
 type Events = Vec<Event>;
 
 /// Writes every collected event in one statement, in order.
@@ -400,16 +415,7 @@ async fn insert_many(
             job.run_at.as_micros(),
             now.as_micros(),
         ]));
-        events.push(Event {
-            job_id: id,
-            at: *now,
-            from: None,
-            to: state,
-            attempt: 0,
-            actor: "api".into(),
-            reason: Some("enqueued".into()),
-            plugin_digest: None,
-        });
+        events.push(Event::enqueued(id, *now, state));
         created.push(Enqueued::Created { id, state });
     }
     let doc = serde_json::to_string(&rows).map_err(|e| StoreError::Backend(e.to_string()))?;
@@ -448,16 +454,7 @@ async fn insert(
     .await?;
     match created {
         Some(id) => {
-            events.push(Event {
-                job_id: id,
-                at: now,
-                from: None,
-                to: state,
-                attempt: 0,
-                actor: "api".into(),
-                reason: Some("enqueued".into()),
-                plugin_digest: None,
-            });
+            events.push(Event::enqueued(id, now, state));
             Ok(Enqueued::Created { id, state })
         }
         None => {
