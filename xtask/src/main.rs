@@ -160,17 +160,61 @@ fn test(args: &[String]) -> Result<()> {
         Some("--") => &args[1..],
         _ => args,
     };
-    status(
-        cargo()
-            .current_dir(&root)
-            .args(["test", "--workspace"])
-            .args(extra)
-            .env("JOBHOST_TEST_PLUGINS", &plugins)
-            .env(
-                "JOBHOST_BIN",
-                root.join("target").join("debug").join("jobhost"),
-            ),
-    )
+    let mut cmd = cargo();
+    cmd.current_dir(&root)
+        .args(["test", "--workspace"])
+        .args(extra)
+        .env("JOBHOST_TEST_PLUGINS", &plugins)
+        .env(
+            "JOBHOST_BIN",
+            root.join("target").join("debug").join("jobhost"),
+        );
+    let (passed, failed) = run_counting_tests(&mut cmd)?;
+    // One closing line for the whole suite, after cargo's per-binary ones.
+    println!("summary: {passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} tests failed");
+    }
+    Ok(())
+}
+
+/// Runs `cargo test`, passing its output through, and adds up the
+/// "test result:" lines of every test binary.
+fn run_counting_tests(cmd: &mut Command) -> Result<(u64, u64)> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cmd:?}"))?;
+    let (mut passed, mut failed) = (0, 0);
+    let stdout = child.stdout.take().expect("stdout is piped");
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count_before(rest, " passed");
+            failed += count_before(rest, " failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && failed == 0 {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok((passed, failed))
+}
+
+/// The number just before `word` in a cargo "test result" line
+/// (`ok. 48 passed; 0 failed; ...`).
+fn count_before(line: &str, word: &str) -> u64 {
+    line.split(';')
+        .map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+        })
+        .find_map(|part| part.strip_suffix(word))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn bench(args: &[String]) -> Result<()> {
