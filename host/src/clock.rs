@@ -1,8 +1,7 @@
-//! Time, injected. Everything that schedules (backoff, leases, the promoter)
-//! asks a [`Clock`] instead of the system, so tests can move time by hand.
+//! Time, injected. The roles that schedule (backoff, leases, the promoter)
+//! ask a [`Clock`] instead of the system; the store takes `now` as an
+//! argument, so its tests drive time by passing it.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Microseconds since the Unix epoch: the one time representation the store
@@ -12,10 +11,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
-    pub fn from_micros(micros: i64) -> Self {
-        Timestamp(micros)
-    }
-
     pub fn as_micros(self) -> i64 {
         self.0
     }
@@ -53,28 +48,5 @@ impl Clock for SystemClock {
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
         Timestamp(i64::try_from(since.as_micros()).unwrap_or(i64::MAX))
-    }
-}
-
-/// A clock that only moves when told to; for tests.
-#[derive(Debug, Clone)]
-pub struct ManualClock(Arc<AtomicI64>);
-
-impl ManualClock {
-    pub fn starting_at(t: Timestamp) -> Self {
-        ManualClock(Arc::new(AtomicI64::new(t.0)))
-    }
-
-    pub fn advance(&self, d: Duration) {
-        self.0.fetch_add(
-            i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
-            Ordering::SeqCst,
-        );
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Timestamp {
-        Timestamp(self.0.load(Ordering::SeqCst))
     }
 }

@@ -57,14 +57,6 @@ impl JobState {
             JobState::Cancelled => "cancelled",
         }
     }
-
-    /// Whether the job has reached the end of its life (replay aside).
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            JobState::Succeeded | JobState::Dead | JobState::Cancelled
-        )
-    }
 }
 
 impl fmt::Display for JobState {

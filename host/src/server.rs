@@ -39,6 +39,15 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
             .with_context(|| format!("opening the store at {url}"))?,
     );
 
+    // Before the plugins load: they take their metric handles from it.
+    let prometheus = match telemetry::prometheus() {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics are off");
+            None
+        }
+    };
+
     let max_memory_bytes = (config.max_plugin_memory_mb as usize) << 20;
     let runtime = Arc::new(Runtime::new(RuntimeConfig {
         // Room for every attempt in flight plus plugin versions being swapped.
@@ -59,13 +68,6 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
         tracing::warn!(dir = %plugins_dir.display(), "no plugins loaded: every job type will be unknown");
     }
 
-    let prometheus = match telemetry::prometheus() {
-        Ok(handle) => Some(handle),
-        Err(e) => {
-            tracing::warn!(error = %e, "metrics are off");
-            None
-        }
-    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let dispatch = Arc::new(Dispatch::new());
 

@@ -1,10 +1,14 @@
 //! Metrics: the names jobhost exports and the Prometheus recorder.
 //!
 //! Roles record through the `metrics` facade with these names; nothing is
-//! threaded through their signatures. Every name starts with `jobhost_`.
+//! threaded through their signatures. Per-type handles ([`TypeMetrics`]) live
+//! with each loaded plugin. Every name starts with `jobhost_`. Install the
+//! recorder ([`prometheus`]) before loading plugins: handles taken earlier
+//! record nothing.
 
 use std::sync::OnceLock;
 
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const JOBS_ENQUEUED: &str = "jobhost_jobs_enqueued_total";
@@ -26,6 +30,41 @@ const SECONDS_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0, 60.0,
 ];
 const FUEL_BUCKETS: &[f64] = &[1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10];
+
+/// The metric handles of one job type, registered once (when its plugin
+/// loads) so the hot path neither formats labels nor looks them up.
+#[derive(Debug, Clone)]
+pub struct TypeMetrics {
+    pub enqueued: Counter,
+    pub started: Counter,
+    pub succeeded: Counter,
+    pub retried: Counter,
+    pub dead: Counter,
+    pub attempt_duration: Histogram,
+    pub attempt_fuel: Histogram,
+    pub queue_latency: Histogram,
+    pub claim_duration: Histogram,
+    pub complete_duration: Histogram,
+}
+
+impl TypeMetrics {
+    /// Handles for `job_type` on the recorder installed now (no-ops if none).
+    pub fn new(job_type: &str) -> TypeMetrics {
+        let labels = [("type", job_type.to_owned())];
+        TypeMetrics {
+            enqueued: metrics::counter!(JOBS_ENQUEUED, &labels),
+            started: metrics::counter!(ATTEMPTS_STARTED, &labels),
+            succeeded: metrics::counter!(JOBS_SUCCEEDED, &labels),
+            retried: metrics::counter!(JOBS_RETRIED, &labels),
+            dead: metrics::counter!(JOBS_DEAD, &labels),
+            attempt_duration: metrics::histogram!(ATTEMPT_DURATION, &labels),
+            attempt_fuel: metrics::histogram!(ATTEMPT_FUEL, &labels),
+            queue_latency: metrics::histogram!(QUEUE_LATENCY, &labels),
+            claim_duration: metrics::histogram!(CLAIM_DURATION, &labels),
+            complete_duration: metrics::histogram!(COMPLETE_DURATION, &labels),
+        }
+    }
+}
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

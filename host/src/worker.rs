@@ -22,9 +22,8 @@ use crate::backoff::Backoff;
 use crate::clock::{Clock, Timestamp};
 use crate::dispatch::Dispatch;
 use crate::plugins::{LoadedPlugin, Registry};
-use crate::runtime::{AttemptInput, AttemptOutcome, Runtime};
+use crate::runtime::{AttemptInput, AttemptOutcome, Runtime, cap_plugin_text};
 use crate::store::{ClaimRequest, ClaimedJob, Completion, Outcome, Store, StoreError};
-use crate::telemetry;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -149,7 +148,9 @@ impl Worker {
             };
             let claim_started = std::time::Instant::now();
             let claimed = self.store.job_claim(request).await;
-            metrics::histogram!(telemetry::CLAIM_DURATION, "type" => plugin.job_type.clone())
+            plugin
+                .metrics
+                .claim_duration
                 .record(claim_started.elapsed().as_secs_f64());
             let jobs = match claimed {
                 Ok(jobs) => jobs,
@@ -192,8 +193,10 @@ impl Worker {
     ) {
         let job_type = plugin.job_type.as_str();
         let started = self.clock.now();
-        metrics::counter!(telemetry::ATTEMPTS_STARTED, "type" => job_type.to_owned()).increment(1);
-        metrics::histogram!(telemetry::QUEUE_LATENCY, "type" => job_type.to_owned())
+        let metrics = &plugin.metrics;
+        metrics.started.increment(1);
+        metrics
+            .queue_latency
             .record(job.run_at.until(started).as_secs_f64());
         let input = AttemptInput {
             id: job.id,
@@ -212,10 +215,10 @@ impl Worker {
                 return;
             }
         };
-        metrics::histogram!(telemetry::ATTEMPT_DURATION, "type" => job_type.to_owned())
+        metrics
+            .attempt_duration
             .record(report.duration.as_secs_f64());
-        metrics::histogram!(telemetry::ATTEMPT_FUEL, "type" => job_type.to_owned())
-            .record(report.fuel_consumed as f64);
+        metrics.attempt_fuel.record(report.fuel_consumed as f64);
 
         if let AttemptOutcome::NotStarted(why) = &report.outcome {
             // Not the job's fault: give it back unspent, after a pause so a
@@ -243,9 +246,9 @@ impl Worker {
             &mut rand::rng(),
         );
         let counter = match &outcome {
-            Outcome::Succeeded { .. } => telemetry::JOBS_SUCCEEDED,
-            Outcome::Retry { .. } => telemetry::JOBS_RETRIED,
-            Outcome::Dead { .. } => telemetry::JOBS_DEAD,
+            Outcome::Succeeded { .. } => &metrics.succeeded,
+            Outcome::Retry { .. } => &metrics.retried,
+            Outcome::Dead { .. } => &metrics.dead,
         };
         let retry = matches!(outcome, Outcome::Retry { .. });
         if let Outcome::Retry { error, .. } | Outcome::Dead { error } = &outcome {
@@ -266,11 +269,12 @@ impl Worker {
         self.dispatch.hint();
         let complete_started = std::time::Instant::now();
         let recorded = self.complete(completion).await;
-        metrics::histogram!(telemetry::COMPLETE_DURATION, "type" => job_type.to_owned())
+        metrics
+            .complete_duration
             .record(complete_started.elapsed().as_secs_f64());
         match recorded {
             Ok(true) => {
-                metrics::counter!(counter, "type" => job_type.to_owned()).increment(1);
+                counter.increment(1);
                 if retry {
                     self.dispatch.scheduled();
                 }
@@ -353,16 +357,8 @@ pub const MAX_RESULT: usize = 1 << 20;
 /// Longest error message kept from a plugin, in bytes.
 pub const MAX_ERROR: usize = 4096;
 
-fn truncate(mut msg: String) -> String {
-    if msg.len() > MAX_ERROR {
-        let mut cut = MAX_ERROR;
-        while !msg.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        msg.truncate(cut);
-        msg.push_str(" [truncated]");
-    }
-    msg
+fn truncate(msg: String) -> String {
+    cap_plugin_text(msg, MAX_ERROR)
 }
 
 /// A plugin's result must be JSON; a plain string is kept as a JSON string.

@@ -26,7 +26,6 @@ use super::{ApiError, AppState, MAX_BATCH, MAX_IDEMPOTENCY_KEY, PathParam};
 use crate::job::{JobEvent, JobRecord, JobState};
 use crate::plugins::LoadedPlugin;
 use crate::store::{Enqueued, NewJob};
-use crate::telemetry;
 
 /// Longest delay a job may be submitted with: one year.
 const MAX_DELAY_MS: u64 = 365 * 24 * 3600 * 1000;
@@ -75,8 +74,7 @@ async fn submit(
     };
     match app.store.job_insert(job, now).await? {
         Enqueued::Created { id, state } => {
-            metrics::counter!(telemetry::JOBS_ENQUEUED, "type" => plugin.job_type.clone())
-                .increment(1);
+            plugin.metrics.enqueued.increment(1);
             match state {
                 JobState::Scheduled => app.dispatch.scheduled(),
                 _ => app.dispatch.hint(),
@@ -127,7 +125,7 @@ async fn submit_batch(
         let idempotency_key = if text.starts_with('{') {
             let value: Value =
                 serde_json::from_str(text).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-            idempotency_key(&HeaderMap::new(), &value)?
+            payload_key(&value)?
         } else {
             None
         };
@@ -144,8 +142,7 @@ async fn submit_batch(
         .iter()
         .filter(|r| matches!(r, Enqueued::Created { .. }))
         .count();
-    metrics::counter!(telemetry::JOBS_ENQUEUED, "type" => plugin.job_type.clone())
-        .increment(created as u64);
+    plugin.metrics.enqueued.increment(created as u64);
     if created > 0 {
         if delay.is_zero() {
             app.dispatch.hint();
@@ -268,6 +265,8 @@ async fn read_body(
     })
 }
 
+/// The job's idempotency key: the `Idempotency-Key` header, else the
+/// payload's `idempotencyKey` field.
 fn idempotency_key(headers: &HeaderMap, payload: &Value) -> Result<Option<String>, ApiError> {
     let key = match headers.get("idempotency-key") {
         Some(v) => Some(
@@ -279,16 +278,26 @@ fn idempotency_key(headers: &HeaderMap, payload: &Value) -> Result<Option<String
                 })?
                 .to_owned(),
         ),
-        None => match payload.get("idempotencyKey") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => {
-                return Err(ApiError::InvalidIdempotencyKey(
-                    "the payload's idempotencyKey must be a string",
-                ));
-            }
-        },
+        None => return payload_key(payload),
     };
+    checked_key(key)
+}
+
+/// The payload's own `idempotencyKey` field, checked.
+fn payload_key(payload: &Value) -> Result<Option<String>, ApiError> {
+    let key = match payload.get("idempotencyKey") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            return Err(ApiError::InvalidIdempotencyKey(
+                "the payload's idempotencyKey must be a string",
+            ));
+        }
+    };
+    checked_key(key)
+}
+
+fn checked_key(key: Option<String>) -> Result<Option<String>, ApiError> {
     match key {
         Some(k) if k.is_empty() => Err(ApiError::InvalidIdempotencyKey("the key is empty")),
         Some(k) if k.len() > MAX_IDEMPOTENCY_KEY => {

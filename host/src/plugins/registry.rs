@@ -8,6 +8,7 @@ use tokio::sync::Semaphore;
 
 use super::{Manifest, ManifestError, valid_type_name};
 use crate::runtime::{CompiledPlugin, Runtime, RuntimeError};
+use crate::telemetry::TypeMetrics;
 
 /// One loaded plugin version.
 #[derive(Debug)]
@@ -17,6 +18,7 @@ pub struct LoadedPlugin {
     pub compiled: CompiledPlugin,
     /// Attempts of this type in flight on this host (`manifest.concurrency`).
     pub slots: Arc<Semaphore>,
+    pub metrics: TypeMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +155,7 @@ fn load_one(
     let compiled = runtime.compile(&name, &wasm)?;
     Ok(LoadedPlugin {
         slots: Arc::new(Semaphore::new(manifest.concurrency as usize)),
+        metrics: TypeMetrics::new(&name),
         job_type: name,
         manifest,
         compiled,

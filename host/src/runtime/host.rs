@@ -41,15 +41,7 @@ impl WasiView for AttemptState {
 
 impl Host for AttemptState {
     fn log(&mut self, level: Level, message: String) {
-        let mut message = message;
-        if message.len() > MAX_LOG_LINE {
-            let mut cut = MAX_LOG_LINE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push_str(" [truncated]");
-        }
+        let message = super::cap_plugin_text(message, MAX_LOG_LINE);
         let (job, plugin) = (self.job_id, self.plugin.as_str());
         match level {
             Level::Trace => tracing::trace!(target: "plugin", plugin, job, "{message}"),

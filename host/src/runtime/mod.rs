@@ -362,6 +362,20 @@ impl Drop for Runtime {
     }
 }
 
+/// Cuts text a plugin handed the host (a log line, a failure message) to at
+/// most `max` bytes on a character boundary, marking the cut.
+pub fn cap_plugin_text(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str(" [truncated]");
+    }
+    text
+}
+
 /// Names the reason a call trapped, in words a plugin author can act on.
 fn classify(
     err: &wasmtime::Error,
