@@ -18,7 +18,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Connection, Row};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -85,8 +85,9 @@ impl SqliteStore {
             .connect_with(options.clone().read_only(true))
             .await?;
         let checkpoint_conn = options.connect().await?;
+        let ids = Ids::load(&mut conn).await?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(writer(conn, rx));
+        tokio::spawn(writer(conn, ids, rx));
         let checkpointer = CancellationToken::new();
         tokio::spawn(checkpoints(checkpoint_conn, checkpointer.clone()));
         Ok(SqliteStore {
@@ -159,8 +160,124 @@ enum Reply {
     Closed,
 }
 
+/// The next ids to hand out. The writer is the only writer, so it numbers new
+/// jobs and events itself instead of asking SQLite for `MAX(id)` each time.
+#[derive(Debug, Clone, Copy)]
+struct Ids {
+    /// The largest job id in use.
+    job: i64,
+    /// The largest event id in use.
+    event: i64,
+}
+
+impl Ids {
+    async fn load(conn: &mut SqliteConnection) -> StoreResult<Ids> {
+        let (job, event): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COALESCE(MAX(id), 0) FROM jobs),
+                    (SELECT COALESCE(MAX(id), 0) FROM job_events)",
+        )
+        .fetch_one(conn)
+        .await?;
+        Ok(Ids { job, event })
+    }
+}
+
+/// The writer's transaction.
+///
+/// Every sqlx call is a round trip to the connection's SQLite thread (a
+/// channel send, a thread wake-up, and a wake-up back), so the writer never
+/// spends one on `BEGIN` or `COMMIT` alone, nor on a statement whose result
+/// nobody reads: `BEGIN` travels with the first statement, the bulk inserts
+/// of jobs wait for the next statement, and the events travel with `COMMIT`.
+/// A batch of enqueues is then one round trip, and a claim or a batch of
+/// completions two.
+struct Tx<'c> {
+    conn: &'c mut SqliteConnection,
+    ids: &'c mut Ids,
+    begun: bool,
+    /// Statements to run before the next one: each with `?1` as its only
+    /// parameter, and the JSON document to bind there.
+    deferred: Vec<(&'static str, String)>,
+}
+
+const BEGIN: &str = "BEGIN IMMEDIATE;\n";
+
+impl<'c> Tx<'c> {
+    fn new(conn: &'c mut SqliteConnection, ids: &'c mut Ids) -> Self {
+        Tx {
+            conn,
+            ids,
+            begun: false,
+            deferred: Vec::new(),
+        }
+    }
+
+    /// Runs `sql` (one statement taking the JSON document `doc` as `?1`)
+    /// with the next statement sent, or at commit.
+    fn defer(&mut self, sql: &'static str, doc: String) {
+        debug_assert_eq!(
+            sql.matches("?1").count(),
+            1,
+            "a deferred statement takes ?1 once"
+        );
+        self.deferred.push((sql, doc));
+    }
+
+    /// The text to send for `sql`, which takes parameters `?1..?own`: the
+    /// `BEGIN` if it is still due, then the deferred statements (their
+    /// parameters numbered after `own`), then `sql`. The returned documents
+    /// are bound after the statement's own parameters.
+    fn text(&mut self, sql: &str, own: usize) -> (AssertSqlSafe<String>, Vec<String>) {
+        let mut text = String::new();
+        if !self.begun {
+            text.push_str(BEGIN);
+            self.begun = true;
+        }
+        let mut docs = Vec::with_capacity(self.deferred.len());
+        for (n, (stmt, doc)) in self.deferred.drain(..).enumerate() {
+            text.push_str(&stmt.replace("?1", &format!("?{}", own + n + 1)));
+            text.push_str(";\n");
+            docs.push(doc);
+        }
+        text.push_str(sql);
+        (AssertSqlSafe(text), docs)
+    }
+
+    /// Sends what is due (the `BEGIN`, deferred statements), then hands out
+    /// the connection for statements that are not on the hot path.
+    async fn conn(&mut self) -> StoreResult<&mut SqliteConnection> {
+        if !self.begun || !self.deferred.is_empty() {
+            let (text, docs) = self.text("", 0);
+            let mut query = sqlx::query(text);
+            for doc in docs {
+                query = query.bind(doc);
+            }
+            query.execute(&mut *self.conn).await?;
+        }
+        Ok(self.conn)
+    }
+
+    /// Writes the events and commits, in one round trip.
+    async fn commit(mut self, events: &Events) -> StoreResult<()> {
+        if !self.begun && self.deferred.is_empty() && events.is_empty() {
+            return Ok(()); // nothing was written
+        }
+        if !events.is_empty() {
+            let doc = events_doc(self.ids, events)?;
+            self.defer(EVENTS_INSERT, doc);
+        }
+        let (text, docs) = self.text("COMMIT", 0);
+        let mut query = sqlx::query(text);
+        for doc in docs {
+            query = query.bind(doc);
+        }
+        query.execute(&mut *self.conn).await?;
+        Ok(())
+    }
+}
+
 /// The writer task: group-commits every waiting command.
-async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Command>) {
+async fn writer(mut conn: SqliteConnection, mut ids: Ids, mut rx: mpsc::Receiver<Command>) {
     let mut batch: Vec<Command> = Vec::with_capacity(MAX_BATCH);
     let mut closing = false;
     while !closing {
@@ -168,14 +285,14 @@ async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Command>) {
             break;
         }
         closing = batch.iter().any(|c| matches!(c.op, Op::Close));
-        let results = match apply_batch(&mut conn, &batch).await {
+        let results = match apply_batch(&mut conn, &mut ids, &batch).await {
             Ok(results) => results,
             // Something in the batch failed: nothing of it was committed.
             // Apply each command alone so the failure stays with its owner.
             Err(_) => {
                 let mut results = Vec::with_capacity(batch.len());
                 for cmd in &batch {
-                    let one = apply_batch(&mut conn, std::slice::from_ref(cmd)).await;
+                    let one = apply_batch(&mut conn, &mut ids, std::slice::from_ref(cmd)).await;
                     results.push(one.and_then(|mut r| r.pop().expect("one result per command")));
                 }
                 results
@@ -204,9 +321,11 @@ async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Command>) {
 /// wrote nothing and does not spoil the batch).
 async fn apply_batch(
     conn: &mut SqliteConnection,
+    ids: &mut Ids,
     batch: &[Command],
 ) -> StoreResult<Vec<StoreResult<Reply>>> {
-    let mut tx = conn.begin().await?;
+    let before = *ids;
+    let mut tx = Tx::new(conn, ids);
     let mut events = Events::new();
     let mut results: Vec<Option<StoreResult<Reply>>> = batch.iter().map(|_| None).collect();
     // Completions are the bulk of a busy writer's work: record all of them
@@ -234,7 +353,7 @@ async fn apply_batch(
         if !inserts.is_empty() {
             let jobs: Vec<(&NewJob, Timestamp)> =
                 inserts.iter().map(|(_, j, now)| (*j, *now)).collect();
-            let created = insert_many(&mut tx, &jobs, &mut events).await?;
+            let created = insert_many(&mut tx, &jobs, &mut events)?;
             for ((i, _, _), created) in inserts.iter().zip(created) {
                 results[*i] = Some(Ok(Reply::Enqueued(created)));
             }
@@ -256,23 +375,29 @@ async fn apply_batch(
             }
             results[i] = Some(result);
         }
-        events_flush(&mut tx, &events).await
+        Ok(())
     }
     .await;
-    if let Err(e) = outcome {
-        tx.rollback().await?;
+    let committed = match outcome {
+        Ok(()) => tx.commit(&events).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = committed {
+        // (`commit` consumed the transaction; a failed one is rolled back
+        // on the same connection here.)
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        *ids = before;
         return Err(e);
     }
-    tx.commit().await?;
     Ok(results
         .into_iter()
         .map(|r| r.expect("every command has a result"))
         .collect())
 }
 
-async fn apply(conn: &mut SqliteConnection, op: &Op, events: &mut Events) -> StoreResult<Reply> {
+async fn apply(tx: &mut Tx<'_>, op: &Op, events: &mut Events) -> StoreResult<Reply> {
     match op {
-        Op::Insert(job, now) => insert(conn, job, *now, events).await.map(Reply::Enqueued),
+        Op::Insert(job, now) => insert(tx, job, *now, events).await.map(Reply::Enqueued),
         Op::InsertBatch(jobs, now) => {
             let (keyless, keyed): (Vec<_>, Vec<_>) = jobs
                 .iter()
@@ -280,13 +405,13 @@ async fn apply(conn: &mut SqliteConnection, op: &Op, events: &mut Events) -> Sto
                 .partition(|(_, j)| j.idempotency_key.is_none());
             let mut out: Vec<Option<Enqueued>> = vec![None; jobs.len()];
             let bulk: Vec<(&NewJob, Timestamp)> = keyless.iter().map(|(_, j)| (*j, *now)).collect();
-            for ((i, _), created) in keyless.iter().zip(insert_many(conn, &bulk, events).await?) {
+            for ((i, _), created) in keyless.iter().zip(insert_many(tx, &bulk, events)?) {
                 out[*i] = Some(created);
             }
             // Keyed jobs one by one, in order, so a key repeated within the
             // batch finds the job its first use created.
             for (i, job) in keyed {
-                out[i] = Some(insert(conn, job, *now, events).await?);
+                out[i] = Some(insert(tx, job, *now, events).await?);
             }
             Ok(Reply::EnqueuedBatch(
                 out.into_iter()
@@ -294,20 +419,24 @@ async fn apply(conn: &mut SqliteConnection, op: &Op, events: &mut Events) -> Sto
                     .collect(),
             ))
         }
-        Op::Claim(req) => claim(conn, req, events).await.map(Reply::Claimed),
+        Op::Claim(req) => claim(tx, req, events).await.map(Reply::Claimed),
         // A repeated report for a job already in this batch's bulk update.
-        Op::Complete(c) => complete_many(conn, &[c], events)
+        Op::Complete(c) => complete_many(tx, &[c], events)
             .await
             .map(|applied| Reply::Applied(applied[0])),
-        Op::Release { id, token, now } => release(conn, *id, *token, *now, events)
+        Op::Release { id, token, now } => release(tx.conn().await?, *id, *token, *now, events)
             .await
             .map(Reply::Applied),
-        Op::Reap(now) => reap(conn, *now, events).await.map(Reply::Reaped),
-        Op::Promote(now) => promote(conn, *now, events).await.map(Reply::Promoted),
-        Op::Replay(id, now) => replay(conn, *id, *now, events)
+        Op::Reap(now) => reap(tx.conn().await?, *now, events)
+            .await
+            .map(Reply::Reaped),
+        Op::Promote(now) => promote(tx.conn().await?, *now, events)
+            .await
+            .map(Reply::Promoted),
+        Op::Replay(id, now) => replay(tx.conn().await?, *id, *now, events)
             .await
             .map(|r| Reply::Record(Box::new(r))),
-        Op::Cancel(id, now) => cancel(conn, *id, *now, events)
+        Op::Cancel(id, now) => cancel(tx.conn().await?, *id, *now, events)
             .await
             .map(|r| Reply::Record(Box::new(r))),
         Op::Close => Ok(Reply::Closed),
@@ -344,15 +473,22 @@ impl Event {
 
 type Events = Vec<Event>;
 
-/// Writes every collected event in one statement, in order.
-async fn events_flush(conn: &mut SqliteConnection, events: &Events) -> StoreResult<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
+/// Every collected event, in one statement, in order.
+const EVENTS_INSERT: &str =
+    "INSERT INTO job_events (id, job_id, at, from_state, to_state, attempt, actor, reason, plugin_digest)
+     SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7,
+            value->>8
+     FROM json_each(?1)";
+
+/// The rows for [`EVENTS_INSERT`], numbered from the writer's counter so the
+/// history keeps the batch's order.
+fn events_doc(ids: &mut Ids, events: &Events) -> StoreResult<String> {
     let rows: Vec<_> = events
         .iter()
         .map(|e| {
+            ids.event += 1;
             (
+                ids.event,
                 e.job_id,
                 e.at.as_micros(),
                 e.from.map(JobState::as_str),
@@ -364,19 +500,7 @@ async fn events_flush(conn: &mut SqliteConnection, events: &Events) -> StoreResu
             )
         })
         .collect();
-    let doc = serde_json::to_string(&rows).map_err(|e| StoreError::Backend(e.to_string()))?;
-    sqlx::query(
-        // Ids follow the array (`key` is the index), so the history keeps
-        // the batch's order without a sort; the writer is the only writer.
-        "INSERT INTO job_events (id, job_id, at, from_state, to_state, attempt, actor, reason, plugin_digest)
-         SELECT (SELECT COALESCE(MAX(id), 0) FROM job_events) + key + 1,
-                value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7
-         FROM json_each(?1)",
-    )
-    .bind(doc)
-    .execute(conn)
-    .await?;
-    Ok(())
+    serde_json::to_string(&rows).map_err(|e| StoreError::Backend(e.to_string()))
 }
 
 fn initial_state(job: &NewJob, now: Timestamp) -> JobState {
@@ -387,20 +511,19 @@ fn initial_state(job: &NewJob, now: Timestamp) -> JobState {
     }
 }
 
-/// Creates jobs without idempotency keys in one statement. Ids are assigned
-/// here, in order, from the largest id so far: the writer is the only writer
-/// and holds the write transaction, so nobody can take them in between.
-async fn insert_many(
-    conn: &mut SqliteConnection,
+/// Creates jobs without idempotency keys in one statement, sent with the
+/// transaction's next one. Ids are assigned here, in order, from the writer's
+/// counter: the writer is the only writer, so nobody can take them.
+fn insert_many(
+    tx: &mut Tx<'_>,
     jobs: &[(&NewJob, Timestamp)],
     events: &mut Events,
 ) -> StoreResult<Vec<Enqueued>> {
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
-    let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM jobs")
-        .fetch_one(&mut *conn)
-        .await?;
+    let last = tx.ids.job;
+    tx.ids.job += jobs.len() as i64;
     let mut rows = Vec::with_capacity(jobs.len());
     let mut created = Vec::with_capacity(jobs.len());
     for (n, (job, now)) in jobs.iter().enumerate() {
@@ -419,23 +542,22 @@ async fn insert_many(
         created.push(Enqueued::Created { id, state });
     }
     let doc = serde_json::to_string(&rows).map_err(|e| StoreError::Backend(e.to_string()))?;
-    sqlx::query(
+    tx.defer(
         "INSERT INTO jobs (id, job_type, state, payload, max_attempts, run_at, created_at, updated_at)
          SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>6
          FROM json_each(?1)",
-    )
-    .bind(doc)
-    .execute(&mut *conn)
-    .await?;
+        doc,
+    );
     Ok(created)
 }
 
 async fn insert(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx<'_>,
     job: &NewJob,
     now: Timestamp,
     events: &mut Events,
 ) -> StoreResult<Enqueued> {
+    let conn = tx.conn().await?;
     let state = initial_state(job, now);
     let created: Option<i64> = sqlx::query_scalar(
         "INSERT INTO jobs (job_type, state, payload, idempotency_key, max_attempts, run_at, created_at, updated_at)
@@ -454,6 +576,8 @@ async fn insert(
     .await?;
     match created {
         Some(id) => {
+            // SQLite numbered it past the largest id, which the counter follows.
+            tx.ids.job = tx.ids.job.max(id);
             events.push(Event::enqueued(id, now, state));
             Ok(Enqueued::Created { id, state })
         }
@@ -474,25 +598,29 @@ async fn insert(
 }
 
 async fn claim(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx<'_>,
     req: &ClaimRequest,
     events: &mut Events,
 ) -> StoreResult<Vec<ClaimedJob>> {
-    let rows = sqlx::query(
+    let (text, docs) = tx.text(
         "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?1,
                 lease_token = ?2, lease_expires_at = ?3, started_at = ?4, updated_at = ?4
          WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND job_type = ?5
                       ORDER BY run_at, id LIMIT ?6)
          RETURNING id, payload, attempt, max_attempts, run_at",
-    )
-    .bind(&req.owner)
-    .bind(req.token)
-    .bind(req.lease_expires_at.as_micros())
-    .bind(req.now.as_micros())
-    .bind(&req.job_type)
-    .bind(i64::try_from(req.limit).unwrap_or(i64::MAX))
-    .fetch_all(&mut *conn)
-    .await?;
+        6,
+    );
+    let mut query = sqlx::query(text)
+        .bind(&req.owner)
+        .bind(req.token)
+        .bind(req.lease_expires_at.as_micros())
+        .bind(req.now.as_micros())
+        .bind(&req.job_type)
+        .bind(i64::try_from(req.limit).unwrap_or(i64::MAX));
+    for doc in docs {
+        query = query.bind(doc);
+    }
+    let rows = query.fetch_all(&mut *tx.conn).await?;
     let mut jobs = rows
         .iter()
         .map(|row| {
@@ -525,7 +653,7 @@ async fn claim(
 /// Records completions (each for a distinct job) in one statement, each
 /// fenced by its own lease token. Returns, per completion, whether it applied.
 async fn complete_many(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx<'_>,
     completions: &[&Completion],
     events: &mut Events,
 ) -> StoreResult<Vec<bool>> {
@@ -570,7 +698,7 @@ async fn complete_many(
         })
         .collect();
     let doc = serde_json::to_string(&rows).map_err(|e| StoreError::Backend(e.to_string()))?;
-    let applied: Vec<(i64, i64)> = sqlx::query_as(
+    let (text, docs) = tx.text(
         "UPDATE jobs SET state = c.state, result = c.result,
                 last_error = COALESCE(c.error, jobs.last_error),
                 run_at = COALESCE(c.run_at, jobs.run_at), finished_at = c.finished_at,
@@ -583,10 +711,13 @@ async fn complete_many(
                FROM json_each(?1)) AS c
          WHERE jobs.id = c.id AND jobs.state = 'running' AND jobs.lease_token = c.token
          RETURNING jobs.id, jobs.attempt",
-    )
-    .bind(doc)
-    .fetch_all(&mut *conn)
-    .await?;
+        1,
+    );
+    let mut query = sqlx::query_as(text).bind(doc);
+    for doc in docs {
+        query = query.bind(doc);
+    }
+    let applied: Vec<(i64, i64)> = query.fetch_all(&mut *tx.conn).await?;
     // Ids are distinct within `completions`, and the token is in the WHERE
     // clause, so an id coming back means that completion applied.
     let applied: std::collections::HashMap<i64, i64> = applied.into_iter().collect();
