@@ -19,8 +19,13 @@ pub const JOBS_DEAD: &str = "jobhost_jobs_dead_total";
 pub const ATTEMPT_DURATION: &str = "jobhost_attempt_duration_seconds";
 pub const ATTEMPT_FUEL: &str = "jobhost_attempt_fuel_consumed";
 pub const QUEUE_LATENCY: &str = "jobhost_queue_latency_seconds";
-/// One claim statement (a batch of up to `--claim-batch` jobs).
+/// One claim statement in the store's writer (up to `--claim-batch` jobs of
+/// one type), including the round trip to the database.
 pub const CLAIM_DURATION: &str = "jobhost_claim_duration_seconds";
+/// One statement in the store's writer recording a batch of completions.
+pub const STORE_COMPLETE_DURATION: &str = "jobhost_store_complete_duration_seconds";
+/// One commit of the store's writer: the events, then the fsync.
+pub const STORE_COMMIT_DURATION: &str = "jobhost_store_commit_duration_seconds";
 /// Recording one attempt's outcome.
 pub const COMPLETE_DURATION: &str = "jobhost_complete_duration_seconds";
 pub const QUEUE_DEPTH: &str = "jobhost_queue_depth";
@@ -43,7 +48,6 @@ pub struct TypeMetrics {
     pub attempt_duration: Histogram,
     pub attempt_fuel: Histogram,
     pub queue_latency: Histogram,
-    pub claim_duration: Histogram,
     pub complete_duration: Histogram,
 }
 
@@ -60,7 +64,6 @@ impl TypeMetrics {
             attempt_duration: metrics::histogram!(ATTEMPT_DURATION, &labels),
             attempt_fuel: metrics::histogram!(ATTEMPT_FUEL, &labels),
             queue_latency: metrics::histogram!(QUEUE_LATENCY, &labels),
-            claim_duration: metrics::histogram!(CLAIM_DURATION, &labels),
             complete_duration: metrics::histogram!(COMPLETE_DURATION, &labels),
         }
     }

@@ -23,7 +23,7 @@ use crate::clock::{Clock, Timestamp};
 use crate::dispatch::Dispatch;
 use crate::plugins::{LoadedPlugin, Registry};
 use crate::runtime::{AttemptInput, AttemptOutcome, Runtime, cap_plugin_text};
-use crate::store::{ClaimRequest, ClaimedJob, Completion, Outcome, Store, StoreError};
+use crate::store::{ClaimRequest, ClaimWait, ClaimedJob, Completion, Outcome, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -74,6 +74,15 @@ impl Control {
     }
 }
 
+/// One claim the producer is about to make.
+struct Round {
+    wait: ClaimWait,
+    /// The plugins the requests are for, to run what comes back.
+    plugins: Vec<Arc<LoadedPlugin>>,
+    /// Some type was left out because its own slots were all busy.
+    saturated: bool,
+}
+
 /// Permits an executor holds while its attempt runs; dropping them frees the slots.
 struct Slots {
     _host: OwnedSemaphorePermit,
@@ -83,10 +92,16 @@ struct Slots {
 impl Worker {
     /// Claims and runs jobs until `stop`; then waits for running attempts
     /// (which `abort` cuts short) and returns.
+    ///
+    /// With a store that [parks claims](Store::parks_claims), an idle worker
+    /// leaves one claim waiting in the store, which leases the next jobs in
+    /// the transaction that creates them: a job starts one commit after it is
+    /// submitted. Otherwise it waits for a hint or the poll interval.
     pub async fn run(self: Arc<Self>, stop: CancellationToken, abort: CancellationToken) {
         let host_slots = Arc::new(Semaphore::new(self.config.concurrency));
         let executors = TaskTracker::new();
         let mut paused = self.control.paused.subscribe();
+        let parks = self.store.parks_claims();
         while !stop.is_cancelled() {
             if *paused.borrow_and_update() {
                 tokio::select! {
@@ -95,48 +110,60 @@ impl Worker {
                 }
                 continue;
             }
-            let full_batch = self.claim_round(&host_slots, &executors, &abort).await;
-            if full_batch {
+            let Some(round) = self.claim_wait(&host_slots) else {
+                // Every slot is busy: an attempt finishing hints.
+                tokio::select! {
+                    () = self.dispatch.wait() => {}
+                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                    _ = paused.changed() => {}
+                    () = stop.cancelled() => {}
+                }
+                continue;
+            };
+            let claimed = self.claim(round, &mut paused, &stop).await;
+            if !claimed.is_empty() {
+                self.spawn_executors(claimed, &host_slots, &executors, &abort);
                 // There may be more waiting: claim again at once.
                 continue;
             }
-            tokio::select! {
-                () = self.dispatch.wait() => {}
-                () = tokio::time::sleep(self.config.poll_interval) => {}
-                _ = paused.changed() => {}
-                () = stop.cancelled() => {}
+            if !parks {
+                tokio::select! {
+                    () = self.dispatch.wait() => {}
+                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                    _ = paused.changed() => {}
+                    () = stop.cancelled() => {}
+                }
             }
         }
         executors.close();
         executors.wait().await;
     }
 
-    /// One pass over the loaded plugins, claiming what fits. Returns whether
-    /// some claim came back full (so more jobs may be ready).
-    async fn claim_round(
-        self: &Arc<Self>,
-        host_slots: &Arc<Semaphore>,
-        executors: &TaskTracker,
-        abort: &CancellationToken,
-    ) -> bool {
-        let mut full_batch = false;
-        // Start each round at the next plugin, so a type with a backlog
-        // cannot take every freed slot from the types after it.
+    /// The next claim: every loaded plugin with a free slot, starting at the
+    /// next one in turn (so a type with a backlog cannot take every freed
+    /// slot from the types after it), at most as many jobs as there are free
+    /// slots. None if there is no free slot.
+    fn claim_wait(&self, host_slots: &Semaphore) -> Option<Round> {
+        let host_free = host_slots.available_permits().min(self.config.claim_batch);
+        if host_free == 0 {
+            return None;
+        }
         let mut plugins = self.registry.all();
         if !plugins.is_empty() {
             let first = self.round.fetch_add(1, Ordering::Relaxed) % plugins.len();
             plugins.rotate_left(first);
         }
+        let now = self.clock.now();
+        let mut saturated = false;
+        let mut requests = Vec::with_capacity(plugins.len());
+        let mut included = Vec::with_capacity(plugins.len());
         for plugin in plugins {
-            let free = host_slots
-                .available_permits()
-                .min(plugin.slots.available_permits())
-                .min(self.config.claim_batch);
+            let free = host_free.min(plugin.slots.available_permits());
             if free == 0 {
+                saturated = true;
                 continue;
             }
-            let now = self.clock.now();
-            let request = ClaimRequest {
+            requests.push(ClaimRequest {
                 job_type: plugin.job_type.clone(),
                 limit: free,
                 owner: self.config.owner.clone(),
@@ -145,42 +172,104 @@ impl Worker {
                 now,
                 lease_expires_at: now
                     .plus(plugin.manifest.limits.timeout + self.config.lease_grace),
-            };
-            let claim_started = std::time::Instant::now();
-            let claimed = self.store.job_claim(request).await;
-            plugin
-                .metrics
-                .claim_duration
-                .record(claim_started.elapsed().as_secs_f64());
-            let jobs = match claimed {
-                Ok(jobs) => jobs,
-                Err(e) => {
-                    tracing::error!(error = %e, job_type = %plugin.job_type, "claim failed; retrying after the poll interval");
-                    return false;
-                }
-            };
-            full_batch |= jobs.len() == free;
-            for job in jobs {
-                // Only this task takes permits, and it saw `free` available,
-                // so these cannot fail.
-                let slots = Slots {
-                    _host: host_slots
-                        .clone()
-                        .try_acquire_owned()
-                        .expect("host slot counted as free"),
-                    _plugin: plugin
-                        .slots
-                        .clone()
-                        .try_acquire_owned()
-                        .expect("plugin slot counted as free"),
-                };
-                let worker = self.clone();
-                let plugin = plugin.clone();
-                let abort = abort.clone();
-                executors.spawn(async move { worker.execute(job, plugin, slots, abort).await });
-            }
+            });
+            included.push(plugin);
         }
-        full_batch
+        if requests.is_empty() {
+            return None;
+        }
+        Some(Round {
+            wait: ClaimWait {
+                owner: self.config.owner.clone(),
+                requests,
+                total: host_free,
+            },
+            plugins: included,
+            saturated,
+        })
+    }
+
+    /// Leases jobs for `round`. A parked claim is ended (and returns what it
+    /// leased, perhaps nothing) at the poll interval, on pause or stop, or,
+    /// if some type was left out for want of its own slots, when a slot frees.
+    async fn claim(
+        &self,
+        round: Round,
+        paused: &mut watch::Receiver<bool>,
+        stop: &CancellationToken,
+    ) -> Vec<(ClaimedJob, Arc<LoadedPlugin>)> {
+        let Round {
+            wait,
+            plugins,
+            saturated,
+        } = round;
+        let claim = self.store.job_claim_wait(wait);
+        tokio::pin!(claim);
+        let wake = async {
+            tokio::select! {
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+                _ = paused.changed() => {}
+                () = stop.cancelled() => {}
+                () = self.dispatch.wait(), if saturated => {}
+            }
+        };
+        let claimed = tokio::select! {
+            claimed = &mut claim => claimed,
+            () = wake => {
+                if let Err(e) = self.store.claim_unpark(&self.config.owner).await {
+                    tracing::error!(error = %e, "could not end the waiting claim");
+                }
+                claim.await
+            }
+        };
+        let jobs = match claimed {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::error!(error = %e, "claim failed; retrying after the poll interval");
+                tokio::select! {
+                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                    () = stop.cancelled() => {}
+                }
+                return Vec::new();
+            }
+        };
+        jobs.into_iter()
+            .map(|job| {
+                let plugin = plugins
+                    .iter()
+                    .find(|p| p.job_type == job.job_type)
+                    .expect("the store leases only the types asked for")
+                    .clone();
+                (job, plugin)
+            })
+            .collect()
+    }
+
+    fn spawn_executors(
+        self: &Arc<Self>,
+        claimed: Vec<(ClaimedJob, Arc<LoadedPlugin>)>,
+        host_slots: &Arc<Semaphore>,
+        executors: &TaskTracker,
+        abort: &CancellationToken,
+    ) {
+        for (job, plugin) in claimed {
+            // Only this task takes permits, and the claim asked for no more
+            // than were free, so these cannot fail.
+            let slots = Slots {
+                _host: host_slots
+                    .clone()
+                    .try_acquire_owned()
+                    .expect("host slot counted as free"),
+                _plugin: plugin
+                    .slots
+                    .clone()
+                    .try_acquire_owned()
+                    .expect("plugin slot counted as free"),
+            };
+            let worker = self.clone();
+            let abort = abort.clone();
+            executors.spawn(async move { worker.execute(job, plugin, slots, abort).await });
+        }
     }
 
     /// Runs one attempt of `job` and records its outcome.

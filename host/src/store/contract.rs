@@ -213,6 +213,71 @@ pub async fn delayed_jobs_wait_for_the_promoter(s: &dyn Store) {
     );
 }
 
+/// A claim that found nothing does not hide what becomes ready later, in
+/// any of the ways a job becomes ready, whether in a later transaction or in
+/// the same one as the claim (the two are sent together, which a backend
+/// that group-commits applies in one batch, readying first). A backend may
+/// remember that a type has no ready job; this is what it must not get wrong.
+pub async fn a_claim_sees_every_way_a_job_becomes_ready(s: &dyn Store) {
+    let t = |secs: u32| T0.plus(secs * SECOND);
+    let claim = |token: i64, now: Timestamp| s.job_claim(claim_req("a", 10, token, now));
+    let ids =
+        |jobs: StoreResult<Vec<ClaimedJob>>| jobs.unwrap().iter().map(|j| j.id).collect::<Vec<_>>();
+    assert!(claim(1, t(0)).await.unwrap().is_empty());
+    // Enqueued.
+    let (first, got) = tokio::join!(insert(s, new_job("a", None)), claim(2, t(0)));
+    assert_eq!(ids(got), [first]);
+    assert!(claim(3, t(0)).await.unwrap().is_empty());
+    let (done, got) = tokio::join!(
+        s.job_insert_batch(vec![new_job("a", None)], t(0)),
+        claim(4, t(0))
+    );
+    let Enqueued::Created { id: second, .. } = done.unwrap()[0] else {
+        panic!("a new job")
+    };
+    assert_eq!(ids(got), [second]);
+    assert!(claim(5, t(0)).await.unwrap().is_empty());
+    // Released.
+    let (released, got) = tokio::join!(s.lease_release(second, 4, t(1)), claim(6, t(1)));
+    assert!(released.unwrap());
+    assert_eq!(ids(got), [second]);
+    assert!(claim(7, t(1)).await.unwrap().is_empty());
+    // Requeued by the reaper (the leases expire at t(30) and t(31)).
+    let (reaped, got) = tokio::join!(s.lease_reap(t(40)), claim(8, t(40)));
+    assert_eq!(reaped.unwrap().requeued.len(), 2);
+    let mut running = got.unwrap();
+    assert_eq!(running.len(), 2);
+    assert!(claim(9, t(40)).await.unwrap().is_empty());
+    // Promoted.
+    let delayed = NewJob {
+        run_at: t(50),
+        ..new_job("a", None)
+    };
+    let Enqueued::Created { id: third, .. } = s.job_insert(delayed, t(40)).await.unwrap() else {
+        panic!("a new job")
+    };
+    assert!(claim(10, t(41)).await.unwrap().is_empty());
+    let (promoted, got) = tokio::join!(s.job_promote(t(50)), claim(11, t(50)));
+    assert_eq!(promoted.unwrap(), [third]);
+    let got = got.unwrap();
+    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), [third]);
+    running.extend(got);
+    assert!(claim(12, t(50)).await.unwrap().is_empty());
+    // Replayed from the dead-letter queue.
+    let dead = Outcome::Dead {
+        error: "fatal".into(),
+    };
+    assert!(
+        s.job_complete(completion(&running[0], dead, t(51)))
+            .await
+            .unwrap()
+    );
+    assert!(claim(13, t(51)).await.unwrap().is_empty());
+    let (replayed, got) = tokio::join!(s.job_replay(running[0].id, t(52)), claim(14, t(52)));
+    replayed.unwrap();
+    assert_eq!(ids(got), [running[0].id]);
+}
+
 pub async fn claim_takes_oldest_due_of_one_type_and_counts_the_attempt(s: &dyn Store) {
     let late = insert(
         s,
@@ -690,6 +755,131 @@ pub async fn counts_per_state_and_type(s: &dyn Store) {
     assert_eq!((by_type[1].1.queued, by_type[1].1.scheduled), (1, 1));
 }
 
+fn claim_wait(requests: Vec<ClaimRequest>, total: usize) -> ClaimWait {
+    ClaimWait {
+        owner: "waiter".into(),
+        requests: requests
+            .into_iter()
+            .map(|r| ClaimRequest {
+                owner: "waiter".into(),
+                ..r
+            })
+            .collect(),
+        total,
+    }
+}
+
+/// Starts `wait` and returns it once the store has it parked: one poll
+/// sends the request, and a later write (a promotion that finds nothing)
+/// returns only after the writer has taken the request in.
+async fn parked(
+    s: &Arc<dyn Store>,
+    wait: ClaimWait,
+) -> tokio::task::JoinHandle<StoreResult<Vec<ClaimedJob>>> {
+    let (sent_tx, sent) = tokio::sync::oneshot::channel();
+    let store = s.clone();
+    let waiter = tokio::spawn(async move {
+        let mut claim = std::pin::pin!(store.job_claim_wait(wait));
+        tokio::select! {
+            biased;
+            _ = &mut claim => panic!("nothing is ready: the claim must wait"),
+            () = std::future::ready(()) => {}
+        }
+        sent_tx.send(()).unwrap();
+        claim.await
+    });
+    sent.await.unwrap();
+    assert_eq!(s.job_promote(T0).await.unwrap(), Vec::<JobId>::new());
+    waiter
+}
+
+/// Whether `waiter` has finished, without waiting for it.
+async fn finished<T>(waiter: &mut tokio::task::JoinHandle<T>) -> bool {
+    tokio::task::yield_now().await;
+    waiter.is_finished()
+}
+
+/// What a waiting claim got; a claim never served fails the test instead
+/// of hanging it.
+async fn served(waiter: tokio::task::JoinHandle<StoreResult<Vec<ClaimedJob>>>) -> Vec<ClaimedJob> {
+    tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("the waiting claim was never served")
+        .unwrap()
+        .unwrap()
+}
+
+/// A claim that finds nothing waits; the enqueue that readies its type
+/// leases the job in its own transaction, starting the lease then.
+pub async fn a_waiting_claim_is_served_by_the_enqueue_that_readies_its_type(s: Arc<dyn Store>) {
+    let wait = claim_wait(vec![claim_req("a", 5, 7, T0)], 5);
+    if !s.parks_claims() {
+        assert!(s.job_claim_wait(wait).await.unwrap().is_empty());
+        return;
+    }
+    let mut waiter = parked(&s, wait).await;
+    let later = T0.plus(10 * SECOND);
+    let other = match s.job_insert(new_job("b", None), later).await.unwrap() {
+        Enqueued::Created { id, .. } => id,
+        e => panic!("{e:?}"),
+    };
+    assert!(
+        !finished(&mut waiter).await,
+        "a job of another type must not serve the claim"
+    );
+    let id = match s.job_insert(new_job("a", None), later).await.unwrap() {
+        Enqueued::Created { id, .. } => id,
+        e => panic!("{e:?}"),
+    };
+    let jobs = served(waiter).await;
+    assert_eq!(
+        jobs.iter()
+            .map(|j| (j.id, j.attempt, j.token))
+            .collect::<Vec<_>>(),
+        [(id, 1, 7)]
+    );
+    let job = s.job_get(id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Running);
+    assert_eq!(job.lease_expires_at, Some(later.plus(30 * SECOND)));
+    let events = s.job_events(id).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.from, e.to, e.at))
+            .collect::<Vec<_>>(),
+        [
+            (None, JobState::Queued, later),
+            (Some(JobState::Queued), JobState::Running, later)
+        ]
+    );
+    assert_eq!(state(&*s, other).await, JobState::Queued);
+
+    // Several types, at most `total` jobs, in the order of the requests.
+    let wait = claim_wait(vec![claim_req("c", 5, 8, T0), claim_req("d", 5, 9, T0)], 3);
+    let waiter = parked(&s, wait).await;
+    let batch = ["d", "c", "d", "c"].map(|t| new_job(t, None)).to_vec();
+    s.job_insert_batch(batch, later).await.unwrap();
+    let jobs = served(waiter).await;
+    assert_eq!(
+        jobs.iter().map(|j| j.job_type.as_str()).collect::<Vec<_>>(),
+        ["c", "c", "d"]
+    );
+    assert_eq!(s.counts().await.unwrap().queued, 2, "b and one d");
+}
+
+/// Unparking ends a waiting claim with nothing, and it leases nothing later.
+pub async fn an_unparked_claim_returns_nothing_and_leases_nothing(s: Arc<dyn Store>) {
+    if !s.parks_claims() {
+        return; // job_claim_wait returns at once: covered above
+    }
+    let waiter = parked(&s, claim_wait(vec![claim_req("a", 5, 7, T0)], 5)).await;
+    s.claim_unpark("someone-else").await.unwrap();
+    s.claim_unpark("waiter").await.unwrap();
+    assert!(served(waiter).await.is_empty());
+    let id = insert(&*s, new_job("a", None)).await;
+    assert_eq!(state(&*s, id).await, JobState::Queued);
+}
+
 pub async fn closed_store_refuses_work(s: &dyn Store) {
     s.close().await;
     assert!(matches!(
@@ -730,6 +920,7 @@ macro_rules! store_contract_tests {
         scenario!(batch_insert_creates_all_in_order);
         scenario!(concurrent_inserts_all_commit, shared);
         scenario!(delayed_jobs_wait_for_the_promoter);
+        scenario!(a_claim_sees_every_way_a_job_becomes_ready);
         scenario!(claim_takes_oldest_due_of_one_type_and_counts_the_attempt);
         scenario!(concurrent_claims_hand_each_job_to_one_claimer, shared);
         scenario!(a_failing_write_fails_alone, shared);
@@ -742,6 +933,11 @@ macro_rules! store_contract_tests {
         scenario!(replay_moves_only_dead_jobs_with_a_fresh_budget);
         scenario!(cancel_withdraws_only_waiting_jobs);
         scenario!(counts_per_state_and_type);
+        scenario!(
+            a_waiting_claim_is_served_by_the_enqueue_that_readies_its_type,
+            shared
+        );
+        scenario!(an_unparked_claim_returns_nothing_and_leases_nothing, shared);
         scenario!(closed_store_refuses_work);
     };
 }

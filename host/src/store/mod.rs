@@ -62,6 +62,23 @@ pub struct ClaimRequest {
     pub lease_expires_at: Timestamp,
 }
 
+/// A claim for several job types at once, which may wait for work.
+///
+/// The requests are served in order, each up to its own `limit` and all of
+/// them together up to `total`. If none finds a ready job, a backend that
+/// [parks claims](Store::parks_claims) keeps the claim and serves it in the
+/// very transaction that next makes jobs of one of its types ready (an
+/// enqueue, a promotion, a requeue), so a new job is created and leased with
+/// one commit; [`Store::claim_unpark`] ends the wait. The leases then start
+/// at that transaction's time and last as long as each request asked.
+#[derive(Debug, Clone)]
+pub struct ClaimWait {
+    /// Who waits (the same owner as in every request).
+    pub owner: String,
+    pub requests: Vec<ClaimRequest>,
+    pub total: usize,
+}
+
 /// A job leased to a worker.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedJob {
@@ -189,6 +206,34 @@ pub trait Store: Send + Sync + 'static {
     /// Leases up to `limit` queued jobs of one type, oldest due first, and
     /// counts their attempt. Jobs are handed to exactly one claimer.
     async fn job_claim(&self, req: ClaimRequest) -> StoreResult<Vec<ClaimedJob>>;
+
+    /// Serves a [`ClaimWait`]: leases what is ready now; if nothing is and
+    /// the backend parks claims, waits until jobs become ready or
+    /// [`Store::claim_unpark`] is called (then returns an empty list).
+    async fn job_claim_wait(&self, wait: ClaimWait) -> StoreResult<Vec<ClaimedJob>> {
+        let mut jobs = Vec::new();
+        for mut req in wait.requests {
+            let left = wait.total.saturating_sub(jobs.len());
+            if left == 0 {
+                break;
+            }
+            req.limit = req.limit.min(left);
+            jobs.extend(self.job_claim(req).await?);
+        }
+        Ok(jobs)
+    }
+
+    /// Whether [`Store::job_claim_wait`] waits for work (true) or returns at
+    /// once (then the worker waits for hints).
+    fn parks_claims(&self) -> bool {
+        false
+    }
+
+    /// Ends `owner`'s parked claim, if any: it returns what it leased, or
+    /// nothing. Leases are never lost to an unpark.
+    async fn claim_unpark(&self, _owner: &str) -> StoreResult<()> {
+        Ok(())
+    }
 
     /// Records an attempt's outcome if `token` still holds the job's lease.
     /// Returns false (and changes nothing) if the lease was lost.

@@ -10,8 +10,9 @@
 //! and nothing is ever half-written. Reads use a small pool of read-only
 //! connections, which WAL lets run beside the writer.
 
+use std::collections::HashSet;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
@@ -23,11 +24,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ClaimRequest, ClaimedJob, Completion, Enqueued, NewJob, Outcome, Reaped, StateCounts, Store,
-    StoreError, StoreResult,
+    ClaimRequest, ClaimWait, ClaimedJob, Completion, Enqueued, NewJob, Outcome, Reaped,
+    StateCounts, Store, StoreError, StoreResult,
 };
 use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobId, JobRecord, JobState};
+use crate::telemetry;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -135,6 +137,8 @@ enum Op {
     Insert(NewJob, Timestamp),
     InsertBatch(Vec<NewJob>, Timestamp),
     Claim(ClaimRequest),
+    ClaimWait(ClaimWait),
+    Unpark(String),
     Complete(Completion),
     Release {
         id: JobId,
@@ -158,6 +162,16 @@ enum Reply {
     Promoted(Vec<JobId>),
     Record(Box<JobRecord>),
     Closed,
+    /// (Writer-internal, never sent.) A `ClaimWait` found nothing: keep it.
+    Park,
+    /// (Writer-internal.) End this owner's parked claims after the commit.
+    Unpark(String),
+}
+
+/// A claim waiting in the writer for jobs of its types.
+struct Parked {
+    wait: ClaimWait,
+    reply: oneshot::Sender<StoreResult<Reply>>,
 }
 
 /// The next ids to hand out. The writer is the only writer, so it numbers new
@@ -182,6 +196,72 @@ impl Ids {
     }
 }
 
+/// What the writer knows about the jobs without asking SQLite.
+///
+/// Only the writer makes jobs ready (enqueue, promote, requeue, release,
+/// replay), so once a claim finds no ready job of a type, none appears until
+/// the writer itself readies one: claims for that type skip their statement
+/// until then. An idle host thus costs no statements for its idle types,
+/// and a busy one none for the types without work.
+#[derive(Debug, Default)]
+struct Known {
+    /// Types with no ready job.
+    empty: HashSet<String>,
+}
+
+impl Known {
+    /// The types a claim in `batch` may skip: known empty, and not readied
+    /// by any command of the batch.
+    fn empty_for(&self, batch: &[Command]) -> HashSet<String> {
+        let mut empty = self.empty.clone();
+        if empty.is_empty() {
+            return empty;
+        }
+        for cmd in batch {
+            match &cmd.op {
+                Op::Insert(job, _) => {
+                    empty.remove(&job.job_type);
+                }
+                Op::InsertBatch(jobs, _) => {
+                    for job in jobs {
+                        empty.remove(&job.job_type);
+                    }
+                }
+                Op::Promote(_) | Op::Reap(_) | Op::Release { .. } | Op::Replay(..) => {
+                    return HashSet::new();
+                }
+                _ => {}
+            }
+        }
+        empty
+    }
+
+    /// Learns from a committed batch.
+    fn learn(&mut self, done: &Batch) {
+        let (last, earlier): (Vec<_>, Vec<_>) = done.found_empty.iter().partition(|(_, l)| *l);
+        self.empty
+            .extend(earlier.into_iter().map(|(t, _)| t.clone()));
+        if done.ready_any {
+            self.empty.clear();
+        } else {
+            for t in &done.ready_types {
+                self.empty.remove(t);
+            }
+        }
+        self.empty.extend(last.into_iter().map(|(t, _)| t.clone()));
+    }
+}
+
+/// A committed batch: each command's result, the parked claims it served
+/// (by index, with their jobs), and what it taught the writer.
+struct Batch {
+    results: Vec<StoreResult<Reply>>,
+    woken: Vec<(usize, Vec<ClaimedJob>)>,
+    found_empty: Vec<(String, bool)>,
+    ready_types: Vec<String>,
+    ready_any: bool,
+}
+
 /// The writer's transaction.
 ///
 /// Every sqlx call is a round trip to the connection's SQLite thread (a
@@ -194,6 +274,13 @@ impl Ids {
 struct Tx<'c> {
     conn: &'c mut SqliteConnection,
     ids: &'c mut Ids,
+    /// Types with no ready job, which claims skip (see [`Known`]).
+    empty: HashSet<String>,
+    /// Types a claim of this batch found without another ready job, and
+    /// whether nothing later in the batch can have readied more.
+    found_empty: Vec<(String, bool)>,
+    /// Claims from now on come after every change of the batch.
+    last_phase: bool,
     begun: bool,
     /// Statements to run before the next one: each with `?1` as its only
     /// parameter, and the JSON document to bind there.
@@ -203,10 +290,13 @@ struct Tx<'c> {
 const BEGIN: &str = "BEGIN IMMEDIATE;\n";
 
 impl<'c> Tx<'c> {
-    fn new(conn: &'c mut SqliteConnection, ids: &'c mut Ids) -> Self {
+    fn new(conn: &'c mut SqliteConnection, ids: &'c mut Ids, empty: HashSet<String>) -> Self {
         Tx {
             conn,
             ids,
+            empty,
+            found_empty: Vec::new(),
+            last_phase: false,
             begun: false,
             deferred: Vec::new(),
         }
@@ -271,7 +361,9 @@ impl<'c> Tx<'c> {
         for doc in docs {
             query = query.bind(doc);
         }
+        let started = Instant::now();
         query.execute(&mut *self.conn).await?;
+        metrics::histogram!(telemetry::STORE_COMMIT_DURATION).record(started.elapsed());
         Ok(())
     }
 }
@@ -279,29 +371,73 @@ impl<'c> Tx<'c> {
 /// The writer task: group-commits every waiting command.
 async fn writer(mut conn: SqliteConnection, mut ids: Ids, mut rx: mpsc::Receiver<Command>) {
     let mut batch: Vec<Command> = Vec::with_capacity(MAX_BATCH);
+    let mut parked: Vec<Parked> = Vec::new();
+    let mut known = Known::default();
     let mut closing = false;
     while !closing {
         if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
             break;
         }
         closing = batch.iter().any(|c| matches!(c.op, Op::Close));
-        let results = match apply_batch(&mut conn, &mut ids, &batch).await {
-            Ok(results) => results,
+        parked.retain(|p| !p.reply.is_closed());
+        let (results, woken) = match apply_batch(&mut conn, &mut ids, &known, &batch, &parked).await
+        {
+            Ok(done) => {
+                known.learn(&done);
+                (done.results, done.woken)
+            }
             // Something in the batch failed: nothing of it was committed.
             // Apply each command alone so the failure stays with its owner.
+            // (Parked claims wait for the next batch.)
             Err(_) => {
                 let mut results = Vec::with_capacity(batch.len());
                 for cmd in &batch {
-                    let one = apply_batch(&mut conn, &mut ids, std::slice::from_ref(cmd)).await;
-                    results.push(one.and_then(|mut r| r.pop().expect("one result per command")));
+                    let one = std::slice::from_ref(cmd);
+                    let one = match apply_batch(&mut conn, &mut ids, &known, one, &[]).await {
+                        Ok(mut done) => {
+                            known.learn(&done);
+                            done.results.pop().expect("one result per command")
+                        }
+                        Err(e) => Err(e),
+                    };
+                    results.push(one);
                 }
-                results
+                (results, Vec::new())
             }
         };
+        // Parked claims this batch served, last first so indices hold.
+        for (i, jobs) in woken.into_iter().rev() {
+            let _ = parked.swap_remove(i).reply.send(Ok(Reply::Claimed(jobs)));
+        }
+        let mut unparked = Vec::new();
         for (cmd, result) in batch.drain(..).zip(results) {
-            // The caller may have gone away (its request was cancelled); the
-            // change is committed regardless, which is what it asked for.
-            let _ = cmd.reply.send(result);
+            match (cmd.op, result) {
+                (Op::ClaimWait(wait), Ok(Reply::Park)) => parked.push(Parked {
+                    wait,
+                    reply: cmd.reply,
+                }),
+                (_, Ok(Reply::Unpark(owner))) => {
+                    unparked.push(owner);
+                    let _ = cmd.reply.send(Ok(Reply::Applied(true)));
+                }
+                // The caller may have gone away (its request was cancelled);
+                // the change is committed regardless, which is what it asked for.
+                (_, result) => {
+                    let _ = cmd.reply.send(result);
+                }
+            }
+        }
+        for owner in unparked {
+            parked.retain_mut(|p| {
+                if p.wait.owner != owner {
+                    return true;
+                }
+                // `retain_mut` cannot move the sender out: swap in a dead one.
+                let (dead, _) = oneshot::channel();
+                let reply = std::mem::replace(&mut p.reply, dead);
+                let _ = reply.send(Ok(Reply::Claimed(Vec::new())));
+                false
+            });
         }
     }
     // Leave a compact database behind: fold the whole WAL in and empty it.
@@ -319,14 +455,24 @@ async fn writer(mut conn: SqliteConnection, mut ids: Ids, mut rx: mpsc::Receiver
 /// Applies `batch` in one transaction. `Err` means the transaction was rolled
 /// back; `Ok` holds each command's own result (a `NotFound` or `WrongState`
 /// wrote nothing and does not spoil the batch).
+///
+/// Then, if the batch made jobs ready, it serves the parked claims waiting
+/// for their types (and claims of this batch that parked) in the same
+/// transaction: the second element lists the parked claims served, by index
+/// into `parked`, with their jobs.
 async fn apply_batch(
     conn: &mut SqliteConnection,
     ids: &mut Ids,
+    known: &Known,
     batch: &[Command],
-) -> StoreResult<Vec<StoreResult<Reply>>> {
+    parked: &[Parked],
+) -> StoreResult<Batch> {
     let before = *ids;
-    let mut tx = Tx::new(conn, ids);
+    let mut tx = Tx::new(conn, ids, known.empty_for(batch));
+    let mut ready_types = Vec::new();
+    let mut ready_any = false;
     let mut events = Events::new();
+    let mut woken = Vec::new();
     let mut results: Vec<Option<StoreResult<Reply>>> = batch.iter().map(|_| None).collect();
     // Completions are the bulk of a busy writer's work: record all of them
     // in one statement. (They were concurrent, so no order among them or
@@ -375,9 +521,35 @@ async fn apply_batch(
             }
             results[i] = Some(result);
         }
+        let ready = Readied::of(batch, &results);
+        ready_types = ready.types.iter().map(|t| t.to_string()).collect();
+        ready_any = ready.any;
+        if ready.is_empty() {
+            return Ok(());
+        }
+        tx.last_phase = true;
+        for (i, p) in parked.iter().enumerate() {
+            if !p.reply.is_closed() && ready.wanted_by(&p.wait) {
+                let jobs = claim_for(&mut tx, &p.wait, Some(ready.at), &mut events).await?;
+                if !jobs.is_empty() {
+                    woken.push((i, jobs));
+                }
+            }
+        }
+        for (i, cmd) in batch.iter().enumerate() {
+            if let (Op::ClaimWait(wait), Some(Ok(Reply::Park))) = (&cmd.op, &results[i])
+                && ready.wanted_by(wait)
+            {
+                let jobs = claim_for(&mut tx, wait, Some(ready.at), &mut events).await?;
+                if !jobs.is_empty() {
+                    results[i] = Some(Ok(Reply::Claimed(jobs)));
+                }
+            }
+        }
         Ok(())
     }
     .await;
+    let found_empty = std::mem::take(&mut tx.found_empty);
     let committed = match outcome {
         Ok(()) => tx.commit(&events).await,
         Err(e) => Err(e),
@@ -389,10 +561,120 @@ async fn apply_batch(
         *ids = before;
         return Err(e);
     }
-    Ok(results
+    let results = results
         .into_iter()
         .map(|r| r.expect("every command has a result"))
-        .collect())
+        .collect();
+    Ok(Batch {
+        results,
+        woken,
+        found_empty,
+        ready_types,
+        ready_any,
+    })
+}
+
+/// What a batch made ready to claim.
+struct Readied<'b> {
+    /// Jobs of these types were enqueued ready.
+    types: HashSet<&'b str>,
+    /// Jobs of types the writer did not look up were made ready (promoted,
+    /// requeued, released, replayed).
+    any: bool,
+    /// The latest time any of it happened.
+    at: Timestamp,
+}
+
+impl<'b> Readied<'b> {
+    fn of(batch: &'b [Command], results: &[Option<StoreResult<Reply>>]) -> Self {
+        let mut ready = Readied {
+            types: Default::default(),
+            any: false,
+            at: Timestamp(0),
+        };
+        let queued = |e: &Enqueued| {
+            matches!(
+                e,
+                Enqueued::Created {
+                    state: JobState::Queued,
+                    ..
+                }
+            )
+        };
+        for (cmd, result) in batch.iter().zip(results) {
+            let Some(Ok(reply)) = result else { continue };
+            let at = match (&cmd.op, reply) {
+                (Op::Insert(job, now), Reply::Enqueued(e)) if queued(e) => {
+                    ready.types.insert(&job.job_type);
+                    *now
+                }
+                (Op::InsertBatch(jobs, now), Reply::EnqueuedBatch(done)) => {
+                    for (job, e) in jobs.iter().zip(done) {
+                        if queued(e) {
+                            ready.types.insert(&job.job_type);
+                        }
+                    }
+                    *now
+                }
+                (Op::Promote(now), Reply::Promoted(ids)) if !ids.is_empty() => {
+                    ready.any = true;
+                    *now
+                }
+                (Op::Reap(now), Reply::Reaped(r)) if !r.requeued.is_empty() => {
+                    ready.any = true;
+                    *now
+                }
+                (Op::Release { now, .. }, Reply::Applied(true))
+                | (Op::Replay(_, now), Reply::Record(_)) => {
+                    ready.any = true;
+                    *now
+                }
+                _ => continue,
+            };
+            ready.at = ready.at.max(at);
+        }
+        ready
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.any && self.types.is_empty()
+    }
+
+    fn wanted_by(&self, wait: &ClaimWait) -> bool {
+        self.any
+            || wait
+                .requests
+                .iter()
+                .any(|r| self.types.contains(r.job_type.as_str()))
+    }
+}
+
+/// Serves a [`ClaimWait`]'s requests in order, up to its total. A parked
+/// claim served `at` a later time has its leases start then, each as long as
+/// its request asked.
+async fn claim_for(
+    tx: &mut Tx<'_>,
+    wait: &ClaimWait,
+    at: Option<Timestamp>,
+    events: &mut Events,
+) -> StoreResult<Vec<ClaimedJob>> {
+    let mut jobs = Vec::new();
+    for req in &wait.requests {
+        let left = wait.total.saturating_sub(jobs.len());
+        if left == 0 {
+            break;
+        }
+        let mut req = req.clone();
+        req.limit = req.limit.min(left);
+        if let Some(at) = at
+            && at > req.now
+        {
+            req.lease_expires_at = req.lease_expires_at.plus(req.now.until(at));
+            req.now = at;
+        }
+        jobs.extend(claim(tx, &req, events).await?);
+    }
+    Ok(jobs)
 }
 
 async fn apply(tx: &mut Tx<'_>, op: &Op, events: &mut Events) -> StoreResult<Reply> {
@@ -420,6 +702,15 @@ async fn apply(tx: &mut Tx<'_>, op: &Op, events: &mut Events) -> StoreResult<Rep
             ))
         }
         Op::Claim(req) => claim(tx, req, events).await.map(Reply::Claimed),
+        Op::ClaimWait(wait) => {
+            let jobs = claim_for(tx, wait, None, events).await?;
+            Ok(if jobs.is_empty() {
+                Reply::Park
+            } else {
+                Reply::Claimed(jobs)
+            })
+        }
+        Op::Unpark(owner) => Ok(Reply::Unpark(owner.clone())),
         // A repeated report for a job already in this batch's bulk update.
         Op::Complete(c) => complete_many(tx, &[c], events)
             .await
@@ -602,6 +893,9 @@ async fn claim(
     req: &ClaimRequest,
     events: &mut Events,
 ) -> StoreResult<Vec<ClaimedJob>> {
+    if req.limit == 0 || tx.empty.contains(&req.job_type) {
+        return Ok(Vec::new());
+    }
     let (text, docs) = tx.text(
         "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?1,
                 lease_token = ?2, lease_expires_at = ?3, started_at = ?4, updated_at = ?4
@@ -620,7 +914,9 @@ async fn claim(
     for doc in docs {
         query = query.bind(doc);
     }
+    let started = Instant::now();
     let rows = query.fetch_all(&mut *tx.conn).await?;
+    metrics::histogram!(telemetry::CLAIM_DURATION).record(started.elapsed());
     let mut jobs = rows
         .iter()
         .map(|row| {
@@ -636,6 +932,9 @@ async fn claim(
         })
         .collect::<StoreResult<Vec<_>>>()?;
     jobs.sort_by_key(|j| (j.run_at, j.id));
+    if jobs.len() < req.limit {
+        tx.found_empty.push((req.job_type.clone(), tx.last_phase));
+    }
     let actor = format!("worker:{}", req.owner);
     events.extend(jobs.iter().map(|j| Event {
         job_id: j.id,
@@ -717,7 +1016,9 @@ async fn complete_many(
     for doc in docs {
         query = query.bind(doc);
     }
+    let started = Instant::now();
     let applied: Vec<(i64, i64)> = query.fetch_all(&mut *tx.conn).await?;
+    metrics::histogram!(telemetry::STORE_COMPLETE_DURATION).record(started.elapsed());
     // Ids are distinct within `completions`, and the token is in the WHERE
     // clause, so an id coming back means that completion applied.
     let applied: std::collections::HashMap<i64, i64> = applied.into_iter().collect();
@@ -1045,6 +1346,21 @@ impl Store for SqliteStore {
             Reply::Claimed(jobs) => Ok(jobs),
             _ => unreachable!("the writer answers Claim with Claimed"),
         }
+    }
+
+    async fn job_claim_wait(&self, wait: ClaimWait) -> StoreResult<Vec<ClaimedJob>> {
+        match self.send(Op::ClaimWait(wait)).await? {
+            Reply::Claimed(jobs) => Ok(jobs),
+            _ => unreachable!("the writer answers ClaimWait with Claimed"),
+        }
+    }
+
+    fn parks_claims(&self) -> bool {
+        true
+    }
+
+    async fn claim_unpark(&self, owner: &str) -> StoreResult<()> {
+        self.send(Op::Unpark(owner.to_owned())).await.map(drop)
     }
 
     async fn job_complete(&self, completion: Completion) -> StoreResult<bool> {
