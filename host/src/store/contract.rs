@@ -276,6 +276,19 @@ pub async fn a_claim_sees_every_way_a_job_becomes_ready(s: &dyn Store) {
     let (replayed, got) = tokio::join!(s.job_replay(running[0].id, t(52)), claim(14, t(52)));
     replayed.unwrap();
     assert_eq!(ids(got), [running[0].id]);
+    // Readied just after a claim that found nothing, in the same batch.
+    let (got, done) = tokio::join!(
+        claim(15, t(53)),
+        s.job_insert_batch(vec![new_job("a", None)], t(53))
+    );
+    assert!(got.unwrap().is_empty());
+    let Enqueued::Created { id: fourth, .. } = done.unwrap()[0] else {
+        panic!("a new job")
+    };
+    assert_eq!(ids(claim(16, t(53)).await), [fourth]);
+    let (got, fifth) = tokio::join!(claim(17, t(54)), insert(s, new_job("a", Some("k"))));
+    assert!(got.unwrap().is_empty());
+    assert_eq!(ids(claim(18, t(54)).await), [fifth]);
 }
 
 pub async fn claim_takes_oldest_due_of_one_type_and_counts_the_attempt(s: &dyn Store) {

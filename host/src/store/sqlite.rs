@@ -236,11 +236,9 @@ impl Known {
         empty
     }
 
-    /// Learns from a committed batch.
+    /// Learns from a committed batch: what it readied is no longer empty,
+    /// then what its claims found empty (and nothing after them readied) is.
     fn learn(&mut self, done: &Batch) {
-        let (last, earlier): (Vec<_>, Vec<_>) = done.found_empty.iter().partition(|(_, l)| *l);
-        self.empty
-            .extend(earlier.into_iter().map(|(t, _)| t.clone()));
         if done.ready_any {
             self.empty.clear();
         } else {
@@ -248,7 +246,7 @@ impl Known {
                 self.empty.remove(t);
             }
         }
-        self.empty.extend(last.into_iter().map(|(t, _)| t.clone()));
+        self.empty.extend(done.found_empty.iter().cloned());
     }
 }
 
@@ -257,7 +255,8 @@ impl Known {
 struct Batch {
     results: Vec<StoreResult<Reply>>,
     woken: Vec<(usize, Vec<ClaimedJob>)>,
-    found_empty: Vec<(String, bool)>,
+    /// Types left without a ready job when the batch committed.
+    found_empty: Vec<String>,
     ready_types: Vec<String>,
     ready_any: bool,
 }
@@ -549,7 +548,15 @@ async fn apply_batch(
         Ok(())
     }
     .await;
-    let found_empty = std::mem::take(&mut tx.found_empty);
+    // A claim's "nothing more" holds at the commit unless a command applied
+    // after it may have readied its type. Keyless enqueues are applied
+    // before any claim; the commands below run in order, after them.
+    let (late_types, late_any) = ready_in_order(batch);
+    let found_empty = std::mem::take(&mut tx.found_empty)
+        .into_iter()
+        .filter(|(t, last_phase)| *last_phase || !(late_any || late_types.contains(t.as_str())))
+        .map(|(t, _)| t)
+        .collect();
     let committed = match outcome {
         Ok(()) => tx.commit(&events).await,
         Err(e) => Err(e),
@@ -572,6 +579,25 @@ async fn apply_batch(
         ready_types,
         ready_any,
     })
+}
+
+/// The types that commands applied in order (after the bulk enqueues) may
+/// ready, or whether they may ready any.
+fn ready_in_order(batch: &[Command]) -> (HashSet<&str>, bool) {
+    let mut types = HashSet::new();
+    for cmd in batch {
+        match &cmd.op {
+            Op::Insert(job, _) if job.idempotency_key.is_some() => {
+                types.insert(job.job_type.as_str());
+            }
+            Op::InsertBatch(jobs, _) => types.extend(jobs.iter().map(|j| j.job_type.as_str())),
+            Op::Promote(_) | Op::Reap(_) | Op::Release { .. } | Op::Replay(..) => {
+                return (types, true);
+            }
+            _ => {}
+        }
+    }
+    (types, false)
 }
 
 /// What a batch made ready to claim.
