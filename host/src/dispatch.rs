@@ -1,4 +1,5 @@
-//! Wake-up hints: "a job may be ready" or "a worker slot came free".
+//! Wake-up hints: "a job may be ready", "a worker slot came free", "a job
+//! was scheduled for later".
 //!
 //! In-process dispatch is a [`tokio::sync::Notify`]: a hint given while nobody
 //! waits is kept (one permit), so a hint is never lost between a worker's
@@ -11,6 +12,7 @@ use tokio::sync::Notify;
 #[derive(Debug, Default)]
 pub struct Dispatch {
     ready: Notify,
+    freed: Notify,
     scheduled: Notify,
 }
 
@@ -19,15 +21,26 @@ impl Dispatch {
         Self::default()
     }
 
-    /// Something changed that may let the worker claim: a job was enqueued,
-    /// promoted or requeued, or a running attempt finished.
+    /// A job may be ready: one was enqueued, promoted, requeued or replayed.
+    /// (A store that parks claims learns this itself; the hint is for the
+    /// others.)
     pub fn hint(&self) {
         self.ready.notify_one();
     }
 
-    /// Waits for the next hint (or the one already given).
+    /// Waits for the next "may be ready" hint (or the one already given).
     pub async fn wait(&self) {
         self.ready.notified().await;
+    }
+
+    /// A worker slot came free: an attempt finished.
+    pub fn freed(&self) {
+        self.freed.notify_one();
+    }
+
+    /// Waits for the next freed slot (or the one already signalled).
+    pub async fn wait_freed(&self) {
+        self.freed.notified().await;
     }
 
     /// A job was scheduled for later (delayed, or a retry): the promoter

@@ -111,9 +111,9 @@ impl Worker {
                 continue;
             }
             let Some(round) = self.claim_wait(&host_slots) else {
-                // Every slot is busy: an attempt finishing hints.
+                // Every slot is busy: an attempt finishing signals.
                 tokio::select! {
-                    () = self.dispatch.wait() => {}
+                    () = self.dispatch.wait_freed() => {}
                     () = tokio::time::sleep(self.config.poll_interval) => {}
                     _ = paused.changed() => {}
                     () = stop.cancelled() => {}
@@ -129,6 +129,7 @@ impl Worker {
             if !parks {
                 tokio::select! {
                     () = self.dispatch.wait() => {}
+                    () = self.dispatch.wait_freed() => {}
                     () = tokio::time::sleep(self.config.poll_interval) => {}
                     _ = paused.changed() => {}
                     () = stop.cancelled() => {}
@@ -190,8 +191,9 @@ impl Worker {
     }
 
     /// Leases jobs for `round`. A parked claim is ended (and returns what it
-    /// leased, perhaps nothing) at the poll interval, on pause or stop, or,
-    /// if some type was left out for want of its own slots, when a slot frees.
+    /// leased, perhaps nothing) at the poll interval, on pause or stop, or
+    /// when a slot frees if it asked for few jobs or left a type out for want
+    /// of that type's own slots.
     async fn claim(
         &self,
         round: Round,
@@ -203,6 +205,11 @@ impl Worker {
             plugins,
             saturated,
         } = round;
+        // A claim parked for only a few slots while many more come free
+        // would hold those back: end it when a slot frees, and claim again
+        // for them all.
+        let few = self.config.claim_batch.min(self.config.concurrency) / 2;
+        let rescope = saturated || wait.total < few;
         let claim = self.store.job_claim_wait(wait);
         tokio::pin!(claim);
         let wake = async {
@@ -210,7 +217,7 @@ impl Worker {
                 () = tokio::time::sleep(self.config.poll_interval) => {}
                 _ = paused.changed() => {}
                 () = stop.cancelled() => {}
-                () = self.dispatch.wait(), if saturated => {}
+                () = self.dispatch.wait_freed(), if rescope => {}
             }
         };
         let claimed = tokio::select! {
@@ -322,7 +329,7 @@ impl Worker {
                 tracing::error!(job = job.id, error = %e, "could not release the lease; the reaper will requeue the job when it expires");
             }
             drop(slots);
-            self.dispatch.hint();
+            self.dispatch.freed();
             return;
         }
         let now = self.clock.now();
@@ -355,7 +362,7 @@ impl Worker {
         // The sandbox is done: free its slot now, so the producer claims the
         // next job while this outcome waits for its group commit.
         drop(slots);
-        self.dispatch.hint();
+        self.dispatch.freed();
         let complete_started = std::time::Instant::now();
         let recorded = self.complete(completion).await;
         metrics
