@@ -175,24 +175,20 @@ struct Parked {
 }
 
 /// The next ids to hand out. The writer is the only writer, so it numbers new
-/// jobs and events itself instead of asking SQLite for `MAX(id)` each time.
+/// jobs itself instead of asking SQLite for `MAX(id)` each time. (Events are
+/// numbered by SQLite, in the order they are written.)
 #[derive(Debug, Clone, Copy)]
 struct Ids {
     /// The largest job id in use.
     job: i64,
-    /// The largest event id in use.
-    event: i64,
 }
 
 impl Ids {
     async fn load(conn: &mut SqliteConnection) -> StoreResult<Ids> {
-        let (job, event): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT COALESCE(MAX(id), 0) FROM jobs),
-                    (SELECT COALESCE(MAX(id), 0) FROM job_events)",
-        )
-        .fetch_one(conn)
-        .await?;
-        Ok(Ids { job, event })
+        let job: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM jobs")
+            .fetch_one(conn)
+            .await?;
+        Ok(Ids { job })
     }
 }
 
@@ -301,30 +297,45 @@ impl<'c> Tx<'c> {
         }
     }
 
-    /// Runs `sql` (one statement taking the JSON document `doc` as `?1`)
-    /// with the next statement sent, or at commit.
+    /// Runs `sql` (one statement whose only parameter, a plain `?`, is the
+    /// JSON document `doc`) with the next statement sent, or at commit.
     fn defer(&mut self, sql: &'static str, doc: String) {
         debug_assert_eq!(
-            sql.matches("?1").count(),
+            sql.matches('?').count(),
             1,
-            "a deferred statement takes ?1 once"
+            "a deferred statement takes one ?"
         );
         self.deferred.push((sql, doc));
     }
 
-    /// The text to send for `sql`, which takes parameters `?1..?own`: the
-    /// `BEGIN` if it is still due, then the deferred statements (their
-    /// parameters numbered after `own`), then `sql`. The returned documents
-    /// are bound after the statement's own parameters.
-    fn text(&mut self, sql: &str, own: usize) -> (AssertSqlSafe<String>, Vec<String>) {
+    /// Defers writing the events collected so far, so that events written
+    /// by statements after this one follow them in each job's history.
+    fn defer_events(&mut self, events: &mut Events) -> StoreResult<()> {
+        if !events.is_empty() {
+            let doc = events_doc(events)?;
+            events.clear();
+            self.defer(EVENTS_INSERT, doc);
+        }
+        Ok(())
+    }
+
+    /// The text to send for `sql`: the `BEGIN` if it is still due, then the
+    /// deferred statements, then `sql`. Bind the returned documents first,
+    /// then `sql`'s own parameters.
+    ///
+    /// Every statement sent this way takes plain `?` parameters, which sqlx
+    /// binds in the order they appear across the statements of one text.
+    /// (Numbered ones would not do: sqlx binds a gap in one statement's
+    /// numbering as the next positional argument, which shifts the rest.)
+    fn text(&mut self, sql: &str) -> (AssertSqlSafe<String>, Vec<String>) {
         let mut text = String::new();
         if !self.begun {
             text.push_str(BEGIN);
             self.begun = true;
         }
         let mut docs = Vec::with_capacity(self.deferred.len());
-        for (n, (stmt, doc)) in self.deferred.drain(..).enumerate() {
-            text.push_str(&stmt.replace("?1", &format!("?{}", own + n + 1)));
+        for (stmt, doc) in self.deferred.drain(..) {
+            text.push_str(stmt);
             text.push_str(";\n");
             docs.push(doc);
         }
@@ -336,7 +347,7 @@ impl<'c> Tx<'c> {
     /// the connection for statements that are not on the hot path.
     async fn conn(&mut self) -> StoreResult<&mut SqliteConnection> {
         if !self.begun || !self.deferred.is_empty() {
-            let (text, docs) = self.text("", 0);
+            let (text, docs) = self.text("");
             let mut query = sqlx::query(text);
             for doc in docs {
                 query = query.bind(doc);
@@ -346,16 +357,13 @@ impl<'c> Tx<'c> {
         Ok(self.conn)
     }
 
-    /// Writes the events and commits, in one round trip.
-    async fn commit(mut self, events: &Events) -> StoreResult<()> {
+    /// Writes what is deferred (the events, last) and commits, in one round trip.
+    async fn commit(mut self, events: &mut Events) -> StoreResult<()> {
         if !self.begun && self.deferred.is_empty() && events.is_empty() {
             return Ok(()); // nothing was written
         }
-        if !events.is_empty() {
-            let doc = events_doc(self.ids, events)?;
-            self.defer(EVENTS_INSERT, doc);
-        }
-        let (text, docs) = self.text("COMMIT", 0);
+        self.defer_events(events)?;
+        let (text, docs) = self.text("COMMIT");
         let mut query = sqlx::query(text);
         for doc in docs {
             query = query.bind(doc);
@@ -558,7 +566,7 @@ async fn apply_batch(
         .map(|(t, _)| t)
         .collect();
     let committed = match outcome {
-        Ok(()) => tx.commit(&events).await,
+        Ok(()) => tx.commit(&mut events).await,
         Err(e) => Err(e),
     };
     if let Err(e) = committed {
@@ -790,22 +798,20 @@ impl Event {
 
 type Events = Vec<Event>;
 
-/// Every collected event, in one statement, in order.
+/// Collected events, in one statement, in order. (The hot transitions,
+/// enqueue, claim and completion, write theirs from the jobs' own rows
+/// instead: [`ENQUEUED_EVENTS`], [`CLAIM_EVENTS`], [`COMPLETION_EVENTS`].)
 const EVENTS_INSERT: &str =
-    "INSERT INTO job_events (id, job_id, at, from_state, to_state, attempt, actor, reason, plugin_digest)
-     SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7,
-            value->>8
-     FROM json_each(?1)";
+    "INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason, plugin_digest)
+     SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7
+     FROM json_each(?)";
 
-/// The rows for [`EVENTS_INSERT`], numbered from the writer's counter so the
-/// history keeps the batch's order.
-fn events_doc(ids: &mut Ids, events: &Events) -> StoreResult<String> {
+/// The rows for [`EVENTS_INSERT`].
+fn events_doc(events: &Events) -> StoreResult<String> {
     let rows: Vec<_> = events
         .iter()
         .map(|e| {
-            ids.event += 1;
             (
-                ids.event,
                 e.job_id,
                 e.at.as_micros(),
                 e.from.map(JobState::as_str),
@@ -855,18 +861,43 @@ fn insert_many(
             job.run_at.as_micros(),
             now.as_micros(),
         ]));
-        events.push(Event::enqueued(id, *now, state));
         created.push(Enqueued::Created { id, state });
     }
     let doc = serde_json::to_string(&rows).map_err(|e| StoreError::Backend(e.to_string()))?;
     tx.defer(
         "INSERT INTO jobs (id, job_type, state, payload, max_attempts, run_at, created_at, updated_at)
          SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>6
-         FROM json_each(?1)",
+         FROM json_each(?)",
         doc,
     );
+    tx.defer_events(events)?;
+    tx.defer(ENQUEUED_EVENTS, format!("[{}, {}]", last + 1, tx.ids.job));
     Ok(created)
 }
+
+/// The events of the jobs just created by [`insert_many`]: the parameter is
+/// `[first id, last id]`.
+const ENQUEUED_EVENTS: &str =
+    "INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
+     SELECT j.id, j.created_at, NULL, j.state, 0, 'api', 'enqueued'
+     FROM (SELECT ? AS r) AS p JOIN jobs AS j ON j.id BETWEEN p.r->>0 AND p.r->>1";
+
+/// The events of the jobs a claim just leased: the parameter names them
+/// (`ids`), the time, the claimer and the plugin version; each job's row
+/// gives its attempt.
+const CLAIM_EVENTS: &str =
+    "INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason, plugin_digest)
+     SELECT j.id, p.d->>'at', 'queued', 'running', j.attempt, p.d->>'actor', NULL, p.d->>'digest'
+     FROM (SELECT ? AS d) AS p, json_each(p.d, '$.ids') AS c JOIN jobs AS j ON j.id = c.value";
+
+/// The events of the jobs whose completions just applied (the parameter's
+/// `ids`, all reported by its `actor`): each row holds the time, the state
+/// reached, the error of a failed attempt and the plugin version.
+const COMPLETION_EVENTS: &str =
+    "INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason, plugin_digest)
+     SELECT j.id, j.updated_at, 'running', j.state, j.attempt, p.d->>'actor',
+            CASE WHEN j.state = 'succeeded' THEN NULL ELSE j.last_error END, j.plugin_digest
+     FROM (SELECT ? AS d) AS p, json_each(p.d, '$.ids') AS c JOIN jobs AS j ON j.id = c.value";
 
 async fn insert(
     tx: &mut Tx<'_>,
@@ -923,23 +954,24 @@ async fn claim(
         return Ok(Vec::new());
     }
     let (text, docs) = tx.text(
-        "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?1,
-                lease_token = ?2, lease_expires_at = ?3, started_at = ?4, updated_at = ?4
-         WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND job_type = ?5
-                      ORDER BY run_at, id LIMIT ?6)
+        "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?,
+                lease_token = ?, lease_expires_at = ?, started_at = ?, updated_at = ?
+         WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND job_type = ?
+                      ORDER BY run_at, id LIMIT ?)
          RETURNING id, payload, attempt, max_attempts, run_at",
-        6,
     );
-    let mut query = sqlx::query(text)
+    let mut query = sqlx::query(text);
+    for doc in docs {
+        query = query.bind(doc);
+    }
+    let query = query
         .bind(&req.owner)
         .bind(req.token)
         .bind(req.lease_expires_at.as_micros())
         .bind(req.now.as_micros())
+        .bind(req.now.as_micros())
         .bind(&req.job_type)
         .bind(i64::try_from(req.limit).unwrap_or(i64::MAX));
-    for doc in docs {
-        query = query.bind(doc);
-    }
     let started = Instant::now();
     let rows = query.fetch_all(&mut *tx.conn).await?;
     metrics::histogram!(telemetry::CLAIM_DURATION).record(started.elapsed());
@@ -961,17 +993,16 @@ async fn claim(
     if jobs.len() < req.limit {
         tx.found_empty.push((req.job_type.clone(), tx.last_phase));
     }
-    let actor = format!("worker:{}", req.owner);
-    events.extend(jobs.iter().map(|j| Event {
-        job_id: j.id,
-        at: req.now,
-        from: Some(JobState::Queued),
-        to: JobState::Running,
-        attempt: i64::from(j.attempt),
-        actor: actor.clone(),
-        reason: None,
-        plugin_digest: Some(req.plugin_digest.clone()),
-    }));
+    if !jobs.is_empty() {
+        tx.defer_events(events)?;
+        let doc = serde_json::json!({
+            "ids": jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+            "at": req.now.as_micros(),
+            "actor": format!("worker:{}", req.owner),
+            "digest": req.plugin_digest,
+        });
+        tx.defer(CLAIM_EVENTS, doc.to_string());
+    }
     Ok(jobs)
 }
 
@@ -1033,45 +1064,43 @@ async fn complete_many(
                       value->>3 AS result, value->>4 AS error, value->>5 AS run_at,
                       value->>6 AS finished_at, value->>7 AS digest, value->>8 AS now,
                       value->>9 AS started_at
-               FROM json_each(?1)) AS c
+               FROM json_each(?)) AS c
          WHERE jobs.id = c.id AND jobs.state = 'running' AND jobs.lease_token = c.token
-         RETURNING jobs.id, jobs.attempt",
-        1,
+         RETURNING jobs.id",
     );
-    let mut query = sqlx::query_as(text).bind(doc);
+    let mut query = sqlx::query_scalar(text);
     for doc in docs {
         query = query.bind(doc);
     }
+    let query = query.bind(doc);
     let started = Instant::now();
-    let applied: Vec<(i64, i64)> = query.fetch_all(&mut *tx.conn).await?;
+    let applied: Vec<i64> = query.fetch_all(&mut *tx.conn).await?;
     metrics::histogram!(telemetry::STORE_COMPLETE_DURATION).record(started.elapsed());
     // Ids are distinct within `completions`, and the token is in the WHERE
     // clause, so an id coming back means that completion applied.
-    let applied: std::collections::HashMap<i64, i64> = applied.into_iter().collect();
-    Ok(completions
+    let applied: HashSet<i64> = applied.into_iter().collect();
+    // The events come from the updated rows: one statement per reporting
+    // owner (a host reports as one).
+    tx.defer_events(events)?;
+    let mut by_owner: Vec<(&str, Vec<JobId>)> = Vec::new();
+    let done = completions
         .iter()
         .map(|c| {
-            let Some(&attempt) = applied.get(&c.id) else {
-                return false;
-            };
-            let (to, reason) = match &c.outcome {
-                Outcome::Succeeded { .. } => (JobState::Succeeded, None),
-                Outcome::Retry { error, .. } => (JobState::Scheduled, Some(error.clone())),
-                Outcome::Dead { error } => (JobState::Dead, Some(error.clone())),
-            };
-            events.push(Event {
-                job_id: c.id,
-                at: c.now,
-                from: Some(JobState::Running),
-                to,
-                attempt,
-                actor: format!("worker:{}", c.owner),
-                reason,
-                plugin_digest: Some(c.plugin_digest.clone()),
-            });
-            true
+            let ok = applied.contains(&c.id);
+            if ok {
+                match by_owner.iter_mut().find(|(owner, _)| *owner == c.owner) {
+                    Some((_, ids)) => ids.push(c.id),
+                    None => by_owner.push((&c.owner, vec![c.id])),
+                }
+            }
+            ok
         })
-        .collect())
+        .collect();
+    for (owner, ids) in by_owner {
+        let doc = serde_json::json!({ "ids": ids, "actor": format!("worker:{owner}") });
+        tx.defer(COMPLETION_EVENTS, doc.to_string());
+    }
+    Ok(done)
 }
 
 async fn release(
