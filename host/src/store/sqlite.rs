@@ -73,8 +73,14 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         // The writer never checkpoints (that would stall every request
         // queued behind it); a connection of its own does, in the background.
+        //
+        // Nor does it check the events' foreign key, a lookup per event row:
+        // it writes every event of a hot transition from the job's own row
+        // (a join), and every other one for a job it has just updated, so
+        // none can dangle. The key stays declared in the schema.
         let mut conn = options
             .clone()
+            .foreign_keys(false)
             .pragma("wal_autocheckpoint", "0")
             .connect()
             .await?;
