@@ -958,6 +958,35 @@ macro_rules! store_contract_tests {
 mod sqlite {
     crate::store_contract_tests!(crate::testing::sqlite_store());
 
+    /// SQLite-specific: the writer does not check the events' foreign key
+    /// per row; every path that writes events must still leave none dangling.
+    #[tokio::test]
+    async fn no_event_names_a_missing_job() {
+        use crate::store::sqlite::{Durability, SqliteStore};
+        use sqlx::Connection;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
+        let store = SqliteStore::open(&url, Durability::Full).await.unwrap();
+        super::a_claim_sees_every_way_a_job_becomes_ready(&store).await;
+        super::cancel_withdraws_only_waiting_jobs(&store).await;
+        store.close().await;
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM job_events")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert!(events > 20, "the scenarios wrote events ({events})");
+        let dangling = sqlx::query("PRAGMA foreign_key_check")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            dangling.is_empty(),
+            "{} events name a missing job",
+            dangling.len()
+        );
+    }
+
     /// SQLite-specific: a committed job is in the file, not in memory.
     #[tokio::test]
     async fn committed_jobs_survive_reopening_the_file() {
