@@ -221,6 +221,8 @@ impl Worker {
             }
         };
         let claimed = tokio::select! {
+            // The claim first, so it is sent before any unpark is.
+            biased;
             claimed = &mut claim => claimed,
             () = wake => {
                 if let Err(e) = self.store.claim_unpark(&self.config.owner).await {

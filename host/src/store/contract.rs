@@ -891,6 +891,21 @@ pub async fn an_unparked_claim_returns_nothing_and_leases_nothing(s: Arc<dyn Sto
     assert!(served(waiter).await.is_empty());
     let id = insert(&*s, new_job("a", None)).await;
     assert_eq!(state(&*s, id).await, JobState::Queued);
+
+    // An unpark that overtakes its claim ends that claim when it comes...
+    s.claim_unpark("waiter").await.unwrap();
+    let early = tokio::time::timeout(
+        Duration::from_secs(30),
+        s.job_claim_wait(claim_wait(vec![claim_req("b", 5, 8, T0)], 5)),
+    )
+    .await
+    .expect("the earlier unpark ends the claim");
+    assert!(early.unwrap().is_empty());
+    // ...and only that one: the next waits, and is served.
+    let waiter = parked(&s, claim_wait(vec![claim_req("b", 5, 9, T0)], 5)).await;
+    let id = insert(&*s, new_job("b", None)).await;
+    let jobs = served(waiter).await;
+    assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [id]);
 }
 
 pub async fn closed_store_refuses_work(s: &dyn Store) {

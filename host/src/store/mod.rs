@@ -229,8 +229,10 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
-    /// Ends `owner`'s parked claim, if any: it returns what it leased, or
-    /// nothing. Leases are never lost to an unpark.
+    /// Ends `owner`'s parked claim: it returns what it leased, or nothing.
+    /// If none is parked yet (the unpark overtook the claim), the owner's
+    /// next claim that would park returns at once instead. Leases are never
+    /// lost to an unpark.
     async fn claim_unpark(&self, _owner: &str) -> StoreResult<()> {
         Ok(())
     }

@@ -386,6 +386,8 @@ async fn writer(mut conn: SqliteConnection, mut ids: Ids, mut rx: mpsc::Receiver
     let mut batch: Vec<Command> = Vec::with_capacity(MAX_BATCH);
     let mut parked: Vec<Parked> = Vec::new();
     let mut known = Known::default();
+    // Owners whose unpark came before the claim it was meant to end.
+    let mut early_unparks: HashSet<String> = HashSet::new();
     let mut closing = false;
     while !closing {
         if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
@@ -425,10 +427,16 @@ async fn writer(mut conn: SqliteConnection, mut ids: Ids, mut rx: mpsc::Receiver
         let mut unparked = Vec::new();
         for (cmd, result) in batch.drain(..).zip(results) {
             match (cmd.op, result) {
-                (Op::ClaimWait(wait), Ok(Reply::Park)) => parked.push(Parked {
-                    wait,
-                    reply: cmd.reply,
-                }),
+                (Op::ClaimWait(wait), Ok(Reply::Park)) => {
+                    if early_unparks.remove(&wait.owner) {
+                        let _ = cmd.reply.send(Ok(Reply::Claimed(Vec::new())));
+                    } else {
+                        parked.push(Parked {
+                            wait,
+                            reply: cmd.reply,
+                        });
+                    }
+                }
                 (_, Ok(Reply::Unpark(owner))) => {
                     unparked.push(owner);
                     let _ = cmd.reply.send(Ok(Reply::Applied(true)));
@@ -441,6 +449,11 @@ async fn writer(mut conn: SqliteConnection, mut ids: Ids, mut rx: mpsc::Receiver
             }
         }
         for owner in unparked {
+            if !parked.iter().any(|p| p.wait.owner == owner) {
+                // The unpark overtook its claim: end that claim when it comes.
+                early_unparks.insert(owner);
+                continue;
+            }
             parked.retain_mut(|p| {
                 if p.wait.owner != owner {
                     return true;
@@ -1019,69 +1032,67 @@ async fn complete_many(
     completions: &[&Completion],
     events: &mut Events,
 ) -> StoreResult<Vec<bool>> {
-    let rows: Vec<_> = completions
-        .iter()
-        .map(|c| {
-            let (state, result, error, run_at, finished_at) = match &c.outcome {
-                Outcome::Succeeded { result } => (
-                    JobState::Succeeded,
-                    result.as_deref(),
-                    None,
-                    None,
-                    Some(c.now),
-                ),
-                Outcome::Retry { error, run_at } => (
-                    JobState::Scheduled,
-                    None,
-                    Some(error.as_str()),
-                    Some(*run_at),
-                    None,
-                ),
-                Outcome::Dead { error } => (
-                    JobState::Dead,
-                    None,
-                    Some(error.as_str()),
-                    None,
-                    Some(c.now),
-                ),
-            };
-            serde_json::json!([
-                c.id,
-                c.token,
-                state.as_str(),
-                result,
-                error,
-                run_at.map(Timestamp::as_micros),
-                finished_at.map(Timestamp::as_micros),
-                c.plugin_digest,
-                c.now.as_micros(),
-                c.started_at.as_micros(),
-            ])
-        })
-        .collect();
-    let doc = serde_json::to_string(&rows).map_err(|e| StoreError::Backend(e.to_string()))?;
-    let (text, docs) = tx.text(
-        "UPDATE jobs SET state = c.state, result = c.result,
-                last_error = COALESCE(c.error, jobs.last_error),
-                run_at = COALESCE(c.run_at, jobs.run_at), finished_at = c.finished_at,
-                plugin_digest = c.digest, updated_at = c.now, started_at = c.started_at,
-                lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-         FROM (SELECT value->>0 AS id, value->>1 AS token, value->>2 AS state,
-                      value->>3 AS result, value->>4 AS error, value->>5 AS run_at,
-                      value->>6 AS finished_at, value->>7 AS digest, value->>8 AS now,
-                      value->>9 AS started_at
-               FROM json_each(?)) AS c
-         WHERE jobs.id = c.id AND jobs.state = 'running' AND jobs.lease_token = c.token
-         RETURNING jobs.id",
-    );
-    let mut query = sqlx::query_scalar(text);
-    for doc in docs {
-        query = query.bind(doc);
+    // One statement per plugin version (a batch usually holds one or two);
+    // the version is bound once, not repeated in every row.
+    let mut by_digest: Vec<(&str, Vec<&Completion>)> = Vec::new();
+    for &c in completions {
+        match by_digest.iter_mut().find(|(d, _)| *d == c.plugin_digest) {
+            Some((_, group)) => group.push(c),
+            None => by_digest.push((&c.plugin_digest, vec![c])),
+        }
     }
-    let query = query.bind(doc);
-    let started = Instant::now();
-    let applied: Vec<i64> = query.fetch_all(&mut *tx.conn).await?;
-    metrics::histogram!(telemetry::STORE_COMPLETE_DURATION).record(started.elapsed());
+    let mut applied = Vec::with_capacity(completions.len());
+    for (digest, group) in by_digest {
+        // [id, token, state, result or error, run_at of a retry, now, started_at]
+        let rows: Vec<_> = group
+            .iter()
+            .map(|c| {
+                let (state, text, run_at) = match &c.outcome {
+                    Outcome::Succeeded { result } => (JobState::Succeeded, result.as_deref(), None),
+                    Outcome::Retry { error, run_at } => (
+                        JobState::Scheduled,
+                        Some(error.as_str()),
+                        Some(run_at.as_micros()),
+                    ),
+                    Outcome::Dead { error } => (JobState::Dead, Some(error.as_str()), None),
+                };
+                (
+                    c.id,
+                    c.token,
+                    state.as_str(),
+                    text,
+                    run_at,
+                    c.now.as_micros(),
+                    c.started_at.as_micros(),
+                )
+            })
+            .collect();
+        let doc = serde_json::to_string(&rows).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let (text, docs) = tx.text(
+            "UPDATE jobs SET state = c.state,
+                    result = CASE WHEN c.state = 'succeeded' THEN c.text END,
+                    last_error = CASE WHEN c.state = 'succeeded' THEN jobs.last_error ELSE c.text END,
+                    run_at = COALESCE(c.run_at, jobs.run_at),
+                    finished_at = CASE WHEN c.state = 'scheduled' THEN NULL ELSE c.now END,
+                    plugin_digest = c.digest, updated_at = c.now, started_at = c.started_at,
+                    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+             FROM (SELECT value->>0 AS id, value->>1 AS token, value->>2 AS state,
+                          value->>3 AS text, value->>4 AS run_at, value->>5 AS now,
+                          value->>6 AS started_at, ? AS digest
+                   FROM json_each(?)) AS c
+             WHERE jobs.id = c.id AND jobs.state = 'running' AND jobs.lease_token = c.token
+             RETURNING jobs.id",
+        );
+        let mut query = sqlx::query_scalar(text);
+        for doc in docs {
+            query = query.bind(doc);
+        }
+        let query = query.bind(digest).bind(doc);
+        let started = Instant::now();
+        let done: Vec<i64> = query.fetch_all(&mut *tx.conn).await?;
+        metrics::histogram!(telemetry::STORE_COMPLETE_DURATION).record(started.elapsed());
+        applied.extend(done);
+    }
     // Ids are distinct within `completions`, and the token is in the WHERE
     // clause, so an id coming back means that completion applied.
     let applied: HashSet<i64> = applied.into_iter().collect();
