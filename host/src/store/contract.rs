@@ -1002,6 +1002,49 @@ mod sqlite {
         );
     }
 
+    /// SQLite-specific: the writer keeps the counts as it commits; after
+    /// every kind of transition they match a count of the table, and a
+    /// reopened store counts the same.
+    #[tokio::test]
+    async fn kept_counts_match_the_table() {
+        use crate::store::StateCounts;
+        use crate::store::sqlite::{Durability, SqliteStore};
+        use sqlx::Connection;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
+        let store = SqliteStore::open(&url, Durability::Full).await.unwrap();
+        super::a_claim_sees_every_way_a_job_becomes_ready(&store).await;
+        super::cancel_withdraws_only_waiting_jobs(&store).await;
+        super::retry_schedules_and_dead_records_the_error(&store).await;
+        super::reaper_sends_an_expired_last_attempt_to_the_dlq(&store).await;
+        let kept = store.counts_by_type().await.unwrap();
+        let total = store.counts().await.unwrap();
+        store.close().await;
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT job_type, state, COUNT(*) FROM jobs GROUP BY job_type, state ORDER BY job_type",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        let mut counted: Vec<(String, StateCounts)> = Vec::new();
+        let mut all = StateCounts::default();
+        for (job_type, state, n) in rows {
+            if counted.last().is_none_or(|(t, _)| *t != job_type) {
+                counted.push((job_type, StateCounts::default()));
+            }
+            let state = state.parse().unwrap();
+            counted.last_mut().unwrap().1.add(state, n as u64);
+            all.add(state, n as u64);
+        }
+        assert!(counted.len() >= 2, "the scenarios used several types");
+        assert!(all.queued + all.running + all.succeeded + all.dead + all.cancelled > 0);
+        assert_eq!(kept, counted);
+        assert_eq!(total, all);
+        let reopened = SqliteStore::open(&url, Durability::Full).await.unwrap();
+        assert_eq!(reopened.counts_by_type().await.unwrap(), counted);
+    }
+
     /// SQLite-specific: a committed job is in the file, not in memory.
     #[tokio::test]
     async fn committed_jobs_survive_reopening_the_file() {

@@ -154,6 +154,18 @@ impl StateCounts {
         *slot += n;
     }
 
+    pub fn sub(&mut self, state: JobState, n: u64) {
+        let slot = match state {
+            JobState::Queued => &mut self.queued,
+            JobState::Scheduled => &mut self.scheduled,
+            JobState::Running => &mut self.running,
+            JobState::Succeeded => &mut self.succeeded,
+            JobState::Dead => &mut self.dead,
+            JobState::Cancelled => &mut self.cancelled,
+        };
+        *slot = slot.saturating_sub(n);
+    }
+
     pub fn get(&self, state: JobState) -> u64 {
         match state {
             JobState::Queued => self.queued,

@@ -53,6 +53,67 @@ pub struct SqliteStore {
     writer: mpsc::Sender<Command>,
     readers: SqlitePool,
     checkpointer: CancellationToken,
+    counts: Counts,
+}
+
+/// Jobs per type and state, kept by the writer as it commits, so counting
+/// (the admin API, the queue-depth gauges, a dashboard polling them) never
+/// scans the jobs table. Counted once at start-up.
+#[derive(Clone, Default)]
+struct Counts(std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, StateCounts>>>);
+
+/// One batch's changes to [`Counts`]: `n` jobs of a type moved from a state
+/// (none for a new job) to another.
+type Moves = Vec<(String, Option<JobState>, JobState, u64)>;
+
+/// Adds a move to `moves`, merged with a like one.
+fn moved(moves: &mut Moves, job_type: &str, from: Option<JobState>, to: JobState, n: u64) {
+    if n == 0 {
+        return;
+    }
+    match moves
+        .iter_mut()
+        .find(|(t, f, d, _)| t == job_type && *f == from && *d == to)
+    {
+        Some((_, _, _, m)) => *m += n,
+        None => moves.push((job_type.to_owned(), from, to, n)),
+    }
+}
+
+impl Counts {
+    async fn load(conn: &mut SqliteConnection) -> StoreResult<Counts> {
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT job_type, state, COUNT(*) FROM jobs GROUP BY job_type, state")
+                .fetch_all(conn)
+                .await?;
+        let counts = Counts::default();
+        {
+            let mut all = counts.0.lock().expect("counts lock");
+            for (job_type, state, n) in rows {
+                all.entry(job_type)
+                    .or_default()
+                    .add(parse_state(&state)?, n as u64);
+            }
+        }
+        Ok(counts)
+    }
+
+    fn apply(&self, moves: &Moves) {
+        if moves.is_empty() {
+            return;
+        }
+        let mut all = self.0.lock().expect("counts lock");
+        for (job_type, from, to, n) in moves {
+            let counts = match all.get_mut(job_type) {
+                Some(c) => c,
+                None => all.entry(job_type.clone()).or_default(),
+            };
+            if let Some(from) = from {
+                counts.sub(*from, *n);
+            }
+            counts.add(*to, *n);
+        }
+    }
 }
 
 /// How often the WAL is checkpointed into the database file.
@@ -94,14 +155,16 @@ impl SqliteStore {
             .await?;
         let checkpoint_conn = options.connect().await?;
         let ids = Ids::load(&mut conn).await?;
+        let counts = Counts::load(&mut conn).await?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(writer(conn, ids, rx));
+        tokio::spawn(writer(conn, ids, counts.clone(), rx));
         let checkpointer = CancellationToken::new();
         tokio::spawn(checkpoints(checkpoint_conn, checkpointer.clone()));
         Ok(SqliteStore {
             writer: tx,
             readers,
             checkpointer,
+            counts,
         })
     }
 
@@ -259,6 +322,7 @@ struct Batch {
     woken: Vec<(usize, Vec<ClaimedJob>)>,
     /// Types left without a ready job when the batch committed.
     found_empty: Vec<String>,
+    moves: Moves,
     ready_types: Vec<String>,
     ready_any: bool,
 }
@@ -282,6 +346,8 @@ struct Tx<'c> {
     found_empty: Vec<(String, bool)>,
     /// Claims from now on come after every change of the batch.
     last_phase: bool,
+    /// What the batch changed in the counts.
+    moves: Moves,
     begun: bool,
     /// Statements to run before the next one: each with `?1` as its only
     /// parameter, and the JSON document to bind there.
@@ -298,6 +364,7 @@ impl<'c> Tx<'c> {
             empty,
             found_empty: Vec::new(),
             last_phase: false,
+            moves: Vec::new(),
             begun: false,
             deferred: Vec::new(),
         }
@@ -382,7 +449,12 @@ impl<'c> Tx<'c> {
 }
 
 /// The writer task: group-commits every waiting command.
-async fn writer(mut conn: SqliteConnection, mut ids: Ids, mut rx: mpsc::Receiver<Command>) {
+async fn writer(
+    mut conn: SqliteConnection,
+    mut ids: Ids,
+    counts: Counts,
+    mut rx: mpsc::Receiver<Command>,
+) {
     let mut batch: Vec<Command> = Vec::with_capacity(MAX_BATCH);
     let mut parked: Vec<Parked> = Vec::new();
     let mut known = Known::default();
@@ -399,6 +471,7 @@ async fn writer(mut conn: SqliteConnection, mut ids: Ids, mut rx: mpsc::Receiver
         {
             Ok(done) => {
                 known.learn(&done);
+                counts.apply(&done.moves);
                 (done.results, done.woken)
             }
             // Something in the batch failed: nothing of it was committed.
@@ -411,6 +484,7 @@ async fn writer(mut conn: SqliteConnection, mut ids: Ids, mut rx: mpsc::Receiver
                     let one = match apply_batch(&mut conn, &mut ids, &known, one, &[]).await {
                         Ok(mut done) => {
                             known.learn(&done);
+                            counts.apply(&done.moves);
                             done.results.pop().expect("one result per command")
                         }
                         Err(e) => Err(e),
@@ -579,6 +653,7 @@ async fn apply_batch(
     // after it may have readied its type. Keyless enqueues are applied
     // before any claim; the commands below run in order, after them.
     let (late_types, late_any) = ready_in_order(batch);
+    let moves = std::mem::take(&mut tx.moves);
     let found_empty = std::mem::take(&mut tx.found_empty)
         .into_iter()
         .filter(|(t, last_phase)| *last_phase || !(late_any || late_types.contains(t.as_str())))
@@ -603,6 +678,7 @@ async fn apply_batch(
         results,
         woken,
         found_empty,
+        moves,
         ready_types,
         ready_any,
     })
@@ -768,21 +844,33 @@ async fn apply(tx: &mut Tx<'_>, op: &Op, events: &mut Events) -> StoreResult<Rep
         Op::Complete(c) => complete_many(tx, &[c], events)
             .await
             .map(|applied| Reply::Applied(applied[0])),
-        Op::Release { id, token, now } => release(tx.conn().await?, *id, *token, *now, events)
-            .await
-            .map(Reply::Applied),
-        Op::Reap(now) => reap(tx.conn().await?, *now, events)
-            .await
-            .map(Reply::Reaped),
-        Op::Promote(now) => promote(tx.conn().await?, *now, events)
-            .await
-            .map(Reply::Promoted),
-        Op::Replay(id, now) => replay(tx.conn().await?, *id, *now, events)
-            .await
-            .map(|r| Reply::Record(Box::new(r))),
-        Op::Cancel(id, now) => cancel(tx.conn().await?, *id, *now, events)
-            .await
-            .map(|r| Reply::Record(Box::new(r))),
+        // The rare ones: each on its own statements.
+        Op::Release { .. } | Op::Reap(_) | Op::Promote(_) | Op::Replay(..) | Op::Cancel(..) => {
+            let mut moves = Moves::new();
+            let conn = tx.conn().await?;
+            let reply = match op {
+                Op::Release { id, token, now } => {
+                    release(conn, *id, *token, *now, events, &mut moves)
+                        .await
+                        .map(Reply::Applied)
+                }
+                Op::Reap(now) => reap(conn, *now, events, &mut moves)
+                    .await
+                    .map(Reply::Reaped),
+                Op::Promote(now) => promote(conn, *now, events, &mut moves)
+                    .await
+                    .map(Reply::Promoted),
+                Op::Replay(id, now) => replay(conn, *id, *now, events, &mut moves)
+                    .await
+                    .map(|r| Reply::Record(Box::new(r))),
+                Op::Cancel(id, now) => cancel(conn, *id, *now, events, &mut moves)
+                    .await
+                    .map(|r| Reply::Record(Box::new(r))),
+                _ => unreachable!("matched above"),
+            };
+            tx.moves.extend(moves);
+            reply
+        }
         Op::Close => Ok(Reply::Closed),
     }
 }
@@ -871,6 +959,7 @@ fn insert_many(
     for (n, (job, now)) in jobs.iter().enumerate() {
         let id = last + 1 + n as i64;
         let state = initial_state(job, *now);
+        moved(&mut tx.moves, &job.job_type, None, state, 1);
         rows.push(serde_json::json!([
             id,
             job.job_type,
@@ -945,6 +1034,7 @@ async fn insert(
         Some(id) => {
             // SQLite numbered it past the largest id, which the counter follows.
             tx.ids.job = tx.ids.job.max(id);
+            moved(&mut tx.moves, &job.job_type, None, state, 1);
             events.push(Event::enqueued(id, now, state));
             Ok(Enqueued::Created { id, state })
         }
@@ -1012,6 +1102,14 @@ async fn claim(
     if jobs.len() < req.limit {
         tx.found_empty.push((req.job_type.clone(), tx.last_phase));
     }
+    let n = jobs.len() as u64;
+    moved(
+        &mut tx.moves,
+        &req.job_type,
+        Some(JobState::Queued),
+        JobState::Running,
+        n,
+    );
     if !jobs.is_empty() {
         tx.defer_events(events)?;
         let doc = serde_json::json!({
@@ -1081,21 +1179,21 @@ async fn complete_many(
                           value->>6 AS started_at, ? AS digest
                    FROM json_each(?)) AS c
              WHERE jobs.id = c.id AND jobs.state = 'running' AND jobs.lease_token = c.token
-             RETURNING jobs.id",
+             RETURNING jobs.id, jobs.job_type",
         );
-        let mut query = sqlx::query_scalar(text);
+        let mut query = sqlx::query_as(text);
         for doc in docs {
             query = query.bind(doc);
         }
         let query = query.bind(digest).bind(doc);
         let started = Instant::now();
-        let done: Vec<i64> = query.fetch_all(&mut *tx.conn).await?;
+        let done: Vec<(i64, String)> = query.fetch_all(&mut *tx.conn).await?;
         metrics::histogram!(telemetry::STORE_COMPLETE_DURATION).record(started.elapsed());
         applied.extend(done);
     }
     // Ids are distinct within `completions`, and the token is in the WHERE
     // clause, so an id coming back means that completion applied.
-    let applied: HashSet<i64> = applied.into_iter().collect();
+    let applied: std::collections::HashMap<i64, String> = applied.into_iter().collect();
     // The events come from the updated rows: one statement per reporting
     // owner (a host reports as one).
     tx.defer_events(events)?;
@@ -1103,8 +1201,20 @@ async fn complete_many(
     let done = completions
         .iter()
         .map(|c| {
-            let ok = applied.contains(&c.id);
+            let ok = applied.contains_key(&c.id);
             if ok {
+                let to = match c.outcome {
+                    Outcome::Succeeded { .. } => JobState::Succeeded,
+                    Outcome::Retry { .. } => JobState::Scheduled,
+                    Outcome::Dead { .. } => JobState::Dead,
+                };
+                moved(
+                    &mut tx.moves,
+                    &applied[&c.id],
+                    Some(JobState::Running),
+                    to,
+                    1,
+                );
                 match by_owner.iter_mut().find(|(owner, _)| *owner == c.owner) {
                     Some((_, ids)) => ids.push(c.id),
                     None => by_owner.push((&c.owner, vec![c.id])),
@@ -1126,21 +1236,29 @@ async fn release(
     token: i64,
     now: Timestamp,
     events: &mut Events,
+    moves: &mut Moves,
 ) -> StoreResult<bool> {
-    let attempt: Option<i64> = sqlx::query_scalar(
+    let released: Option<(i64, String)> = sqlx::query_as(
         "UPDATE jobs SET state = 'queued', attempt = attempt - 1, updated_at = ?1,
                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
          WHERE id = ?2 AND state = 'running' AND lease_token = ?3
-         RETURNING attempt",
+         RETURNING attempt, job_type",
     )
     .bind(now.as_micros())
     .bind(id)
     .bind(token)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some(attempt) = attempt else {
+    let Some((attempt, job_type)) = released else {
         return Ok(false);
     };
+    moved(
+        moves,
+        &job_type,
+        Some(JobState::Running),
+        JobState::Queued,
+        1,
+    );
     events.push(Event {
         job_id: id,
         at: now,
@@ -1160,6 +1278,7 @@ async fn reap(
     conn: &mut SqliteConnection,
     now: Timestamp,
     events: &mut Events,
+    moves: &mut Moves,
 ) -> StoreResult<Reaped> {
     let rows = sqlx::query(
         "UPDATE jobs SET
@@ -1169,7 +1288,7 @@ async fn reap(
                              || ' stopped without reporting an outcome (host crashed or was killed)',
                 updated_at = ?1, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
          WHERE state = 'running' AND lease_expires_at <= ?1
-         RETURNING id, state, attempt, last_error",
+         RETURNING id, state, attempt, last_error, job_type",
     )
     .bind(now.as_micros())
     .fetch_all(&mut *conn)
@@ -1178,6 +1297,13 @@ async fn reap(
     for row in &rows {
         let id: JobId = row.try_get("id")?;
         let to = state_of(row, "state")?;
+        moved(
+            moves,
+            row.try_get("job_type")?,
+            Some(JobState::Running),
+            to,
+            1,
+        );
         events.push(Event {
             job_id: id,
             at: now,
@@ -1200,16 +1326,26 @@ async fn promote(
     conn: &mut SqliteConnection,
     now: Timestamp,
     events: &mut Events,
+    moves: &mut Moves,
 ) -> StoreResult<Vec<JobId>> {
-    let mut promoted: Vec<(JobId, i64)> = sqlx::query_as(
+    let mut promoted: Vec<(JobId, i64, String)> = sqlx::query_as(
         "UPDATE jobs SET state = 'queued', updated_at = ?1
-         WHERE state = 'scheduled' AND run_at <= ?1 RETURNING id, attempt",
+         WHERE state = 'scheduled' AND run_at <= ?1 RETURNING id, attempt, job_type",
     )
     .bind(now.as_micros())
     .fetch_all(&mut *conn)
     .await?;
     promoted.sort_unstable();
-    events.extend(promoted.iter().map(|&(id, attempt)| Event {
+    for (_, _, job_type) in &promoted {
+        moved(
+            moves,
+            job_type,
+            Some(JobState::Scheduled),
+            JobState::Queued,
+            1,
+        );
+    }
+    events.extend(promoted.iter().map(|&(id, attempt, _)| Event {
         job_id: id,
         at: now,
         from: Some(JobState::Scheduled),
@@ -1219,7 +1355,7 @@ async fn promote(
         reason: Some("due".into()),
         plugin_digest: None,
     }));
-    Ok(promoted.into_iter().map(|(id, _)| id).collect())
+    Ok(promoted.into_iter().map(|(id, _, _)| id).collect())
 }
 
 async fn replay(
@@ -1227,6 +1363,7 @@ async fn replay(
     id: JobId,
     now: Timestamp,
     events: &mut Events,
+    moves: &mut Moves,
 ) -> StoreResult<JobRecord> {
     let done = sqlx::query(
         "UPDATE jobs SET state = 'queued', attempt = 0, run_at = ?1, result = NULL,
@@ -1244,7 +1381,7 @@ async fn replay(
         done.rows_affected(),
         (JobState::Dead, JobState::Queued),
         "replayed from the dead-letter queue with a fresh attempt budget",
-        events,
+        (events, moves),
     )
     .await
 }
@@ -1254,6 +1391,7 @@ async fn cancel(
     id: JobId,
     now: Timestamp,
     events: &mut Events,
+    moves: &mut Moves,
 ) -> StoreResult<JobRecord> {
     let from: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?1")
         .bind(id)
@@ -1278,7 +1416,7 @@ async fn cancel(
         done.rows_affected(),
         (from, JobState::Cancelled),
         "cancelled by an operator",
-        events,
+        (events, moves),
     )
     .await
 }
@@ -1292,7 +1430,7 @@ async fn operator_transition(
     rows_affected: u64,
     (from, to): (JobState, JobState),
     reason: &str,
-    events: &mut Events,
+    (events, moves): (&mut Events, &mut Moves),
 ) -> StoreResult<JobRecord> {
     let record = record_get(&mut *conn, id)
         .await?
@@ -1303,6 +1441,7 @@ async fn operator_transition(
             state: record.state,
         });
     }
+    moved(moves, &record.job_type, Some(from), to, 1);
     events.push(Event {
         job_id: id,
         at: now,
@@ -1486,32 +1625,19 @@ impl Store for SqliteStore {
     }
 
     async fn counts(&self) -> StoreResult<StateCounts> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
-            .fetch_all(&self.readers)
-            .await?;
-        let mut counts = StateCounts::default();
-        for row in &rows {
-            counts.add(state_of(row, "state")?, row.try_get::<i64, _>("n")? as u64);
+        let all = self.counts.0.lock().expect("counts lock");
+        let mut total = StateCounts::default();
+        for counts in all.values() {
+            for state in JobState::ALL {
+                total.add(state, counts.get(state));
+            }
         }
-        Ok(counts)
+        Ok(total)
     }
 
     async fn counts_by_type(&self) -> StoreResult<Vec<(String, StateCounts)>> {
-        let rows = sqlx::query(
-            "SELECT job_type, state, COUNT(*) AS n FROM jobs GROUP BY job_type, state ORDER BY job_type",
-        )
-        .fetch_all(&self.readers)
-        .await?;
-        let mut out: Vec<(String, StateCounts)> = Vec::new();
-        for row in &rows {
-            let job_type: String = row.try_get("job_type")?;
-            if out.last().is_none_or(|(t, _)| *t != job_type) {
-                out.push((job_type, StateCounts::default()));
-            }
-            let (_, counts) = out.last_mut().expect("pushed above");
-            counts.add(state_of(row, "state")?, row.try_get::<i64, _>("n")? as u64);
-        }
-        Ok(out)
+        let all = self.counts.0.lock().expect("counts lock");
+        Ok(all.iter().map(|(t, c)| (t.clone(), c.clone())).collect())
     }
 
     async fn close(&self) {
