@@ -349,11 +349,11 @@ async fn burn_down(c: &Common, jobs: usize, scenario: &str) -> Result<()> {
     let server = start(
         c,
         scenario,
-        &["--paused", "--concurrency", "256", "--claim-batch", "512"],
+        &["--paused", "--concurrency", "1024", "--claim-batch", "512"],
     )?;
     let mut report = Report::new(scenario);
     report.param("jobs", jobs);
-    report.param("serve_flags", "--concurrency 256 --claim-batch 512");
+    report.param("serve_flags", "--concurrency 1024 --claim-batch 512");
     let submitted_at = Instant::now();
     let ids = submit_batches(&server, jobs, 5000, 2).await?;
     let submit_secs = submitted_at.elapsed().as_secs_f64();
