@@ -343,13 +343,16 @@ pub async fn concurrent_claims_hand_each_job_to_one_claimer(s: Arc<dyn Store>) {
             let s = s.clone();
             tokio::spawn(async move {
                 let mut mine = Vec::new();
-                loop {
-                    let got = s.job_claim(claim_req("email", 7, c, T0)).await.unwrap();
+                for round in 0.. {
+                    // A fresh token for every claim, as the contract asks.
+                    let token = c * 1_000 + round;
+                    let got = s.job_claim(claim_req("email", 7, token, T0)).await.unwrap();
                     if got.is_empty() {
                         return mine;
                     }
                     mine.extend(got.into_iter().map(|j| j.id));
                 }
+                unreachable!()
             })
         })
         .collect();

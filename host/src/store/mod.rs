@@ -54,7 +54,8 @@ pub struct ClaimRequest {
     /// Who takes the lease (recorded in events).
     pub owner: String,
     /// The fence: every later transition of these jobs by this holder names
-    /// it. Must be fresh for every claim (the worker draws 64 random bits).
+    /// it. Must be fresh for every claim (the worker draws 64 random bits):
+    /// a backend may find the claim's jobs by it.
     pub token: i64,
     /// The plugin version that will run the attempts (recorded in events).
     pub plugin_digest: String,

@@ -142,6 +142,8 @@ impl SqliteStore {
         let mut conn = options
             .clone()
             .foreign_keys(false)
+            // Room for every batch shape's multi-statement text.
+            .statement_cache_capacity(512)
             .pragma("wal_autocheckpoint", "0")
             .connect()
             .await?;
@@ -346,6 +348,8 @@ struct Tx<'c> {
     found_empty: Vec<(String, bool)>,
     /// Claims from now on come after every change of the batch.
     last_phase: bool,
+    /// The last statement sent carried the `COMMIT`.
+    committed: bool,
     /// What the batch changed in the counts.
     moves: Moves,
     begun: bool,
@@ -364,6 +368,7 @@ impl<'c> Tx<'c> {
             empty,
             found_empty: Vec::new(),
             last_phase: false,
+            committed: false,
             moves: Vec::new(),
             begun: false,
             deferred: Vec::new(),
@@ -432,6 +437,10 @@ impl<'c> Tx<'c> {
 
     /// Writes what is deferred (the events, last) and commits, in one round trip.
     async fn commit(mut self, events: &mut Events) -> StoreResult<()> {
+        if self.committed {
+            debug_assert!(events.is_empty() && self.deferred.is_empty());
+            return Ok(()); // with the batch's last claim
+        }
         if !self.begun && self.deferred.is_empty() && events.is_empty() {
             return Ok(()); // nothing was written
         }
@@ -494,10 +503,6 @@ async fn writer(
                 (results, Vec::new())
             }
         };
-        // Parked claims this batch served, last first so indices hold.
-        for (i, jobs) in woken.into_iter().rev() {
-            let _ = parked.swap_remove(i).reply.send(Ok(Reply::Claimed(jobs)));
-        }
         let mut unparked = Vec::new();
         for (cmd, result) in batch.drain(..).zip(results) {
             match (cmd.op, result) {
@@ -521,6 +526,12 @@ async fn writer(
                     let _ = cmd.reply.send(result);
                 }
             }
+        }
+        // Parked claims this batch served (after the callers of the batch,
+        // whose answers are the ones a client waits for), last first so the
+        // indices hold.
+        for (i, jobs) in woken.into_iter().rev() {
+            let _ = parked.swap_remove(i).reply.send(Ok(Reply::Claimed(jobs)));
         }
         for owner in unparked {
             if !parked.iter().any(|p| p.wait.owner == owner) {
@@ -628,22 +639,37 @@ async fn apply_batch(
             return Ok(());
         }
         tx.last_phase = true;
-        for (i, p) in parked.iter().enumerate() {
-            if !p.reply.is_closed() && ready.wanted_by(&p.wait) {
-                let jobs = claim_for(&mut tx, &p.wait, Some(ready.at), &mut events).await?;
-                if !jobs.is_empty() {
-                    woken.push((i, jobs));
+        let earlier: Vec<(usize, &ClaimWait)> = parked
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.reply.is_closed() && ready.wanted_by(&p.wait))
+            .map(|(i, p)| (i, &p.wait))
+            .collect();
+        let this_batch: Vec<(usize, &ClaimWait)> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(i, cmd)| match (&cmd.op, &results[i]) {
+                (Op::ClaimWait(wait), Some(Ok(Reply::Park))) if ready.wanted_by(wait) => {
+                    Some((i, wait))
                 }
+                _ => None,
+            })
+            .collect();
+        // The last claim statement of the batch carries its COMMIT: an
+        // enqueue that serves a parked claim costs no extra round trip.
+        let count = earlier.len() + this_batch.len();
+        for (n, (i, wait)) in earlier.into_iter().enumerate() {
+            let last = n + 1 == count;
+            let jobs = claim_for(&mut tx, wait, Some(&ready), &mut events, last).await?;
+            if !jobs.is_empty() {
+                woken.push((i, jobs));
             }
         }
-        for (i, cmd) in batch.iter().enumerate() {
-            if let (Op::ClaimWait(wait), Some(Ok(Reply::Park))) = (&cmd.op, &results[i])
-                && ready.wanted_by(wait)
-            {
-                let jobs = claim_for(&mut tx, wait, Some(ready.at), &mut events).await?;
-                if !jobs.is_empty() {
-                    results[i] = Some(Ok(Reply::Claimed(jobs)));
-                }
+        for (n, (i, wait)) in this_batch.into_iter().enumerate() {
+            let last = count - n == 1;
+            let jobs = claim_for(&mut tx, wait, Some(&ready), &mut events, last).await?;
+            if !jobs.is_empty() {
+                results[i] = Some(Ok(Reply::Claimed(jobs)));
             }
         }
         Ok(())
@@ -781,27 +807,40 @@ impl<'b> Readied<'b> {
 /// Serves a [`ClaimWait`]'s requests in order, up to its total. A parked
 /// claim served `at` a later time has its leases start then, each as long as
 /// its request asked.
+///
+/// A parked claim served because of `ready` claims only the types made
+/// ready (its others were empty when it parked, and nothing readied them
+/// since). With `commit`, the last statement also commits the transaction.
 async fn claim_for(
     tx: &mut Tx<'_>,
     wait: &ClaimWait,
-    at: Option<Timestamp>,
+    ready: Option<&Readied<'_>>,
     events: &mut Events,
+    commit: bool,
 ) -> StoreResult<Vec<ClaimedJob>> {
+    let requests: Vec<&ClaimRequest> = wait
+        .requests
+        .iter()
+        .filter(|r| {
+            ready.is_none_or(|ready| ready.any || ready.types.contains(r.job_type.as_str()))
+        })
+        .collect();
     let mut jobs = Vec::new();
-    for req in &wait.requests {
+    for (n, req) in requests.iter().enumerate() {
         let left = wait.total.saturating_sub(jobs.len());
         if left == 0 {
             break;
         }
-        let mut req = req.clone();
+        let mut req = (*req).clone();
         req.limit = req.limit.min(left);
-        if let Some(at) = at
-            && at > req.now
+        if let Some(ready) = ready
+            && ready.at > req.now
         {
-            req.lease_expires_at = req.lease_expires_at.plus(req.now.until(at));
-            req.now = at;
+            req.lease_expires_at = req.lease_expires_at.plus(req.now.until(ready.at));
+            req.now = ready.at;
         }
-        jobs.extend(claim(tx, &req, events).await?);
+        let then_commit = commit && n + 1 == requests.len();
+        jobs.extend(claim(tx, &req, events, then_commit).await?);
     }
     Ok(jobs)
 }
@@ -830,9 +869,9 @@ async fn apply(tx: &mut Tx<'_>, op: &Op, events: &mut Events) -> StoreResult<Rep
                     .collect(),
             ))
         }
-        Op::Claim(req) => claim(tx, req, events).await.map(Reply::Claimed),
+        Op::Claim(req) => claim(tx, req, events, false).await.map(Reply::Claimed),
         Op::ClaimWait(wait) => {
-            let jobs = claim_for(tx, wait, None, events).await?;
+            let jobs = claim_for(tx, wait, None, events, false).await?;
             Ok(if jobs.is_empty() {
                 Reply::Park
             } else {
@@ -907,7 +946,7 @@ type Events = Vec<Event>;
 
 /// Collected events, in one statement, in order. (The hot transitions,
 /// enqueue, claim and completion, write theirs from the jobs' own rows
-/// instead: [`ENQUEUED_EVENTS`], [`CLAIM_EVENTS`], [`COMPLETION_EVENTS`].)
+/// instead: [`ENQUEUED_EVENTS`], [`CLAIM_WITH_EVENTS`], [`COMPLETION_EVENTS`].)
 const EVENTS_INSERT: &str =
     "INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason, plugin_digest)
      SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7
@@ -990,14 +1029,6 @@ const ENQUEUED_EVENTS: &str =
      SELECT j.id, j.created_at, NULL, j.state, 0, 'api', 'enqueued'
      FROM (SELECT ? AS r) AS p JOIN jobs AS j ON j.id BETWEEN p.r->>0 AND p.r->>1";
 
-/// The events of the jobs a claim just leased: the parameter names them
-/// (`ids`), the time, the claimer and the plugin version; each job's row
-/// gives its attempt.
-const CLAIM_EVENTS: &str =
-    "INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason, plugin_digest)
-     SELECT j.id, p.d->>'at', 'queued', 'running', j.attempt, p.d->>'actor', NULL, p.d->>'digest'
-     FROM (SELECT ? AS d) AS p, json_each(p.d, '$.ids') AS c JOIN jobs AS j ON j.id = c.value";
-
 /// The events of the jobs whose completions just applied (the parameter's
 /// `ids`, all reported by its `actor`): each row holds the time, the state
 /// reached, the error of a failed attempt and the plugin version.
@@ -1054,21 +1085,25 @@ async fn insert(
     }
 }
 
+/// Leases up to `req.limit` ready jobs of one type and writes their events,
+/// in one round trip; with `then_commit`, that round trip also commits.
 async fn claim(
     tx: &mut Tx<'_>,
     req: &ClaimRequest,
     events: &mut Events,
+    then_commit: bool,
 ) -> StoreResult<Vec<ClaimedJob>> {
     if req.limit == 0 || tx.empty.contains(&req.job_type) {
         return Ok(Vec::new());
     }
-    let (text, docs) = tx.text(
-        "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?,
-                lease_token = ?, lease_expires_at = ?, started_at = ?, updated_at = ?
-         WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND job_type = ?
-                      ORDER BY run_at, id LIMIT ?)
-         RETURNING id, payload, attempt, max_attempts, run_at",
-    );
+    // Earlier events first, so each job's history stays in order.
+    tx.defer_events(events)?;
+    let sql = if then_commit {
+        CLAIM_WITH_EVENTS_AND_COMMIT
+    } else {
+        CLAIM_WITH_EVENTS
+    };
+    let (text, docs) = tx.text(sql);
     let mut query = sqlx::query(text);
     for doc in docs {
         query = query.bind(doc);
@@ -1080,9 +1115,15 @@ async fn claim(
         .bind(req.now.as_micros())
         .bind(req.now.as_micros())
         .bind(&req.job_type)
-        .bind(i64::try_from(req.limit).unwrap_or(i64::MAX));
+        .bind(i64::try_from(req.limit).unwrap_or(i64::MAX))
+        .bind(req.now.as_micros())
+        .bind(format!("worker:{}", req.owner))
+        .bind(&req.plugin_digest)
+        .bind(req.lease_expires_at.as_micros())
+        .bind(req.token);
     let started = Instant::now();
     let rows = query.fetch_all(&mut *tx.conn).await?;
+    tx.committed |= then_commit;
     metrics::histogram!(telemetry::CLAIM_DURATION).record(started.elapsed());
     let mut jobs = rows
         .iter()
@@ -1110,18 +1151,32 @@ async fn claim(
         JobState::Running,
         n,
     );
-    if !jobs.is_empty() {
-        tx.defer_events(events)?;
-        let doc = serde_json::json!({
-            "ids": jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
-            "at": req.now.as_micros(),
-            "actor": format!("worker:{}", req.owner),
-            "digest": req.plugin_digest,
-        });
-        tx.defer(CLAIM_EVENTS, doc.to_string());
-    }
     Ok(jobs)
 }
+
+/// The claim: lease the oldest due jobs of one type, then write their events
+/// from their rows, found by the lease just taken (the reaper's index, on its
+/// exact expiry, then the token).
+const CLAIM_WITH_EVENTS: &str =
+    "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?,
+        lease_token = ?, lease_expires_at = ?, started_at = ?, updated_at = ?
+ WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND job_type = ?
+              ORDER BY run_at, id LIMIT ?)
+ RETURNING id, payload, attempt, max_attempts, run_at;
+INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason, plugin_digest)
+ SELECT id, ?, 'queued', 'running', attempt, ?, NULL, ?
+ FROM jobs WHERE state = 'running' AND lease_expires_at = ? AND lease_token = ?";
+
+const CLAIM_WITH_EVENTS_AND_COMMIT: &str =
+    "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?,
+        lease_token = ?, lease_expires_at = ?, started_at = ?, updated_at = ?
+ WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND job_type = ?
+              ORDER BY run_at, id LIMIT ?)
+ RETURNING id, payload, attempt, max_attempts, run_at;
+INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason, plugin_digest)
+ SELECT id, ?, 'queued', 'running', attempt, ?, NULL, ?
+ FROM jobs WHERE state = 'running' AND lease_expires_at = ? AND lease_token = ?;
+COMMIT";
 
 /// Records completions (each for a distinct job) in one statement, each
 /// fenced by its own lease token. Returns, per completion, whether it applied.
