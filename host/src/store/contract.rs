@@ -1048,6 +1048,36 @@ mod sqlite {
         assert_eq!(reopened.counts_by_type().await.unwrap(), counted);
     }
 
+    /// SQLite-specific: when a batch fails and its commands are applied one
+    /// by one, an enqueue among them still serves a parked claim. (One
+    /// thread: both enqueues reach the writer before it runs, so they share
+    /// a batch.)
+    #[tokio::test]
+    async fn a_failed_batch_replayed_alone_still_serves_parked_claims() {
+        use crate::store::{Enqueued, NewJob};
+        let (store, _guard) = crate::testing::sqlite_store().await;
+        let s: Arc<dyn Store> = Arc::new(store);
+        let waiter = super::parked(
+            &s,
+            super::claim_wait(vec![super::claim_req("a", 5, 7, super::T0)], 5),
+        )
+        .await;
+        let bad = NewJob {
+            max_attempts: 0, // refused by the table's CHECK: fails the batch
+            ..super::new_job("a", None)
+        };
+        let (good, bad) = tokio::join!(
+            s.job_insert(super::new_job("a", None), super::T0),
+            s.job_insert(bad, super::T0)
+        );
+        assert!(bad.is_err());
+        let Enqueued::Created { id, .. } = good.unwrap() else {
+            panic!("a new job")
+        };
+        let jobs = super::served(waiter).await;
+        assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [id]);
+    }
+
     /// SQLite-specific: a committed job is in the file, not in memory.
     #[tokio::test]
     async fn committed_jobs_survive_reopening_the_file() {

@@ -484,16 +484,19 @@ async fn writer(
                 (done.results, done.woken)
             }
             // Something in the batch failed: nothing of it was committed.
-            // Apply each command alone so the failure stays with its owner.
-            // (Parked claims wait for the next batch.)
+            // Apply each command alone so the failure stays with its owner;
+            // each may serve parked claims as a batch would.
             Err(_) => {
                 let mut results = Vec::with_capacity(batch.len());
                 for cmd in &batch {
                     let one = std::slice::from_ref(cmd);
-                    let one = match apply_batch(&mut conn, &mut ids, &known, one, &[]).await {
+                    let one = match apply_batch(&mut conn, &mut ids, &known, one, &parked).await {
                         Ok(mut done) => {
                             known.learn(&done);
                             counts.apply(&done.moves);
+                            for (i, jobs) in done.woken.drain(..).rev() {
+                                let _ = parked.swap_remove(i).reply.send(Ok(Reply::Claimed(jobs)));
+                            }
                             done.results.pop().expect("one result per command")
                         }
                         Err(e) => Err(e),
@@ -1125,25 +1128,35 @@ async fn claim(
     let rows = query.fetch_all(&mut *tx.conn).await?;
     tx.committed |= then_commit;
     metrics::histogram!(telemetry::CLAIM_DURATION).record(started.elapsed());
-    let mut jobs = rows
-        .iter()
-        .map(|row| {
-            Ok(ClaimedJob {
-                id: row.try_get("id")?,
-                job_type: req.job_type.clone(),
-                payload: row.try_get("payload")?,
-                attempt: u32_of(row, "attempt")?,
-                max_attempts: u32_of(row, "max_attempts")?,
-                run_at: Timestamp(row.try_get("run_at")?),
-                token: req.token,
-            })
+    let read = |row: &SqliteRow| -> StoreResult<ClaimedJob> {
+        Ok(ClaimedJob {
+            id: row.try_get("id")?,
+            job_type: req.job_type.clone(),
+            payload: row.try_get("payload")?,
+            attempt: u32_of(row, "attempt")?,
+            max_attempts: u32_of(row, "max_attempts")?,
+            run_at: Timestamp(row.try_get("run_at")?),
+            token: req.token,
         })
-        .collect::<StoreResult<Vec<_>>>()?;
+    };
+    let mut jobs = Vec::with_capacity(rows.len());
+    for row in &rows {
+        match read(row) {
+            Ok(job) => jobs.push(job),
+            // Committed already: nothing after the COMMIT may fail the
+            // batch (it would be replayed). The lease stands; the reaper
+            // requeues the job when it expires.
+            Err(e) if then_commit => {
+                tracing::error!(error = %e, "a job just leased could not be read back; the reaper will requeue it when its lease expires");
+            }
+            Err(e) => return Err(e),
+        }
+    }
     jobs.sort_by_key(|j| (j.run_at, j.id));
-    if jobs.len() < req.limit {
+    if rows.len() < req.limit {
         tx.found_empty.push((req.job_type.clone(), tx.last_phase));
     }
-    let n = jobs.len() as u64;
+    let n = rows.len() as u64;
     moved(
         &mut tx.moves,
         &req.job_type,
