@@ -110,7 +110,7 @@ impl Worker {
                 }
                 continue;
             }
-            let Some(round) = self.claim_wait(&host_slots) else {
+            let Some(round) = self.next_claim(&host_slots) else {
                 // Every slot is busy: an attempt finishing signals.
                 tokio::select! {
                     () = self.dispatch.wait_freed() => {}
@@ -144,7 +144,7 @@ impl Worker {
     /// next one in turn (so a type with a backlog cannot take every freed
     /// slot from the types after it), at most as many jobs as there are free
     /// slots. None if there is no free slot.
-    fn claim_wait(&self, host_slots: &Semaphore) -> Option<Round> {
+    fn next_claim(&self, host_slots: &Semaphore) -> Option<Round> {
         let host_free = host_slots.available_permits().min(self.config.claim_batch);
         if host_free == 0 {
             return None;

@@ -974,17 +974,25 @@ macro_rules! store_contract_tests {
 }
 
 mod sqlite {
+    use crate::store::sqlite::{Durability, SqliteStore};
+
     crate::store_contract_tests!(crate::testing::sqlite_store());
+
+    /// A store in a fresh file, with the file's URL (to reopen it, or to
+    /// look inside with a connection of the test's own).
+    async fn store_in_file() -> (SqliteStore, String, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
+        let store = SqliteStore::open(&url, Durability::Full).await.unwrap();
+        (store, url, dir)
+    }
 
     /// SQLite-specific: the writer does not check the events' foreign key
     /// per row; every path that writes events must still leave none dangling.
     #[tokio::test]
     async fn no_event_names_a_missing_job() {
-        use crate::store::sqlite::{Durability, SqliteStore};
         use sqlx::Connection;
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
-        let store = SqliteStore::open(&url, Durability::Full).await.unwrap();
+        let (store, url, _dir) = store_in_file().await;
         super::a_claim_sees_every_way_a_job_becomes_ready(&store).await;
         super::cancel_withdraws_only_waiting_jobs(&store).await;
         store.close().await;
@@ -1011,11 +1019,8 @@ mod sqlite {
     #[tokio::test]
     async fn kept_counts_match_the_table() {
         use crate::store::StateCounts;
-        use crate::store::sqlite::{Durability, SqliteStore};
         use sqlx::Connection;
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
-        let store = SqliteStore::open(&url, Durability::Full).await.unwrap();
+        let (store, url, _dir) = store_in_file().await;
         super::a_claim_sees_every_way_a_job_becomes_ready(&store).await;
         super::cancel_withdraws_only_waiting_jobs(&store).await;
         super::retry_schedules_and_dead_records_the_error(&store).await;
@@ -1081,10 +1086,7 @@ mod sqlite {
     /// SQLite-specific: a committed job is in the file, not in memory.
     #[tokio::test]
     async fn committed_jobs_survive_reopening_the_file() {
-        use crate::store::sqlite::{Durability, SqliteStore};
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
-        let store = SqliteStore::open(&url, Durability::Full).await.unwrap();
+        let (store, url, _dir) = store_in_file().await;
         let id = super::insert(&store, super::new_job("email", Some("k"))).await;
         drop(store);
         let reopened = SqliteStore::open(&url, Durability::Full).await.unwrap();

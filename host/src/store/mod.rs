@@ -143,27 +143,23 @@ pub struct StateCounts {
 }
 
 impl StateCounts {
-    pub fn add(&mut self, state: JobState, n: u64) {
-        let slot = match state {
+    fn slot(&mut self, state: JobState) -> &mut u64 {
+        match state {
             JobState::Queued => &mut self.queued,
             JobState::Scheduled => &mut self.scheduled,
             JobState::Running => &mut self.running,
             JobState::Succeeded => &mut self.succeeded,
             JobState::Dead => &mut self.dead,
             JobState::Cancelled => &mut self.cancelled,
-        };
-        *slot += n;
+        }
+    }
+
+    pub fn add(&mut self, state: JobState, n: u64) {
+        *self.slot(state) += n;
     }
 
     pub fn sub(&mut self, state: JobState, n: u64) {
-        let slot = match state {
-            JobState::Queued => &mut self.queued,
-            JobState::Scheduled => &mut self.scheduled,
-            JobState::Running => &mut self.running,
-            JobState::Succeeded => &mut self.succeeded,
-            JobState::Dead => &mut self.dead,
-            JobState::Cancelled => &mut self.cancelled,
-        };
+        let slot = self.slot(state);
         *slot = slot.saturating_sub(n);
     }
 

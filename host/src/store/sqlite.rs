@@ -15,6 +15,8 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use sqlx::query::Query;
+use sqlx::sqlite::{Sqlite, SqliteArguments};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
@@ -280,27 +282,18 @@ impl Known {
     /// The types a claim in `batch` may skip: known empty, and not readied
     /// by any command of the batch.
     fn empty_for(&self, batch: &[Command]) -> HashSet<String> {
-        let mut empty = self.empty.clone();
-        if empty.is_empty() {
-            return empty;
+        if self.empty.is_empty() {
+            return HashSet::new();
         }
-        for cmd in batch {
-            match &cmd.op {
-                Op::Insert(job, _) => {
-                    empty.remove(&job.job_type);
-                }
-                Op::InsertBatch(jobs, _) => {
-                    for job in jobs {
-                        empty.remove(&job.job_type);
-                    }
-                }
-                Op::Promote(_) | Op::Reap(_) | Op::Release { .. } | Op::Replay(..) => {
-                    return HashSet::new();
-                }
-                _ => {}
-            }
+        match may_ready(batch, true) {
+            (_, true) => HashSet::new(),
+            (types, false) => self
+                .empty
+                .iter()
+                .filter(|t| !types.contains(t.as_str()))
+                .cloned()
+                .collect(),
         }
-        empty
     }
 
     /// Learns from a committed batch: what it readied is no longer empty,
@@ -334,10 +327,10 @@ struct Batch {
 /// Every sqlx call is a round trip to the connection's SQLite thread (a
 /// channel send, a thread wake-up, and a wake-up back), so the writer never
 /// spends one on `BEGIN` or `COMMIT` alone, nor on a statement whose result
-/// nobody reads: `BEGIN` travels with the first statement, the bulk inserts
-/// of jobs wait for the next statement, and the events travel with `COMMIT`.
-/// A batch of enqueues is then one round trip, and a claim or a batch of
-/// completions two.
+/// nobody reads: `BEGIN` travels with the first statement, and the bulk
+/// inserts and event inserts wait for the next statement or the `COMMIT`. A
+/// batch of enqueues is one round trip, and so is one that also serves a
+/// parked claim (the claim carries the `COMMIT`).
 struct Tx<'c> {
     conn: &'c mut SqliteConnection,
     ids: &'c mut Ids,
@@ -353,8 +346,8 @@ struct Tx<'c> {
     /// What the batch changed in the counts.
     moves: Moves,
     begun: bool,
-    /// Statements to run before the next one: each with `?1` as its only
-    /// parameter, and the JSON document to bind there.
+    /// Statements to run before the next one: each with one plain `?`, and
+    /// the JSON document to bind there.
     deferred: Vec<(&'static str, String)>,
 }
 
@@ -397,15 +390,15 @@ impl<'c> Tx<'c> {
         Ok(())
     }
 
-    /// The text to send for `sql`: the `BEGIN` if it is still due, then the
-    /// deferred statements, then `sql`. Bind the returned documents first,
-    /// then `sql`'s own parameters.
+    /// The query to send for `sql`: the `BEGIN` if it is still due, then the
+    /// deferred statements with their documents bound, then `sql`, whose own
+    /// parameters the caller binds next.
     ///
     /// Every statement sent this way takes plain `?` parameters, which sqlx
     /// binds in the order they appear across the statements of one text.
     /// (Numbered ones would not do: sqlx binds a gap in one statement's
     /// numbering as the next positional argument, which shifts the rest.)
-    fn text(&mut self, sql: &str) -> (AssertSqlSafe<String>, Vec<String>) {
+    fn query(&mut self, sql: &str) -> Query<'static, Sqlite, SqliteArguments> {
         let mut text = String::new();
         if !self.begun {
             text.push_str(BEGIN);
@@ -418,19 +411,17 @@ impl<'c> Tx<'c> {
             docs.push(doc);
         }
         text.push_str(sql);
-        (AssertSqlSafe(text), docs)
+        docs.into_iter()
+            .fold(sqlx::query(AssertSqlSafe(text)), |query, doc| {
+                query.bind(doc)
+            })
     }
 
     /// Sends what is due (the `BEGIN`, deferred statements), then hands out
     /// the connection for statements that are not on the hot path.
     async fn conn(&mut self) -> StoreResult<&mut SqliteConnection> {
         if !self.begun || !self.deferred.is_empty() {
-            let (text, docs) = self.text("");
-            let mut query = sqlx::query(text);
-            for doc in docs {
-                query = query.bind(doc);
-            }
-            query.execute(&mut *self.conn).await?;
+            self.query("").execute(&mut *self.conn).await?;
         }
         Ok(self.conn)
     }
@@ -445,11 +436,7 @@ impl<'c> Tx<'c> {
             return Ok(()); // nothing was written
         }
         self.defer_events(events)?;
-        let (text, docs) = self.text("COMMIT");
-        let mut query = sqlx::query(text);
-        for doc in docs {
-            query = query.bind(doc);
-        }
+        let query = self.query("COMMIT");
         let started = Instant::now();
         query.execute(&mut *self.conn).await?;
         metrics::histogram!(telemetry::STORE_COMMIT_DURATION).record(started.elapsed());
@@ -494,9 +481,7 @@ async fn writer(
                         Ok(mut done) => {
                             known.learn(&done);
                             counts.apply(&done.moves);
-                            for (i, jobs) in done.woken.drain(..).rev() {
-                                let _ = parked.swap_remove(i).reply.send(Ok(Reply::Claimed(jobs)));
-                            }
+                            answer_parked(&mut parked, std::mem::take(&mut done.woken));
                             done.results.pop().expect("one result per command")
                         }
                         Err(e) => Err(e),
@@ -530,28 +515,21 @@ async fn writer(
                 }
             }
         }
-        // Parked claims this batch served (after the callers of the batch,
-        // whose answers are the ones a client waits for), last first so the
-        // indices hold.
-        for (i, jobs) in woken.into_iter().rev() {
-            let _ = parked.swap_remove(i).reply.send(Ok(Reply::Claimed(jobs)));
-        }
+        // Parked claims this batch served, after the callers of the batch
+        // (whose answers are the ones a client waits for).
+        answer_parked(&mut parked, woken);
         for owner in unparked {
-            if !parked.iter().any(|p| p.wait.owner == owner) {
+            let (ended, kept) = std::mem::take(&mut parked)
+                .into_iter()
+                .partition::<Vec<_>, _>(|p| p.wait.owner == owner);
+            parked = kept;
+            if ended.is_empty() {
                 // The unpark overtook its claim: end that claim when it comes.
                 early_unparks.insert(owner);
-                continue;
             }
-            parked.retain_mut(|p| {
-                if p.wait.owner != owner {
-                    return true;
-                }
-                // `retain_mut` cannot move the sender out: swap in a dead one.
-                let (dead, _) = oneshot::channel();
-                let reply = std::mem::replace(&mut p.reply, dead);
-                let _ = reply.send(Ok(Reply::Claimed(Vec::new())));
-                false
-            });
+            for p in ended {
+                let _ = p.reply.send(Ok(Reply::Claimed(Vec::new())));
+            }
         }
     }
     // Leave a compact database behind: fold the whole WAL in and empty it.
@@ -563,6 +541,15 @@ async fn writer(
     }
     if let Err(e) = conn.close().await {
         tracing::warn!(error = %e, "closing the sqlite writer connection");
+    }
+}
+
+/// Sends the parked claims a batch served their jobs and forgets them
+/// (`woken` holds indices into `parked`, in increasing order).
+fn answer_parked(parked: &mut Vec<Parked>, woken: Vec<(usize, Vec<ClaimedJob>)>) {
+    // Last first, so `swap_remove` leaves the smaller indices in place.
+    for (i, jobs) in woken.into_iter().rev() {
+        let _ = parked.swap_remove(i).reply.send(Ok(Reply::Claimed(jobs)));
     }
 }
 
@@ -642,37 +629,31 @@ async fn apply_batch(
             return Ok(());
         }
         tx.last_phase = true;
-        let earlier: Vec<(usize, &ClaimWait)> = parked
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| !p.reply.is_closed() && ready.wanted_by(&p.wait))
-            .map(|(i, p)| (i, &p.wait))
-            .collect();
-        let this_batch: Vec<(usize, &ClaimWait)> = batch
-            .iter()
-            .enumerate()
-            .filter_map(|(i, cmd)| match (&cmd.op, &results[i]) {
-                (Op::ClaimWait(wait), Some(Ok(Reply::Park))) if ready.wanted_by(wait) => {
-                    Some((i, wait))
-                }
-                _ => None,
-            })
-            .collect();
+        // Claims parked earlier (`Ok`: their index in `parked`), then this
+        // batch's that parked (`Err`: their index in the batch).
+        let serve: Vec<(Result<usize, usize>, &ClaimWait)> =
+            parked
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| !p.reply.is_closed())
+                .map(|(i, p)| (Ok(i), &p.wait))
+                .chain(batch.iter().enumerate().filter_map(|(i, cmd)| {
+                    match (&cmd.op, &results[i]) {
+                        (Op::ClaimWait(wait), Some(Ok(Reply::Park))) => Some((Err(i), wait)),
+                        _ => None,
+                    }
+                }))
+                .filter(|(_, wait)| ready.wanted_by(wait))
+                .collect();
         // The last claim statement of the batch carries its COMMIT: an
         // enqueue that serves a parked claim costs no extra round trip.
-        let count = earlier.len() + this_batch.len();
-        for (n, (i, wait)) in earlier.into_iter().enumerate() {
-            let last = n + 1 == count;
-            let jobs = claim_for(&mut tx, wait, Some(&ready), &mut events, last).await?;
-            if !jobs.is_empty() {
-                woken.push((i, jobs));
-            }
-        }
-        for (n, (i, wait)) in this_batch.into_iter().enumerate() {
-            let last = count - n == 1;
-            let jobs = claim_for(&mut tx, wait, Some(&ready), &mut events, last).await?;
-            if !jobs.is_empty() {
-                results[i] = Some(Ok(Reply::Claimed(jobs)));
+        let count = serve.len();
+        for (n, (whose, wait)) in serve.into_iter().enumerate() {
+            let jobs = claim_for(&mut tx, wait, Some(&ready), &mut events, n + 1 == count).await?;
+            match whose {
+                _ if jobs.is_empty() => {}
+                Ok(i) => woken.push((i, jobs)),
+                Err(i) => results[i] = Some(Ok(Reply::Claimed(jobs))),
             }
         }
         Ok(())
@@ -681,7 +662,7 @@ async fn apply_batch(
     // A claim's "nothing more" holds at the commit unless a command applied
     // after it may have readied its type. Keyless enqueues are applied
     // before any claim; the commands below run in order, after them.
-    let (late_types, late_any) = ready_in_order(batch);
+    let (late_types, late_any) = may_ready(batch, false);
     let moves = std::mem::take(&mut tx.moves);
     let found_empty = std::mem::take(&mut tx.found_empty)
         .into_iter()
@@ -713,13 +694,14 @@ async fn apply_batch(
     })
 }
 
-/// The types that commands applied in order (after the bulk enqueues) may
-/// ready, or whether they may ready any.
-fn ready_in_order(batch: &[Command]) -> (HashSet<&str>, bool) {
+/// The types the commands of `batch` may ready, or whether they may ready
+/// any. Without `keyless`, leaves out the keyless enqueues, which are applied
+/// in bulk before every other command (so before every claim).
+fn may_ready(batch: &[Command], keyless: bool) -> (HashSet<&str>, bool) {
     let mut types = HashSet::new();
     for cmd in batch {
         match &cmd.op {
-            Op::Insert(job, _) if job.idempotency_key.is_some() => {
+            Op::Insert(job, _) if keyless || job.idempotency_key.is_some() => {
                 types.insert(job.job_type.as_str());
             }
             Op::InsertBatch(jobs, _) => types.extend(jobs.iter().map(|j| j.job_type.as_str())),
@@ -1106,12 +1088,8 @@ async fn claim(
     } else {
         CLAIM_WITH_EVENTS
     };
-    let (text, docs) = tx.text(sql);
-    let mut query = sqlx::query(text);
-    for doc in docs {
-        query = query.bind(doc);
-    }
-    let query = query
+    let query = tx
+        .query(sql)
         .bind(&req.owner)
         .bind(req.token)
         .bind(req.lease_expires_at.as_micros())
@@ -1170,26 +1148,20 @@ async fn claim(
 /// The claim: lease the oldest due jobs of one type, then write their events
 /// from their rows, found by the lease just taken (the reaper's index, on its
 /// exact expiry, then the token).
-const CLAIM_WITH_EVENTS: &str =
-    "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?,
+macro_rules! claim_with_events {
+    () => {
+        "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?,
         lease_token = ?, lease_expires_at = ?, started_at = ?, updated_at = ?
  WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND job_type = ?
               ORDER BY run_at, id LIMIT ?)
  RETURNING id, payload, attempt, max_attempts, run_at;
 INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason, plugin_digest)
  SELECT id, ?, 'queued', 'running', attempt, ?, NULL, ?
- FROM jobs WHERE state = 'running' AND lease_expires_at = ? AND lease_token = ?";
-
-const CLAIM_WITH_EVENTS_AND_COMMIT: &str =
-    "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?,
-        lease_token = ?, lease_expires_at = ?, started_at = ?, updated_at = ?
- WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND job_type = ?
-              ORDER BY run_at, id LIMIT ?)
- RETURNING id, payload, attempt, max_attempts, run_at;
-INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason, plugin_digest)
- SELECT id, ?, 'queued', 'running', attempt, ?, NULL, ?
- FROM jobs WHERE state = 'running' AND lease_expires_at = ? AND lease_token = ?;
-COMMIT";
+ FROM jobs WHERE state = 'running' AND lease_expires_at = ? AND lease_token = ?"
+    };
+}
+const CLAIM_WITH_EVENTS: &str = claim_with_events!();
+const CLAIM_WITH_EVENTS_AND_COMMIT: &str = concat!(claim_with_events!(), ";\nCOMMIT");
 
 /// Records completions (each for a distinct job) in one statement, each
 /// fenced by its own lease token. Returns, per completion, whether it applied.
@@ -1234,7 +1206,7 @@ async fn complete_many(
             })
             .collect();
         let doc = serde_json::to_string(&rows).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let (text, docs) = tx.text(
+        let query = tx.query(
             "UPDATE jobs SET state = c.state,
                     result = CASE WHEN c.state = 'succeeded' THEN c.text END,
                     last_error = CASE WHEN c.state = 'succeeded' THEN jobs.last_error ELSE c.text END,
@@ -1249,15 +1221,16 @@ async fn complete_many(
              WHERE jobs.id = c.id AND jobs.state = 'running' AND jobs.lease_token = c.token
              RETURNING jobs.id, jobs.job_type",
         );
-        let mut query = sqlx::query_as(text);
-        for doc in docs {
-            query = query.bind(doc);
-        }
         let query = query.bind(digest).bind(doc);
         let started = Instant::now();
-        let done: Vec<(i64, String)> = query.fetch_all(&mut *tx.conn).await?;
+        let rows = query.fetch_all(&mut *tx.conn).await?;
         metrics::histogram!(telemetry::STORE_COMPLETE_DURATION).record(started.elapsed());
-        applied.extend(done);
+        for row in &rows {
+            applied.push((
+                row.try_get::<i64, _>("id")?,
+                row.try_get::<String, _>("job_type")?,
+            ));
+        }
     }
     // Ids are distinct within `completions`, and the token is in the WHERE
     // clause, so an id coming back means that completion applied.
