@@ -1148,12 +1148,19 @@ async fn claim(
 /// The claim: lease the oldest due jobs of one type, then write their events
 /// from their rows, found by the lease just taken (the reaper's index, on its
 /// exact expiry, then the token).
+///
+/// The limit is `(? + 0)`, not a bare `?`: SQLite (3.47 and later) reads a
+/// bare bound LIMIT while planning and marks the statement to be prepared
+/// again whenever that number changes, which for a claim (as many jobs as
+/// there are free slots) is nearly every time. The plan does not depend on
+/// it: the partial index yields the jobs in order and the scan stops at the
+/// limit either way.
 macro_rules! claim_with_events {
     () => {
         "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?,
         lease_token = ?, lease_expires_at = ?, started_at = ?, updated_at = ?
  WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND job_type = ?
-              ORDER BY run_at, id LIMIT ?)
+              ORDER BY run_at, id LIMIT (? + 0))
  RETURNING id, payload, attempt, max_attempts, run_at;
 INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason, plugin_digest)
  SELECT id, ?, 'queued', 'running', attempt, ?, NULL, ?
