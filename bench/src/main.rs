@@ -358,9 +358,11 @@ async fn burn_down(c: &Common, jobs: usize, scenario: &str) -> Result<()> {
     let ids = submit_batches(&server, jobs, 5000, 2).await?;
     let submit_secs = submitted_at.elapsed().as_secs_f64();
     let mut conn = admin(&server).await?;
+    let cpu_before = server.cpu_secs();
     let (status, _) = conn.post("/admin/workers/resume", Bytes::new()).await?;
     anyhow::ensure!(status == 200, "resume: {status}");
     wait_done(&server, jobs as u64, Duration::from_secs(1800)).await?;
+    let cpu_us = (server.cpu_secs() - cpu_before) / jobs as f64 * 1e6;
     let rows = server.jobs().await?;
     let verified = verify(&ids, &rows)?;
     let first_start = rows.iter().filter_map(|r| r.started_at).min().unwrap_or(0);
@@ -389,6 +391,12 @@ async fn burn_down(c: &Common, jobs: usize, scenario: &str) -> Result<()> {
     report.figure(
         "host overhead per job (writer: claim + complete + commit)",
         writer_us,
+        "µs",
+    );
+    report.figure("server CPU per job, all threads (claim → run → complete)", cpu_us, "µs");
+    report.figure(
+        "server CPU per job beyond the sandbox",
+        cpu_us - sandbox_us,
         "µs",
     );
     report.figure(
@@ -509,6 +517,7 @@ async fn submit(c: &Common, connections: usize, seconds: u64) -> Result<()> {
     report.param("serve_flags", "defaults (--concurrency 16)");
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let began = Instant::now();
+    let cpu_before = server.cpu_secs();
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let addr = server.addr;
@@ -525,9 +534,15 @@ async fn submit(c: &Common, connections: usize, seconds: u64) -> Result<()> {
     }
     let tally = Tally::gather(tasks).await?;
     let elapsed = began.elapsed().as_secs_f64();
+    let cpu_secs = server.cpu_secs() - cpu_before;
     report.figure("requests/s", tally.http.len() as f64 / elapsed, "req/s");
     report.latency("HTTP", &tally.http);
     report.figure("errors", tally.errors as f64, "");
+    report.figure(
+        "server CPU per request while submitting",
+        cpu_secs / tally.http.len().max(1) as f64 * 1e6,
+        "µs",
+    );
     wait_done(&server, tally.ids.len() as u64, Duration::from_secs(300)).await?;
     let verified = verify(&tally.ids, &server.jobs().await?)?;
     writer_figures(&mut report, &server, tally.ids.len() as f64).await?;
