@@ -26,6 +26,9 @@ pub const CLAIM_DURATION: &str = "jobhost_claim_duration_seconds";
 pub const STORE_COMPLETE_DURATION: &str = "jobhost_store_complete_duration_seconds";
 /// One commit of the store's writer: the events, then the fsync.
 pub const STORE_COMMIT_DURATION: &str = "jobhost_store_commit_duration_seconds";
+/// Transactions the store's writer committed (at `--sqlite-sync full`, one
+/// fsync each), however many commands each carried.
+pub const STORE_TRANSACTIONS: &str = "jobhost_store_transactions_total";
 /// Recording one attempt's outcome.
 pub const COMPLETE_DURATION: &str = "jobhost_complete_duration_seconds";
 pub const QUEUE_DEPTH: &str = "jobhost_queue_depth";
@@ -108,6 +111,10 @@ fn describe() {
         "Time to instantiate and run one attempt"
     );
     describe_histogram!(ATTEMPT_FUEL, "Wasm fuel consumed by one attempt");
+    describe_counter!(
+        STORE_TRANSACTIONS,
+        "Transactions committed by the store's writer (one fsync each at full durability)"
+    );
     describe_histogram!(QUEUE_LATENCY, Unit::Seconds, "From due to attempt start");
     describe_gauge!(
         QUEUE_DEPTH,

@@ -430,6 +430,7 @@ impl<'c> Tx<'c> {
     async fn commit(mut self, events: &mut Events) -> StoreResult<()> {
         if self.committed {
             debug_assert!(events.is_empty() && self.deferred.is_empty());
+            metrics::counter!(telemetry::STORE_TRANSACTIONS).increment(1);
             return Ok(()); // with the batch's last claim
         }
         if !self.begun && self.deferred.is_empty() && events.is_empty() {
@@ -440,6 +441,7 @@ impl<'c> Tx<'c> {
         let started = Instant::now();
         query.execute(&mut *self.conn).await?;
         metrics::histogram!(telemetry::STORE_COMMIT_DURATION).record(started.elapsed());
+        metrics::counter!(telemetry::STORE_TRANSACTIONS).increment(1);
         Ok(())
     }
 }
