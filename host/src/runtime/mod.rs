@@ -37,6 +37,10 @@ wasmtime::component::bindgen!({
 const MAX_CORE_INSTANCES: u32 = 16;
 const MAX_MEMORIES: u32 = 4;
 const MAX_TABLES: u32 = 8;
+/// How much of each memory and table the pool resets in place (memset of
+/// the dirty pages) instead of returning it to the kernel (madvise), which
+/// the next attempt would fault back in.
+const KEEP_RESIDENT: usize = 4 << 20;
 
 /// How often the engine's epoch ticks. Every tick, a running attempt yields
 /// to the async executor, so a busy plugin never monopolises a host thread.
@@ -183,9 +187,14 @@ impl Runtime {
             .max_memories_per_component(MAX_MEMORIES)
             .max_tables_per_component(MAX_TABLES)
             .max_memory_size(config.max_memory_bytes)
-            // Reset small memories with memset and leave them resident,
-            // scanning only the dirty pages: the next attempt takes no faults.
-            .linear_memory_keep_resident(1 << 20)
+            // Reset memories with memset and leave them resident, scanning
+            // only the dirty pages: the next attempt takes no faults. A Rust
+            // plugin's memory starts at 17 pages (its 1 MiB stack, then data
+            // and heap), so the first MiB alone would leave the heap to
+            // madvise and fault in again on every attempt. Only pages an
+            // attempt touched stay resident.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT)
             .pagemap_scan(Enabled::Auto);
         let mut cfg = Config::new();
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
