@@ -943,10 +943,15 @@ type Events = Vec<Event>;
 /// Collected events, in one statement, in order. (The hot transitions,
 /// enqueue, claim and completion, write theirs from the jobs' own rows
 /// instead: [`ENQUEUED_EVENTS`], [`CLAIM_WITH_EVENTS`], [`COMPLETION_EVENTS`].)
+///
+/// Bulk rows travel as one JSON array of arrays, read with `jsonb_each`:
+/// the `value` of each row is then JSONB, which `->>` reads as it is, where
+/// `json_each` would render every row back to JSON text for `->>` to parse
+/// again.
 const EVENTS_INSERT: &str =
     "INSERT OR FAIL INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason, plugin_digest)
      SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7
-     FROM json_each(?)";
+     FROM jsonb_each(?)";
 
 /// The rows for [`EVENTS_INSERT`].
 fn events_doc(events: &Events) -> StoreResult<String> {
@@ -1010,7 +1015,7 @@ fn insert_many(
     tx.defer(
         "INSERT OR FAIL INTO jobs (id, job_type, state, payload, max_attempts, run_at, created_at, updated_at)
          SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>6
-         FROM json_each(?)",
+         FROM jsonb_each(?)",
         doc,
     );
     tx.defer_events(events)?;
@@ -1235,7 +1240,7 @@ async fn complete_many(
              FROM (SELECT value->>0 AS id, value->>1 AS token, value->>2 AS state,
                           value->>3 AS text, value->>4 AS run_at, value->>5 AS now,
                           value->>6 AS started_at, ? AS digest
-                   FROM json_each(?)) AS c
+                   FROM jsonb_each(?)) AS c
              WHERE jobs.id = c.id AND jobs.state = 'running' AND jobs.lease_token = c.token
              RETURNING jobs.id, jobs.job_type",
         );
