@@ -405,7 +405,11 @@ async fn burn_down(c: &Common, jobs: usize, scenario: &str) -> Result<()> {
         writer_us,
         "µs",
     );
-    report.figure("server CPU per job, all threads (claim → run → complete)", cpu_us, "µs");
+    report.figure(
+        "server CPU per job, all threads (claim → run → complete)",
+        cpu_us,
+        "µs",
+    );
     report.figure(
         "server CPU per job beyond the sandbox",
         cpu_us - sandbox_us,

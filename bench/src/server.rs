@@ -82,8 +82,8 @@ impl Server {
     /// CPU time the server has used so far (user + system, all threads), in
     /// seconds: what a job costs the host, whether or not it waited.
     pub fn cpu_secs(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .unwrap_or_default();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
         // Fields after the command name (which is in parentheses and may
         // hold spaces): utime and stime are the 12th and 13th, in clock ticks.
         let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);

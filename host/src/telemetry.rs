@@ -29,6 +29,9 @@ pub const STORE_COMMIT_DURATION: &str = "jobhost_store_commit_duration_seconds";
 /// Transactions the store's writer committed (at `--sqlite-sync full`, one
 /// fsync each), however many commands each carried.
 pub const STORE_TRANSACTIONS: &str = "jobhost_store_transactions_total";
+/// The store's writer copying the rest of the WAL into the database and
+/// rewinding it (when it grew past its limit under sustained writes).
+pub const STORE_WAL_RESTART_DURATION: &str = "jobhost_store_wal_restart_duration_seconds";
 /// Recording one attempt's outcome.
 pub const COMPLETE_DURATION: &str = "jobhost_complete_duration_seconds";
 pub const QUEUE_DEPTH: &str = "jobhost_queue_depth";

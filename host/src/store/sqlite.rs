@@ -12,6 +12,8 @@
 
 use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -120,11 +122,22 @@ impl Counts {
 
 /// How often the WAL is checkpointed into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// WAL frames (pages) past which the writer restarts the WAL itself.
+const WAL_RESTART_FRAMES: i64 = 16_384;
 
 impl SqliteStore {
     /// Opens (creating if missing) the database at `url` (`sqlite://path`),
     /// runs the migrations, and starts the writer.
     pub async fn open(url: &str, durability: Durability) -> StoreResult<SqliteStore> {
+        SqliteStore::open_with(url, durability, WAL_RESTART_FRAMES).await
+    }
+
+    /// [`SqliteStore::open`] with the WAL restarted past `wal_restart_frames`.
+    pub(crate) async fn open_with(
+        url: &str,
+        durability: Durability,
+        wal_restart_frames: i64,
+    ) -> StoreResult<SqliteStore> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -147,6 +160,11 @@ impl SqliteStore {
             // Room for every batch shape's multi-statement text.
             .statement_cache_capacity(512)
             .pragma("wal_autocheckpoint", "0")
+            // When the WAL restarts, the file is cut back to this size.
+            .pragma(
+                "journal_size_limit",
+                (wal_restart_frames * WAL_FRAME_BYTES).to_string(),
+            )
             .connect()
             .await?;
         MIGRATOR
@@ -161,9 +179,13 @@ impl SqliteStore {
         let ids = Ids::load(&mut conn).await?;
         let counts = Counts::load(&mut conn).await?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(writer(conn, ids, counts.clone(), rx));
+        let wal = WalState {
+            restart_frames: wal_restart_frames,
+            restart_due: Arc::new(AtomicBool::new(false)),
+        };
+        tokio::spawn(writer(conn, ids, counts.clone(), rx, wal.clone()));
         let checkpointer = CancellationToken::new();
-        tokio::spawn(checkpoints(checkpoint_conn, checkpointer.clone()));
+        tokio::spawn(checkpoints(checkpoint_conn, checkpointer.clone(), wal));
         Ok(SqliteStore {
             writer: tx,
             readers,
@@ -182,22 +204,74 @@ impl SqliteStore {
     }
 }
 
+/// A frame of the WAL: one page and its 24-byte header.
+const WAL_FRAME_BYTES: i64 = 4096 + 24;
+
+/// Shared by the checkpointer and the writer: how long the WAL may grow, and
+/// whether it has.
+#[derive(Clone)]
+struct WalState {
+    restart_frames: i64,
+    /// The checkpointer saw more than `restart_frames` in the WAL: the
+    /// writer restarts it between two batches.
+    restart_due: Arc<AtomicBool>,
+}
+
 /// Copies committed WAL frames into the database file without blocking the
 /// writer or the readers (a PASSIVE checkpoint), until `stop`.
-async fn checkpoints(mut conn: SqliteConnection, stop: CancellationToken) {
+///
+/// A passive checkpoint alone never lets the WAL start over while writes
+/// keep coming: SQLite rewinds the WAL only when a write transaction begins
+/// with every frame copied, and a busy writer begins its next one while the
+/// checkpoint is still copying. The WAL would then grow without bound (it
+/// reached 11 GB draining two million jobs), and every page lookup of the
+/// writer with it. So when the WAL holds more than the limit, this asks the
+/// writer to restart it between two of its batches (see [`wal_restart`]),
+/// and leaves the WAL to the writer until it has.
+async fn checkpoints(mut conn: SqliteConnection, stop: CancellationToken, wal: WalState) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(CHECKPOINT_EVERY) => {}
             () = stop.cancelled() => break,
         }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&mut conn)
+        if wal.restart_due.load(Ordering::Acquire) {
+            continue;
+        }
+        // (busy, frames in the WAL, frames copied)
+        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&mut conn)
             .await
         {
-            tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+            Ok((_, frames, _)) if frames > wal.restart_frames => {
+                wal.restart_due.store(true, Ordering::Release);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; will retry"),
         }
     }
     let _ = conn.close().await;
+}
+
+/// Copies the rest of the WAL into the database file and rewinds it, from
+/// the writer's own connection between two batches (no other writer can be
+/// waiting, so nothing stalls but the writer itself, for as long as the
+/// copy of what the passive checkpoints had not copied yet and one fsync of
+/// the database file take). The file is cut back to `journal_size_limit`.
+async fn wal_restart(conn: &mut SqliteConnection, wal: &WalState) {
+    let started = Instant::now();
+    match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(RESTART)")
+        .fetch_one(&mut *conn)
+        .await
+    {
+        // Done: the next transaction starts the WAL over.
+        Ok((0, _, _)) => {
+            wal.restart_due.store(false, Ordering::Release);
+            metrics::histogram!(telemetry::STORE_WAL_RESTART_DURATION).record(started.elapsed());
+        }
+        // A reader held an old snapshot past the busy timeout: next batch.
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "restarting the WAL failed; will retry"),
+    }
 }
 
 /// One write, as the writer receives it.
@@ -461,6 +535,7 @@ async fn writer(
     mut ids: Ids,
     counts: Counts,
     mut rx: mpsc::Receiver<Command>,
+    wal: WalState,
 ) {
     let mut batch: Vec<Command> = Vec::with_capacity(MAX_BATCH);
     let mut parked: Vec<Parked> = Vec::new();
@@ -541,6 +616,10 @@ async fn writer(
             for p in ended {
                 let _ = p.reply.send(Ok(Reply::Claimed(Vec::new())));
             }
+        }
+        // Every caller of the batch has its answer.
+        if wal.restart_due.load(Ordering::Acquire) && !closing {
+            wal_restart(&mut conn, &wal).await;
         }
     }
     // Leave a compact database behind: fold the whole WAL in and empty it.
