@@ -170,12 +170,11 @@ async fn show(
         Ok(n) if n > 0 => n,
         _ => return Err(ApiError::InvalidJobId(id)),
     };
-    let record = app
+    let (record, events) = app
         .store
-        .job_get(job_id)
+        .job_show(job_id)
         .await?
         .ok_or(ApiError::JobNotFound(id))?;
-    let events = app.store.job_events(job_id).await?;
     Ok(Json(render_job(&record, &events)))
 }
 

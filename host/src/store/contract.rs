@@ -76,6 +76,10 @@ pub async fn insert_then_get(s: &dyn Store) {
     assert_eq!(job.created_at, T0);
     assert_eq!(transitions(s, id).await, vec![(None, JobState::Queued)]);
     assert!(s.job_get(id + 1000).await.unwrap().is_none());
+    let (shown, events) = s.job_show(id).await.unwrap().expect("job exists");
+    assert_eq!(shown, job);
+    assert_eq!(events, s.job_events(id).await.unwrap());
+    assert!(s.job_show(id + 1000).await.unwrap().is_none());
 }
 
 pub async fn idempotency_key_names_one_job_per_type(s: &dyn Store) {

@@ -212,6 +212,10 @@ pub trait Store: Send + Sync + 'static {
     /// The job's history, oldest first.
     async fn job_events(&self, id: JobId) -> StoreResult<Vec<JobEvent>>;
 
+    /// The job and its history as of one moment (one read snapshot), so the
+    /// state shown always matches the last event shown.
+    async fn job_show(&self, id: JobId) -> StoreResult<Option<(JobRecord, Vec<JobEvent>)>>;
+
     /// Leases up to `limit` queued jobs of one type, oldest due first, and
     /// counts their attempt. Jobs are handed to exactly one claimer.
     async fn job_claim(&self, req: ClaimRequest) -> StoreResult<Vec<ClaimedJob>>;

@@ -1598,6 +1598,32 @@ async fn operator_transition(
     Ok(record)
 }
 
+async fn events_get(conn: &mut SqliteConnection, id: JobId) -> StoreResult<Vec<JobEvent>> {
+    let rows = sqlx::query(
+        "SELECT at, from_state, to_state, attempt, actor, reason, plugin_digest
+         FROM job_events WHERE job_id = ?1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(JobEvent {
+                at: Timestamp(row.try_get("at")?),
+                from: row
+                    .try_get::<Option<&str>, _>("from_state")?
+                    .map(parse_state)
+                    .transpose()?,
+                to: state_of(row, "to_state")?,
+                attempt: u32_of(row, "attempt")?,
+                actor: row.try_get("actor")?,
+                reason: row.try_get("reason")?,
+                plugin_digest: row.try_get("plugin_digest")?,
+            })
+        })
+        .collect()
+}
+
 async fn record_get(conn: &mut SqliteConnection, id: JobId) -> StoreResult<Option<JobRecord>> {
     let row = sqlx::query("SELECT * FROM jobs WHERE id = ?1")
         .bind(id)
@@ -1670,29 +1696,20 @@ impl Store for SqliteStore {
     }
 
     async fn job_events(&self, id: JobId) -> StoreResult<Vec<JobEvent>> {
-        let rows = sqlx::query(
-            "SELECT at, from_state, to_state, attempt, actor, reason, plugin_digest
-             FROM job_events WHERE job_id = ?1 ORDER BY id",
-        )
-        .bind(id)
-        .fetch_all(&self.readers)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(JobEvent {
-                    at: Timestamp(row.try_get("at")?),
-                    from: row
-                        .try_get::<Option<&str>, _>("from_state")?
-                        .map(parse_state)
-                        .transpose()?,
-                    to: state_of(row, "to_state")?,
-                    attempt: u32_of(row, "attempt")?,
-                    actor: row.try_get("actor")?,
-                    reason: row.try_get("reason")?,
-                    plugin_digest: row.try_get("plugin_digest")?,
-                })
-            })
-            .collect()
+        let mut conn = self.readers.acquire().await?;
+        events_get(&mut conn, id).await
+    }
+
+    async fn job_show(&self, id: JobId) -> StoreResult<Option<(JobRecord, Vec<JobEvent>)>> {
+        let mut conn = self.readers.acquire().await?;
+        // A deferred transaction: both reads see the snapshot the first takes.
+        let mut tx = conn.begin().await?;
+        let Some(record) = record_get(&mut tx, id).await? else {
+            return Ok(None);
+        };
+        let events = events_get(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(Some((record, events)))
     }
 
     async fn job_claim(&self, req: ClaimRequest) -> StoreResult<Vec<ClaimedJob>> {
