@@ -124,6 +124,11 @@ impl Counts {
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// WAL frames (pages) past which the writer restarts the WAL itself.
 const WAL_RESTART_FRAMES: i64 = 16_384;
+/// How long the writer waits for readers to leave an older snapshot before
+/// it gives up a WAL restart until the next checkpoint tick.
+const WAL_RESTART_PATIENCE: Duration = Duration::from_millis(100);
+/// How long a connection waits for a lock another holds.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl SqliteStore {
     /// Opens (creating if missing) the database at `url` (`sqlite://path`),
@@ -146,7 +151,7 @@ impl SqliteStore {
                 Durability::Normal => SqliteSynchronous::Normal,
             })
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(BUSY_TIMEOUT);
         // The writer never checkpoints (that would stall every request
         // queued behind it); a connection of its own does, in the background.
         //
@@ -227,7 +232,7 @@ struct WalState {
 /// reached 11 GB draining two million jobs), and every page lookup of the
 /// writer with it. So when the WAL holds more than the limit, this asks the
 /// writer to restart it between two of its batches (see [`wal_restart`]),
-/// and leaves the WAL to the writer until it has.
+/// and leaves the WAL to the writer until it has tried.
 async fn checkpoints(mut conn: SqliteConnection, stop: CancellationToken, wal: WalState) {
     loop {
         tokio::select! {
@@ -259,19 +264,31 @@ async fn checkpoints(mut conn: SqliteConnection, stop: CancellationToken, wal: W
 /// the database file take). The file is cut back to `journal_size_limit`.
 async fn wal_restart(conn: &mut SqliteConnection, wal: &WalState) {
     let started = Instant::now();
-    match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(RESTART)")
+    // A restart waits for readers on an older snapshot to finish. Wait for
+    // them only briefly here: the writer's queue is behind this, and if a
+    // reader is slow the checkpointer asks again a tick later.
+    let busy = |ms: u128| format!("PRAGMA busy_timeout = {ms}");
+    let _ = sqlx::query(AssertSqlSafe(busy(WAL_RESTART_PATIENCE.as_millis())))
+        .execute(&mut *conn)
+        .await;
+    let restarted = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(RESTART)")
         .fetch_one(&mut *conn)
-        .await
-    {
+        .await;
+    let _ = sqlx::query(AssertSqlSafe(busy(BUSY_TIMEOUT.as_millis())))
+        .execute(&mut *conn)
+        .await;
+    match restarted {
         // Done: the next transaction starts the WAL over.
         Ok((0, _, _)) => {
-            wal.restart_due.store(false, Ordering::Release);
             metrics::histogram!(telemetry::STORE_WAL_RESTART_DURATION).record(started.elapsed());
         }
-        // A reader held an old snapshot past the busy timeout: next batch.
-        Ok(_) => {}
+        // A reader held an old snapshot longer than the patience.
+        Ok(_) => tracing::debug!("a reader kept the WAL from restarting; will retry"),
         Err(e) => tracing::warn!(error = %e, "restarting the WAL failed; will retry"),
     }
+    // Either way the checkpointer takes over again, and asks anew if the
+    // WAL is still too long.
+    wal.restart_due.store(false, Ordering::Release);
 }
 
 /// One write, as the writer receives it.
