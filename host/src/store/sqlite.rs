@@ -152,8 +152,10 @@ impl SqliteStore {
             })
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
-        // The writer never checkpoints (that would stall every request
-        // queued behind it); a connection of its own does, in the background.
+        // The writer does not checkpoint as it commits (that would stall
+        // every request queued behind it); a connection of its own does, in
+        // the background, and the writer only restarts a WAL that grew too
+        // long (see `checkpoints`).
         //
         // Nor does it check the events' foreign key, a lookup per event row:
         // it writes every event of a hot transition from the job's own row
@@ -442,15 +444,15 @@ struct Tx<'c> {
     deferred: Vec<(&'static str, String)>,
 }
 
-/// Every multi-row statement the writer sends says `OR FAIL`: without it,
-/// SQLite keeps a statement journal (a copy of each page before the
-/// statement changes it) so that a constraint error can undo that one
-/// statement and leave the rest of the transaction. The writer never needs
-/// that: any error rolls the whole batch back and replays its commands one
-/// by one. (It spares the claim's statements; one that calls a function,
-/// like the JSON ones, is journalled regardless, since a function may fail
-/// halfway. The journal went from 3.8% to 2.5% of the SQLite thread's
-/// samples in a burn-down.)
+// Every multi-row statement the writer sends says `OR FAIL`: without it,
+// SQLite keeps a statement journal (a copy of each page before the
+// statement changes it) so that a constraint error can undo that one
+// statement and leave the rest of the transaction. The writer never needs
+// that: any error rolls the whole batch back and replays its commands one
+// by one. (It spares the claim's statements; one that calls a function,
+// like the JSON ones, is journalled regardless, since a function may fail
+// halfway. The journal went from 3.8% to 2.5% of the SQLite thread's
+// samples in a burn-down.)
 const BEGIN: &str = "BEGIN IMMEDIATE;\n";
 
 impl<'c> Tx<'c> {
