@@ -310,13 +310,18 @@ async fn wait_done(server: &Server, n: u64, patience: Duration) -> Result<()> {
 
 /// Sum and count of a Prometheus histogram, over all label sets.
 fn prom_sum_count(text: &str, name: &str) -> (f64, f64) {
-    let value = |suffix: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(&format!("{name}_{suffix}")))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    (value("sum"), value("count"))
+    (
+        prom_value(text, &format!("{name}_sum")),
+        prom_value(text, &format!("{name}_count")),
+    )
+}
+
+/// A Prometheus series' value, summed over all label sets.
+fn prom_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// The store writer's work per job, from the host's own histograms: the
@@ -344,11 +349,7 @@ async fn writer_figures(report: &mut Report, server: &Server, jobs: f64) -> Resu
     }
     // Every transaction, also those committed by the statement that served
     // a parked claim (which the commit histogram above does not see).
-    let transactions: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("jobhost_store_transactions_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let transactions = prom_value(&metrics, "jobhost_store_transactions_total");
     report.figure(
         "writer: transactions (fsyncs) per job",
         transactions / jobs,

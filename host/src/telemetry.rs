@@ -118,6 +118,11 @@ fn describe() {
         STORE_TRANSACTIONS,
         "Transactions committed by the store's writer (one fsync each at full durability)"
     );
+    describe_histogram!(
+        STORE_WAL_RESTART_DURATION,
+        Unit::Seconds,
+        "The store's writer folding a WAL grown past its limit into the database and starting it over"
+    );
     describe_histogram!(QUEUE_LATENCY, Unit::Seconds, "From due to attempt start");
     describe_gauge!(
         QUEUE_DEPTH,
