@@ -41,6 +41,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite"
 const MAX_BATCH: usize = 1024;
 /// Commands that may wait for the writer before senders wait too.
 const QUEUE_DEPTH: usize = 8192;
+/// Rows SQLite's thread may hand the writer task ahead of its reading them.
+/// sqlx's default, 50, made that thread stop and wait for the task several
+/// times in every claim that returned a few hundred jobs.
+const WRITER_ROW_BUFFER: usize = 4096;
 
 /// How SQLite syncs the WAL at commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -166,6 +170,7 @@ impl SqliteStore {
             .foreign_keys(false)
             // Room for every batch shape's multi-statement text.
             .statement_cache_capacity(512)
+            .row_buffer_size(WRITER_ROW_BUFFER)
             .pragma("wal_autocheckpoint", "0")
             // When the WAL restarts, the file is cut back to this size.
             .pragma(
