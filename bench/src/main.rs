@@ -535,6 +535,7 @@ async fn submit(c: &Common, connections: usize, seconds: u64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let began = Instant::now();
     let cpu_before = server.cpu_secs();
+    let own_cpu_before = server::cpu_secs_of("self");
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let addr = server.addr;
@@ -552,12 +553,19 @@ async fn submit(c: &Common, connections: usize, seconds: u64) -> Result<()> {
     let tally = Tally::gather(tasks).await?;
     let elapsed = began.elapsed().as_secs_f64();
     let cpu_secs = server.cpu_secs() - cpu_before;
+    let own_cpu_secs = server::cpu_secs_of("self") - own_cpu_before;
     report.figure("requests/s", tally.http.len() as f64 / elapsed, "req/s");
     report.latency("HTTP", &tally.http);
     report.figure("errors", tally.errors as f64, "");
     report.figure(
         "server CPU per request while submitting",
         cpu_secs / tally.http.len().max(1) as f64 * 1e6,
+        "µs",
+    );
+    // The load generator shares the two cores with the server.
+    report.figure(
+        "load generator CPU per request",
+        own_cpu_secs / tally.http.len().max(1) as f64 * 1e6,
         "µs",
     );
     wait_done(&server, tally.ids.len() as u64, Duration::from_secs(300)).await?;

@@ -82,20 +82,7 @@ impl Server {
     /// CPU time the server has used so far (user + system, all threads), in
     /// seconds: what a job costs the host, whether or not it waited.
     pub fn cpu_secs(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which is in parentheses and may
-        // hold spaces): utime and stime are the 12th and 13th, in clock ticks.
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let ticks: f64 = after
-            .split_whitespace()
-            .skip(11)
-            .take(2)
-            .filter_map(|v| v.parse::<f64>().ok())
-            .sum();
-        // SAFETY: sysconf has no preconditions.
-        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        ticks / per_sec
+        cpu_secs_of(&self.child.id().to_string())
     }
 
     /// Every job in the store, read straight from the database file.
@@ -181,4 +168,22 @@ pub fn verify(submitted: &[i64], rows: &[JobRow]) -> Result<String> {
         rows.len(),
         submitted.len()
     ))
+}
+
+/// CPU time (user + system, all threads) a process has used so far, in
+/// seconds: `pid` is a process id, or `self` for this one.
+pub fn cpu_secs_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may
+    // hold spaces): utime and stime are the 12th and 13th, in clock ticks.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: f64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / per_sec
 }

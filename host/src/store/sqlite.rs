@@ -62,6 +62,8 @@ pub struct SqliteStore {
     readers: SqlitePool,
     checkpointer: CancellationToken,
     counts: Counts,
+    /// Fires when the writer has folded the WAL in and closed its connection.
+    writer_ended: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 /// Jobs per type and state, kept by the writer as it commits, so counting
@@ -172,6 +174,9 @@ impl SqliteStore {
             .statement_cache_capacity(512)
             .row_buffer_size(WRITER_ROW_BUFFER)
             .pragma("wal_autocheckpoint", "0")
+            // Statement journals in memory, not in a temporary file that
+            // SQLite creates, unlinks and closes about once a transaction.
+            .pragma("temp_store", "memory")
             // When the WAL restarts, the file is cut back to this size.
             .pragma(
                 "journal_size_limit",
@@ -195,7 +200,25 @@ impl SqliteStore {
             restart_frames: wal_restart_frames,
             restart_due: Arc::new(AtomicBool::new(false)),
         };
-        tokio::spawn(writer(conn, ids, counts.clone(), rx, wal.clone()));
+        let task = writer(conn, ids, counts.clone(), rx, wal.clone());
+        let (ended, writer_ended) = oneshot::channel();
+        // The writer runs on a thread of its own, not among the executors.
+        // Each of its round trips to SQLite's thread ends in a wake-up from
+        // outside the runtime, which a busy worker thread takes from the
+        // runtime's shared queue only every few dozen task polls: in a
+        // burn-down the writer waited there for a third of its time, with
+        // SQLite's thread idle.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Backend(format!("starting the writer's runtime: {e}")))?;
+        std::thread::Builder::new()
+            .name("jobhost-writer".into())
+            .spawn(move || {
+                runtime.block_on(task);
+                let _ = ended.send(());
+            })
+            .map_err(|e| StoreError::Backend(format!("starting the writer thread: {e}")))?;
         let checkpointer = CancellationToken::new();
         tokio::spawn(checkpoints(checkpoint_conn, checkpointer.clone(), wal));
         Ok(SqliteStore {
@@ -203,6 +226,7 @@ impl SqliteStore {
             readers,
             checkpointer,
             counts,
+            writer_ended: tokio::sync::Mutex::new(Some(writer_ended)),
         })
     }
 
@@ -1828,6 +1852,9 @@ impl Store for SqliteStore {
         // Ok or Closed: either way the writer is gone afterwards.
         self.checkpointer.cancel();
         let _ = self.send(Op::Close).await;
+        if let Some(ended) = self.writer_ended.lock().await.take() {
+            let _ = ended.await;
+        }
         self.readers.close().await;
     }
 }
