@@ -1,7 +1,7 @@
-//! The embedded backend: one SQLite file in WAL mode, through sqlx.
+//! The embedded backend: one SQLite file in WAL mode.
 //!
 //! SQLite has one writer, so this module has exactly one writing connection,
-//! owned by a single task (the *writer*). Every write (enqueue, claim,
+//! owned by a single thread (the *writer*). Every write (enqueue, claim,
 //! completion, maintenance) is a command sent to it; the writer takes every
 //! command that is waiting, applies them all in one transaction and commits
 //! once: one fsync for many HTTP requests and completions (group commit). If
@@ -9,6 +9,12 @@
 //! in a transaction of its own, so one bad command never fails its neighbours
 //! and nothing is ever half-written. Reads use a small pool of read-only
 //! connections, which WAL lets run beside the writer.
+//!
+//! sqlx opens the database, runs the migrations and serves the reads. The
+//! writer drives its connection with rusqlite, on its own thread: each
+//! statement is a function call there, where through sqlx it was a round
+//! trip to the connection's own thread (a channel send, a wake-up and a
+//! wake-up back, 46–136 µs on this machine class), several per batch.
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -17,13 +23,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use sqlx::query::Query;
-use sqlx::sqlite::{Sqlite, SqliteArguments};
+use rusqlite::{Connection, OptionalExtension, params};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
+use sqlx::{ConnectOptions, Connection as _, Row};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -41,10 +46,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite"
 const MAX_BATCH: usize = 1024;
 /// Commands that may wait for the writer before senders wait too.
 const QUEUE_DEPTH: usize = 8192;
-/// Rows SQLite's thread may hand the writer task ahead of its reading them.
-/// sqlx's default, 50, made that thread stop and wait for the task several
-/// times in every claim that returned a few hundred jobs.
-const WRITER_ROW_BUFFER: usize = 4096;
+/// Prepared statements the writer keeps (it runs about twenty distinct ones).
+const WRITER_STATEMENTS: usize = 64;
 
 /// How SQLite syncs the WAL at commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -92,15 +95,21 @@ fn moved(moves: &mut Moves, job_type: &str, from: Option<JobState>, to: JobState
 }
 
 impl Counts {
-    async fn load(conn: &mut SqliteConnection) -> StoreResult<Counts> {
-        let rows: Vec<(String, String, i64)> =
-            sqlx::query_as("SELECT job_type, state, COUNT(*) FROM jobs GROUP BY job_type, state")
-                .fetch_all(conn)
-                .await?;
+    fn load(conn: &Connection) -> StoreResult<Counts> {
+        let mut stmt =
+            conn.prepare("SELECT job_type, state, COUNT(*) FROM jobs GROUP BY job_type, state")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
         let counts = Counts::default();
         {
             let mut all = counts.0.lock().expect("counts lock");
-            for (job_type, state, n) in rows {
+            for row in rows {
+                let (job_type, state, n) = row?;
                 all.entry(job_type)
                     .or_default()
                     .add(parse_state(&state)?, n as u64);
@@ -159,69 +168,51 @@ impl SqliteStore {
             })
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
-        // The writer does not checkpoint as it commits (that would stall
-        // every request queued behind it); a connection of its own does, in
-        // the background, and the writer only restarts a WAL that grew too
-        // long (see `checkpoints`).
-        //
-        // Nor does it check the events' foreign key, a lookup per event row:
-        // it writes every event of a hot transition from the job's own row
-        // (a join), and every other one for a job it has just updated, so
-        // none can dangle. The key stays declared in the schema.
-        let mut conn = options
-            .clone()
-            .foreign_keys(false)
-            // Room for every batch shape's multi-statement text.
-            .statement_cache_capacity(512)
-            .row_buffer_size(WRITER_ROW_BUFFER)
-            .pragma("wal_autocheckpoint", "0")
-            // Statement journals in memory, not in a temporary file that
-            // SQLite creates, unlinks and closes about once a transaction.
-            .pragma("temp_store", "memory")
-            // When the WAL restarts, the file is cut back to this size.
-            .pragma(
-                "journal_size_limit",
-                (wal_restart_frames * WAL_FRAME_BYTES).to_string(),
-            )
-            .connect()
-            .await?;
+        let mut conn = options.clone().connect().await?;
         MIGRATOR
             .run(&mut conn)
             .await
             .map_err(|e| StoreError::Backend(format!("migrating {url}: {e}")))?;
+        conn.close().await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.clone().read_only(true))
             .await?;
-        let checkpoint_conn = options.connect().await?;
-        let ids = Ids::load(&mut conn).await?;
-        let counts = Counts::load(&mut conn).await?;
+        let checkpoint_conn = options.clone().connect().await?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let wal = WalState {
             restart_frames: wal_restart_frames,
             restart_due: Arc::new(AtomicBool::new(false)),
         };
-        let task = writer(conn, ids, counts.clone(), rx, wal.clone());
         let writer_ended = CancellationToken::new();
         // Cancelled when the writer thread ends, also if it panics.
         let ended = writer_ended.clone().drop_guard();
-        // The writer runs on a thread of its own, not among the executors.
-        // Each of its round trips to SQLite's thread ends in a wake-up from
-        // outside the runtime, which a busy worker thread takes from the
-        // runtime's shared queue only every few dozen task polls. (Measured
-        // against the writer as a task: latency at 500 jobs/s, p99, lower
-        // in three interleaved pairs of three.)
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Backend(format!("starting the writer's runtime: {e}")))?;
+        let path = options.get_filename().to_path_buf();
+        let (opened, ready) = oneshot::channel();
+        let writer_wal = wal.clone();
         std::thread::Builder::new()
             .name("jobhost-writer".into())
             .spawn(move || {
                 let _ended = ended;
-                runtime.block_on(task);
+                let start = || -> StoreResult<_> {
+                    let conn = open_writer(&path, durability, wal_restart_frames)?;
+                    let ids = Ids::load(&conn)?;
+                    let counts = Counts::load(&conn)?;
+                    Ok((conn, ids, counts))
+                };
+                match start() {
+                    Ok((conn, ids, counts)) => {
+                        if opened.send(Ok(counts.clone())).is_ok() {
+                            writer(conn, ids, counts, rx, writer_wal);
+                        }
+                    }
+                    Err(e) => {
+                        let _ = opened.send(Err(e));
+                    }
+                }
             })
             .map_err(|e| StoreError::Backend(format!("starting the writer thread: {e}")))?;
+        let counts = ready.await.map_err(|_| StoreError::Closed)??;
         let checkpointer = CancellationToken::new();
         tokio::spawn(checkpoints(checkpoint_conn, checkpointer.clone(), wal));
         Ok(SqliteStore {
@@ -240,6 +231,50 @@ impl SqliteStore {
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// The writer's connection.
+///
+/// It does not checkpoint as it commits (that would stall every request
+/// queued behind it); a connection of its own does, in the background, and
+/// the writer only restarts a WAL that grew too long (see [`checkpoints`]).
+///
+/// Nor does it check the events' foreign key, a lookup per event row: it
+/// writes every event of a hot transition from the job's own row (a join),
+/// and every other one for a job it has just updated, so none can dangle.
+/// The key stays declared in the schema.
+fn open_writer(
+    path: &std::path::Path,
+    durability: Durability,
+    wal_restart_frames: i64,
+) -> StoreResult<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(WRITER_STATEMENTS);
+    let synchronous = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // Statement journals in memory, not in a temporary file that SQLite
+    // creates, unlinks and closes about once a transaction.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // When the WAL restarts, the file is cut back to this size.
+    conn.pragma_update(
+        None,
+        "journal_size_limit",
+        wal_restart_frames * WAL_FRAME_BYTES,
+    )?;
+    Ok(conn)
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
     }
 }
 
@@ -296,24 +331,17 @@ async fn checkpoints(mut conn: SqliteConnection, stop: CancellationToken, wal: W
 /// waiting, so nothing stalls but the writer itself, for as long as the
 /// copy of what the passive checkpoints had not copied yet and one fsync of
 /// the database file take). The file is cut back to `journal_size_limit`.
-async fn wal_restart(conn: &mut SqliteConnection, wal: &WalState) {
+fn wal_restart(conn: &Connection, wal: &WalState) {
     let started = Instant::now();
     // A restart waits for readers on an older snapshot to finish. Wait for
     // them only briefly here: the writer's queue is behind this, and if a
     // reader is slow the checkpointer asks again a tick later.
-    let busy = |ms: u128| format!("PRAGMA busy_timeout = {ms}");
-    let _ = sqlx::query(AssertSqlSafe(busy(WAL_RESTART_PATIENCE.as_millis())))
-        .execute(&mut *conn)
-        .await;
-    let restarted = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(RESTART)")
-        .fetch_one(&mut *conn)
-        .await;
-    let _ = sqlx::query(AssertSqlSafe(busy(BUSY_TIMEOUT.as_millis())))
-        .execute(&mut *conn)
-        .await;
+    let _ = conn.busy_timeout(WAL_RESTART_PATIENCE);
+    let restarted = checkpoint(conn, "RESTART");
+    let _ = conn.busy_timeout(BUSY_TIMEOUT);
     match restarted {
         // Done: the next transaction starts the WAL over.
-        Ok((0, _, _)) => {
+        Ok(0) => {
             metrics::histogram!(telemetry::STORE_WAL_RESTART_DURATION).record(started.elapsed());
         }
         // A reader held an old snapshot longer than the patience.
@@ -323,6 +351,12 @@ async fn wal_restart(conn: &mut SqliteConnection, wal: &WalState) {
     // Either way the checkpointer takes over again, and asks anew if the
     // WAL is still too long.
     wal.restart_due.store(false, Ordering::Release);
+}
+
+/// Runs a checkpoint of the given mode on the writer's connection; returns
+/// whether it was kept from finishing (1) or not (0).
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<i64> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get(0))
 }
 
 /// One write, as the writer receives it.
@@ -382,10 +416,8 @@ struct Ids {
 }
 
 impl Ids {
-    async fn load(conn: &mut SqliteConnection) -> StoreResult<Ids> {
-        let job: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM jobs")
-            .fetch_one(conn)
-            .await?;
+    fn load(conn: &Connection) -> StoreResult<Ids> {
+        let job = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM jobs", [], |r| r.get(0))?;
         Ok(Ids { job })
     }
 }
@@ -447,17 +479,9 @@ struct Batch {
     ready_any: bool,
 }
 
-/// The writer's transaction.
-///
-/// Every sqlx call is a round trip to the connection's SQLite thread (a
-/// channel send, a thread wake-up, and a wake-up back), so the writer never
-/// spends one on `BEGIN` or `COMMIT` alone, nor on a statement whose result
-/// nobody reads: `BEGIN` travels with the first statement, and the bulk
-/// inserts and event inserts wait for the next statement or the `COMMIT`. A
-/// batch of enqueues is one round trip, and so is one that also serves a
-/// parked claim (the claim carries the `COMMIT`).
+/// The writer's transaction: `BEGIN IMMEDIATE` with its first statement.
 struct Tx<'c> {
-    conn: &'c mut SqliteConnection,
+    conn: &'c Connection,
     ids: &'c mut Ids,
     /// Types with no ready job, which claims skip (see [`Known`]).
     empty: HashSet<String>,
@@ -466,17 +490,12 @@ struct Tx<'c> {
     found_empty: Vec<(String, bool)>,
     /// Claims from now on come after every change of the batch.
     last_phase: bool,
-    /// The last statement sent carried the `COMMIT`.
-    committed: bool,
     /// What the batch changed in the counts.
     moves: Moves,
     begun: bool,
-    /// Statements to run before the next one: each with one plain `?`, and
-    /// the JSON document to bind there.
-    deferred: Vec<(&'static str, String)>,
 }
 
-// Every multi-row statement the writer sends says `OR FAIL`: without it,
+// Every multi-row statement the writer runs says `OR FAIL`: without it,
 // SQLite keeps a statement journal (a copy of each page before the
 // statement changes it) so that a constraint error can undo that one
 // statement and leave the rest of the transaction. The writer never needs
@@ -485,104 +504,57 @@ struct Tx<'c> {
 // like the JSON ones, is journalled regardless, since a function may fail
 // halfway. The journal went from 3.8% to 2.5% of the SQLite thread's
 // samples in a burn-down.)
-const BEGIN: &str = "BEGIN IMMEDIATE;\n";
-
 impl<'c> Tx<'c> {
-    fn new(conn: &'c mut SqliteConnection, ids: &'c mut Ids, empty: HashSet<String>) -> Self {
+    fn new(conn: &'c Connection, ids: &'c mut Ids, empty: HashSet<String>) -> Self {
         Tx {
             conn,
             ids,
             empty,
             found_empty: Vec::new(),
             last_phase: false,
-            committed: false,
             moves: Vec::new(),
             begun: false,
-            deferred: Vec::new(),
         }
     }
 
-    /// Runs `sql` (one statement whose only parameter, a plain `?`, is the
-    /// JSON document `doc`) with the next statement sent, or at commit.
-    fn defer(&mut self, sql: &'static str, doc: String) {
-        debug_assert_eq!(
-            sql.matches('?').count(),
-            1,
-            "a deferred statement takes one ?"
-        );
-        self.deferred.push((sql, doc));
-    }
-
-    /// Defers writing the events collected so far, so that events written
-    /// by statements after this one follow them in each job's history.
-    fn defer_events(&mut self, events: &mut Events) -> StoreResult<()> {
-        if !events.is_empty() {
-            let doc = events_doc(events)?;
-            events.clear();
-            self.defer(EVENTS_INSERT, doc);
-        }
-        Ok(())
-    }
-
-    /// The query to send for `sql`: the `BEGIN` if it is still due, then the
-    /// deferred statements with their documents bound, then `sql`, whose own
-    /// parameters the caller binds next.
-    ///
-    /// Every statement sent this way takes plain `?` parameters, which sqlx
-    /// binds in the order they appear across the statements of one text.
-    /// (Numbered ones would not do: sqlx binds a gap in one statement's
-    /// numbering as the next positional argument, which shifts the rest.)
-    fn query(&mut self, sql: &str) -> Query<'static, Sqlite, SqliteArguments> {
-        let mut text = String::new();
+    /// The connection, in the transaction.
+    fn conn(&mut self) -> StoreResult<&'c Connection> {
         if !self.begun {
-            text.push_str(BEGIN);
+            self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
             self.begun = true;
-        }
-        let mut docs = Vec::with_capacity(self.deferred.len());
-        for (stmt, doc) in self.deferred.drain(..) {
-            text.push_str(stmt);
-            text.push_str(";\n");
-            docs.push(doc);
-        }
-        text.push_str(sql);
-        docs.into_iter()
-            .fold(sqlx::query(AssertSqlSafe(text)), |query, doc| {
-                query.bind(doc)
-            })
-    }
-
-    /// Sends what is due (the `BEGIN`, deferred statements), then hands out
-    /// the connection for statements that are not on the hot path.
-    async fn conn(&mut self) -> StoreResult<&mut SqliteConnection> {
-        if !self.begun || !self.deferred.is_empty() {
-            self.query("").execute(&mut *self.conn).await?;
         }
         Ok(self.conn)
     }
 
-    /// Writes what is deferred (the events, last) and commits, in one round trip.
-    async fn commit(mut self, events: &mut Events) -> StoreResult<()> {
-        if self.committed {
-            debug_assert!(events.is_empty() && self.deferred.is_empty());
-            metrics::counter!(telemetry::STORE_TRANSACTIONS).increment(1);
-            return Ok(()); // with the batch's last claim
+    /// Writes the events collected so far, so that events written by
+    /// statements after this one follow them in each job's history.
+    fn write_events(&mut self, events: &mut Events) -> StoreResult<()> {
+        if !events.is_empty() {
+            let doc = events_doc(events)?;
+            events.clear();
+            self.conn()?.prepare_cached(EVENTS_INSERT)?.execute([doc])?;
         }
-        if !self.begun && self.deferred.is_empty() && events.is_empty() {
+        Ok(())
+    }
+
+    /// Writes the events left and commits.
+    fn commit(mut self, events: &mut Events) -> StoreResult<()> {
+        if !self.begun && events.is_empty() {
             return Ok(()); // nothing was written
         }
-        self.defer_events(events)?;
-        let query = self.query("COMMIT");
+        self.write_events(events)?;
         let started = Instant::now();
-        query.execute(&mut *self.conn).await?;
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
         metrics::histogram!(telemetry::STORE_COMMIT_DURATION).record(started.elapsed());
         metrics::counter!(telemetry::STORE_TRANSACTIONS).increment(1);
         Ok(())
     }
 }
 
-/// The writer task: group-commits every waiting command.
-async fn writer(
-    mut conn: SqliteConnection,
+/// The writer: group-commits every waiting command, until a `Close` or
+/// until every sender is gone.
+fn writer(
+    conn: Connection,
     mut ids: Ids,
     counts: Counts,
     mut rx: mpsc::Receiver<Command>,
@@ -595,13 +567,12 @@ async fn writer(
     let mut early_unparks: HashSet<String> = HashSet::new();
     let mut closing = false;
     while !closing {
-        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+        if rx.blocking_recv_many(&mut batch, MAX_BATCH) == 0 {
             break;
         }
         closing = batch.iter().any(|c| matches!(c.op, Op::Close));
         parked.retain(|p| !p.reply.is_closed());
-        let (results, woken) = match apply_batch(&mut conn, &mut ids, &known, &batch, &parked).await
-        {
+        let (results, woken) = match apply_batch(&conn, &mut ids, &known, &batch, &parked) {
             Ok(done) => {
                 known.learn(&done);
                 counts.apply(&done.moves);
@@ -614,7 +585,7 @@ async fn writer(
                 let mut results = Vec::with_capacity(batch.len());
                 for cmd in &batch {
                     let one = std::slice::from_ref(cmd);
-                    let one = match apply_batch(&mut conn, &mut ids, &known, one, &parked).await {
+                    let one = match apply_batch(&conn, &mut ids, &known, one, &parked) {
                         Ok(mut done) => {
                             known.learn(&done);
                             counts.apply(&done.moves);
@@ -670,17 +641,14 @@ async fn writer(
         }
         // Every caller of the batch has its answer.
         if wal.restart_due.load(Ordering::Acquire) && !closing {
-            wal_restart(&mut conn, &wal).await;
+            wal_restart(&conn, &wal);
         }
     }
     // Leave a compact database behind: fold the whole WAL in and empty it.
-    if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-        .execute(&mut conn)
-        .await
-    {
+    if let Err(e) = checkpoint(&conn, "TRUNCATE") {
         tracing::warn!(error = %e, "final WAL checkpoint failed");
     }
-    if let Err(e) = conn.close().await {
+    if let Err((_, e)) = conn.close() {
         tracing::warn!(error = %e, "closing the sqlite writer connection");
     }
 }
@@ -702,8 +670,8 @@ fn answer_parked(parked: &mut Vec<Parked>, woken: Vec<(usize, Vec<ClaimedJob>)>)
 /// for their types (and claims of this batch that parked) in the same
 /// transaction: the second element lists the parked claims served, by index
 /// into `parked`, with their jobs.
-async fn apply_batch(
-    conn: &mut SqliteConnection,
+fn apply_batch(
+    conn: &Connection,
     ids: &mut Ids,
     known: &Known,
     batch: &[Command],
@@ -737,7 +705,7 @@ async fn apply_batch(
             _ => None,
         })
         .collect();
-    let outcome = async {
+    let mut run = || -> StoreResult<()> {
         if !inserts.is_empty() {
             let jobs: Vec<(&NewJob, Timestamp)> =
                 inserts.iter().map(|(_, j, now)| (*j, *now)).collect();
@@ -748,7 +716,7 @@ async fn apply_batch(
         }
         if !completions.is_empty() {
             let all: Vec<&Completion> = completions.iter().map(|(_, c)| *c).collect();
-            let applied = complete_many(&mut tx, &all, &mut events).await?;
+            let applied = complete_many(&mut tx, &all, &mut events)?;
             for ((i, _), ok) in completions.iter().zip(applied) {
                 results[*i] = Some(Ok(Reply::Applied(ok)));
             }
@@ -757,7 +725,7 @@ async fn apply_batch(
             if results[i].is_some() {
                 continue;
             }
-            let result = apply(&mut tx, &cmd.op, &mut events).await;
+            let result = apply(&mut tx, &cmd.op, &mut events);
             if let Err(StoreError::Backend(e)) = result {
                 return Err(StoreError::Backend(e));
             }
@@ -786,11 +754,8 @@ async fn apply_batch(
                 }))
                 .filter(|(_, wait)| ready.wanted_by(wait))
                 .collect();
-        // The last claim statement of the batch carries its COMMIT: an
-        // enqueue that serves a parked claim costs no extra round trip.
-        let count = serve.len();
-        for (n, (whose, wait)) in serve.into_iter().enumerate() {
-            let jobs = claim_for(&mut tx, wait, Some(&ready), &mut events, n + 1 == count).await?;
+        for (whose, wait) in serve {
+            let jobs = claim_for(&mut tx, wait, Some(&ready), &mut events)?;
             match whose {
                 _ if jobs.is_empty() => {}
                 Ok(i) => woken.push((i, jobs)),
@@ -798,8 +763,8 @@ async fn apply_batch(
             }
         }
         Ok(())
-    }
-    .await;
+    };
+    let outcome = run();
     // A claim's "nothing more" holds at the commit unless a command applied
     // after it may have readied its type. Keyless enqueues are applied
     // before any claim; the commands below run in order, after them.
@@ -811,13 +776,13 @@ async fn apply_batch(
         .map(|(t, _)| t)
         .collect();
     let committed = match outcome {
-        Ok(()) => tx.commit(&mut events).await,
+        Ok(()) => tx.commit(&mut events),
         Err(e) => Err(e),
     };
     if let Err(e) = committed {
         // (`commit` consumed the transaction; a failed one is rolled back
         // on the same connection here.)
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        let _ = conn.execute_batch("ROLLBACK");
         *ids = before;
         return Err(e);
     }
@@ -936,13 +901,12 @@ impl<'b> Readied<'b> {
 ///
 /// A parked claim served because of `ready` claims only the types made
 /// ready (its others were empty when it parked, and nothing readied them
-/// since). With `commit`, the last statement also commits the transaction.
-async fn claim_for(
+/// since).
+fn claim_for(
     tx: &mut Tx<'_>,
     wait: &ClaimWait,
     ready: Option<&Readied<'_>>,
     events: &mut Events,
-    commit: bool,
 ) -> StoreResult<Vec<ClaimedJob>> {
     let requests: Vec<&ClaimRequest> = wait
         .requests
@@ -952,12 +916,12 @@ async fn claim_for(
         })
         .collect();
     let mut jobs = Vec::new();
-    for (n, req) in requests.iter().enumerate() {
+    for req in requests {
         let left = wait.total.saturating_sub(jobs.len());
         if left == 0 {
             break;
         }
-        let mut req = (*req).clone();
+        let mut req = req.clone();
         req.limit = req.limit.min(left);
         if let Some(ready) = ready
             && ready.at > req.now
@@ -965,15 +929,14 @@ async fn claim_for(
             req.lease_expires_at = req.lease_expires_at.plus(req.now.until(ready.at));
             req.now = ready.at;
         }
-        let then_commit = commit && n + 1 == requests.len();
-        jobs.extend(claim(tx, &req, events, then_commit).await?);
+        jobs.extend(claim(tx, &req, events)?);
     }
     Ok(jobs)
 }
 
-async fn apply(tx: &mut Tx<'_>, op: &Op, events: &mut Events) -> StoreResult<Reply> {
+fn apply(tx: &mut Tx<'_>, op: &Op, events: &mut Events) -> StoreResult<Reply> {
     match op {
-        Op::Insert(job, now) => insert(tx, job, *now, events).await.map(Reply::Enqueued),
+        Op::Insert(job, now) => insert(tx, job, *now, events).map(Reply::Enqueued),
         Op::InsertBatch(jobs, now) => {
             let (keyless, keyed): (Vec<_>, Vec<_>) = jobs
                 .iter()
@@ -987,7 +950,7 @@ async fn apply(tx: &mut Tx<'_>, op: &Op, events: &mut Events) -> StoreResult<Rep
             // Keyed jobs one by one, in order, so a key repeated within the
             // batch finds the job its first use created.
             for (i, job) in keyed {
-                out[i] = Some(insert(tx, job, *now, events).await?);
+                out[i] = Some(insert(tx, job, *now, events)?);
             }
             Ok(Reply::EnqueuedBatch(
                 out.into_iter()
@@ -995,9 +958,9 @@ async fn apply(tx: &mut Tx<'_>, op: &Op, events: &mut Events) -> StoreResult<Rep
                     .collect(),
             ))
         }
-        Op::Claim(req) => claim(tx, req, events, false).await.map(Reply::Claimed),
+        Op::Claim(req) => claim(tx, req, events).map(Reply::Claimed),
         Op::ClaimWait(wait) => {
-            let jobs = claim_for(tx, wait, None, events, false).await?;
+            let jobs = claim_for(tx, wait, None, events)?;
             Ok(if jobs.is_empty() {
                 Reply::Park
             } else {
@@ -1006,31 +969,25 @@ async fn apply(tx: &mut Tx<'_>, op: &Op, events: &mut Events) -> StoreResult<Rep
         }
         Op::Unpark(owner) => Ok(Reply::Unpark(owner.clone())),
         // A repeated report for a job already in this batch's bulk update.
-        Op::Complete(c) => complete_many(tx, &[c], events)
-            .await
-            .map(|applied| Reply::Applied(applied[0])),
+        Op::Complete(c) => {
+            complete_many(tx, &[c], events).map(|applied| Reply::Applied(applied[0]))
+        }
         // The rare ones: each on its own statements.
         Op::Release { .. } | Op::Reap(_) | Op::Promote(_) | Op::Replay(..) | Op::Cancel(..) => {
             let mut moves = Moves::new();
-            let conn = tx.conn().await?;
+            let conn = tx.conn()?;
             let reply = match op {
                 Op::Release { id, token, now } => {
-                    release(conn, *id, *token, *now, events, &mut moves)
-                        .await
-                        .map(Reply::Applied)
+                    release(conn, *id, *token, *now, events, &mut moves).map(Reply::Applied)
                 }
-                Op::Reap(now) => reap(conn, *now, events, &mut moves)
-                    .await
-                    .map(Reply::Reaped),
-                Op::Promote(now) => promote(conn, *now, events, &mut moves)
-                    .await
-                    .map(Reply::Promoted),
-                Op::Replay(id, now) => replay(conn, *id, *now, events, &mut moves)
-                    .await
-                    .map(|r| Reply::Record(Box::new(r))),
-                Op::Cancel(id, now) => cancel(conn, *id, *now, events, &mut moves)
-                    .await
-                    .map(|r| Reply::Record(Box::new(r))),
+                Op::Reap(now) => reap(conn, *now, events, &mut moves).map(Reply::Reaped),
+                Op::Promote(now) => promote(conn, *now, events, &mut moves).map(Reply::Promoted),
+                Op::Replay(id, now) => {
+                    replay(conn, *id, *now, events, &mut moves).map(|r| Reply::Record(Box::new(r)))
+                }
+                Op::Cancel(id, now) => {
+                    cancel(conn, *id, *now, events, &mut moves).map(|r| Reply::Record(Box::new(r)))
+                }
                 _ => unreachable!("matched above"),
             };
             tx.moves.extend(moves);
@@ -1111,8 +1068,7 @@ fn initial_state(job: &NewJob, now: Timestamp) -> JobState {
     }
 }
 
-/// Creates jobs without idempotency keys in one statement, sent with the
-/// transaction's next one. Ids are assigned here, in order, from the writer's
+/// Creates jobs without idempotency keys in one statement. Ids are assigned here, in order, from the writer's
 /// counter: the writer is the only writer, so nobody can take them.
 fn insert_many(
     tx: &mut Tx<'_>,
@@ -1142,23 +1098,25 @@ fn insert_many(
         created.push(Enqueued::Created { id, state });
     }
     let doc = serde_json::to_string(&rows).map_err(|e| StoreError::Backend(e.to_string()))?;
-    tx.defer(
+    tx.conn()?.prepare_cached(
         "INSERT OR FAIL INTO jobs (id, job_type, state, payload, max_attempts, run_at, created_at, updated_at)
          SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>6
          FROM jsonb_each(?)",
-        doc,
-    );
-    tx.defer_events(events)?;
-    tx.defer(ENQUEUED_EVENTS, format!("[{}, {}]", last + 1, tx.ids.job));
+    )?
+    .execute([doc])?;
+    tx.write_events(events)?;
+    tx.conn()?
+        .prepare_cached(ENQUEUED_EVENTS)?
+        .execute([last + 1, tx.ids.job])?;
     Ok(created)
 }
 
-/// The events of the jobs just created by [`insert_many`]: the parameter is
-/// `[first id, last id]`.
+/// The events of the jobs just created by [`insert_many`], from the first
+/// id to the last.
 const ENQUEUED_EVENTS: &str =
     "INSERT OR FAIL INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
-     SELECT j.id, j.created_at, NULL, j.state, 0, 'api', 'enqueued'
-     FROM (SELECT ? AS r) AS p JOIN jobs AS j ON j.id BETWEEN p.r->>0 AND p.r->>1";
+     SELECT id, created_at, NULL, state, 0, 'api', 'enqueued'
+     FROM jobs WHERE id BETWEEN ?1 AND ?2";
 
 /// The events of the jobs whose completions just applied (the parameter's
 /// `ids`, all reported by its `actor`): each row holds the time, the state
@@ -1169,29 +1127,34 @@ const COMPLETION_EVENTS: &str =
             CASE WHEN j.state = 'succeeded' THEN NULL ELSE j.last_error END, j.plugin_digest
      FROM (SELECT ? AS d) AS p, json_each(p.d, '$.ids') AS c JOIN jobs AS j ON j.id = c.value";
 
-async fn insert(
+fn insert(
     tx: &mut Tx<'_>,
     job: &NewJob,
     now: Timestamp,
     events: &mut Events,
 ) -> StoreResult<Enqueued> {
-    let conn = tx.conn().await?;
+    let conn = tx.conn()?;
     let state = initial_state(job, now);
-    let created: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO jobs (job_type, state, payload, idempotency_key, max_attempts, run_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
-         ON CONFLICT (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-         RETURNING id",
-    )
-    .bind(&job.job_type)
-    .bind(state.as_str())
-    .bind(&job.payload)
-    .bind(&job.idempotency_key)
-    .bind(i64::from(job.max_attempts))
-    .bind(job.run_at.as_micros())
-    .bind(now.as_micros())
-    .fetch_optional(&mut *conn)
-    .await?;
+    let created: Option<i64> = conn
+        .prepare_cached(
+            "INSERT INTO jobs (job_type, state, payload, idempotency_key, max_attempts, run_at, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+             ON CONFLICT (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING id",
+        )?
+        .query_row(
+            params![
+                job.job_type,
+                state.as_str(),
+                job.payload,
+                job.idempotency_key,
+                job.max_attempts,
+                job.run_at.as_micros(),
+                now.as_micros(),
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
     match created {
         Some(id) => {
             // SQLite numbered it past the largest id, which the counter follows.
@@ -1201,124 +1164,102 @@ async fn insert(
             Ok(Enqueued::Created { id, state })
         }
         None => {
-            let row = sqlx::query(
-                "SELECT id, state FROM jobs WHERE job_type = ?1 AND idempotency_key = ?2",
-            )
-            .bind(&job.job_type)
-            .bind(&job.idempotency_key)
-            .fetch_one(&mut *conn)
-            .await?;
+            let (id, state): (i64, String) = conn
+                .prepare_cached(
+                    "SELECT id, state FROM jobs WHERE job_type = ?1 AND idempotency_key = ?2",
+                )?
+                .query_row(params![job.job_type, job.idempotency_key], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
             Ok(Enqueued::Existing {
-                id: row.try_get("id")?,
-                state: state_of(&row, "state")?,
+                id,
+                state: parse_state(&state)?,
             })
         }
     }
 }
 
-/// Leases up to `req.limit` ready jobs of one type and writes their events,
-/// in one round trip; with `then_commit`, that round trip also commits.
-async fn claim(
-    tx: &mut Tx<'_>,
-    req: &ClaimRequest,
-    events: &mut Events,
-    then_commit: bool,
-) -> StoreResult<Vec<ClaimedJob>> {
+/// Leases up to `req.limit` ready jobs of one type and writes their events.
+fn claim(tx: &mut Tx<'_>, req: &ClaimRequest, events: &mut Events) -> StoreResult<Vec<ClaimedJob>> {
     if req.limit == 0 || tx.empty.contains(&req.job_type) {
         return Ok(Vec::new());
     }
     // Earlier events first, so each job's history stays in order.
-    tx.defer_events(events)?;
-    let sql = if then_commit {
-        CLAIM_WITH_EVENTS_AND_COMMIT
-    } else {
-        CLAIM_WITH_EVENTS
-    };
-    let query = tx
-        .query(sql)
-        .bind(&req.owner)
-        .bind(req.token)
-        .bind(req.lease_expires_at.as_micros())
-        .bind(req.now.as_micros())
-        .bind(req.now.as_micros())
-        .bind(&req.job_type)
-        .bind(i64::try_from(req.limit).unwrap_or(i64::MAX))
-        .bind(req.now.as_micros())
-        .bind(format!("worker:{}", req.owner))
-        .bind(&req.plugin_digest)
-        .bind(req.lease_expires_at.as_micros())
-        .bind(req.token);
+    tx.write_events(events)?;
+    let conn = tx.conn()?;
     let started = Instant::now();
-    let rows = query.fetch_all(&mut *tx.conn).await?;
-    tx.committed |= then_commit;
+    let mut jobs = conn
+        .prepare_cached(CLAIM)?
+        .query_map(
+            params![
+                req.owner,
+                req.token,
+                req.lease_expires_at.as_micros(),
+                req.now.as_micros(),
+                req.job_type,
+                i64::try_from(req.limit).unwrap_or(i64::MAX),
+            ],
+            |r| {
+                Ok(ClaimedJob {
+                    id: r.get(0)?,
+                    job_type: req.job_type.clone(),
+                    payload: r.get(1)?,
+                    attempt: r.get(2)?,
+                    max_attempts: r.get(3)?,
+                    run_at: Timestamp(r.get(4)?),
+                    token: req.token,
+                })
+            },
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    conn.prepare_cached(CLAIM_EVENTS)?.execute(params![
+        req.now.as_micros(),
+        format!("worker:{}", req.owner),
+        req.plugin_digest,
+        req.lease_expires_at.as_micros(),
+        req.token,
+    ])?;
     metrics::histogram!(telemetry::CLAIM_DURATION).record(started.elapsed());
-    let read = |row: &SqliteRow| -> StoreResult<ClaimedJob> {
-        Ok(ClaimedJob {
-            id: row.try_get("id")?,
-            job_type: req.job_type.clone(),
-            payload: row.try_get("payload")?,
-            attempt: u32_of(row, "attempt")?,
-            max_attempts: u32_of(row, "max_attempts")?,
-            run_at: Timestamp(row.try_get("run_at")?),
-            token: req.token,
-        })
-    };
-    let mut jobs = Vec::with_capacity(rows.len());
-    for row in &rows {
-        match read(row) {
-            Ok(job) => jobs.push(job),
-            // Committed already: nothing after the COMMIT may fail the
-            // batch (it would be replayed). The lease stands; the reaper
-            // requeues the job when it expires.
-            Err(e) if then_commit => {
-                tracing::error!(error = %e, "a job just leased could not be read back; the reaper will requeue it when its lease expires");
-            }
-            Err(e) => return Err(e),
-        }
-    }
     jobs.sort_by_key(|j| (j.run_at, j.id));
-    if rows.len() < req.limit {
+    if jobs.len() < req.limit {
         tx.found_empty.push((req.job_type.clone(), tx.last_phase));
     }
-    let n = rows.len() as u64;
     moved(
         &mut tx.moves,
         &req.job_type,
         Some(JobState::Queued),
         JobState::Running,
-        n,
+        jobs.len() as u64,
     );
     Ok(jobs)
 }
 
-/// The claim: lease the oldest due jobs of one type, then write their events
-/// from their rows, found by the lease just taken (the reaper's index, on its
-/// exact expiry, then the token).
+/// The claim: lease the oldest due jobs of one type.
 ///
-/// The limit is `(? + 0)`, not a bare `?`: SQLite (3.47 and later) reads a
+/// The limit is `(?6 + 0)`, not a bare `?6`: SQLite (3.47 and later) reads a
 /// bare bound LIMIT while planning and marks the statement to be prepared
 /// again whenever that number changes, which for a claim (as many jobs as
 /// there are free slots) is nearly every time. The plan does not depend on
 /// it: the partial index yields the jobs in order and the scan stops at the
 /// limit either way.
-macro_rules! claim_with_events {
-    () => {
-        "UPDATE OR FAIL jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?,
-        lease_token = ?, lease_expires_at = ?, started_at = ?, updated_at = ?
- WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND job_type = ?
-              ORDER BY run_at, id LIMIT (? + 0))
- RETURNING id, payload, attempt, max_attempts, run_at;
-INSERT OR FAIL INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason, plugin_digest)
- SELECT id, ?, 'queued', 'running', attempt, ?, NULL, ?
- FROM jobs WHERE state = 'running' AND lease_expires_at = ? AND lease_token = ?"
-    };
-}
-const CLAIM_WITH_EVENTS: &str = claim_with_events!();
-const CLAIM_WITH_EVENTS_AND_COMMIT: &str = concat!(claim_with_events!(), ";\nCOMMIT");
+const CLAIM: &str =
+    "UPDATE OR FAIL jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?1,
+            lease_token = ?2, lease_expires_at = ?3, started_at = ?4, updated_at = ?4
+     WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND job_type = ?5
+                  ORDER BY run_at, id LIMIT (?6 + 0))
+     RETURNING id, payload, attempt, max_attempts, run_at";
+
+/// The events of the jobs a [`CLAIM`] just leased, written from their rows,
+/// found by that lease (the reaper's index, on its exact expiry, then the
+/// token).
+const CLAIM_EVENTS: &str =
+    "INSERT OR FAIL INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason, plugin_digest)
+     SELECT id, ?1, 'queued', 'running', attempt, ?2, NULL, ?3
+     FROM jobs WHERE state = 'running' AND lease_expires_at = ?4 AND lease_token = ?5";
 
 /// Records completions (each for a distinct job) in one statement, each
 /// fenced by its own lease token. Returns, per completion, whether it applied.
-async fn complete_many(
+fn complete_many(
     tx: &mut Tx<'_>,
     completions: &[&Completion],
     events: &mut Events,
@@ -1359,7 +1300,8 @@ async fn complete_many(
             })
             .collect();
         let doc = serde_json::to_string(&rows).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let query = tx.query(
+        let started = Instant::now();
+        let mut stmt = tx.conn()?.prepare_cached(
             "UPDATE OR FAIL jobs SET state = c.state,
                     result = CASE WHEN c.state = 'succeeded' THEN c.text END,
                     last_error = CASE WHEN c.state = 'succeeded' THEN jobs.last_error ELSE c.text END,
@@ -1369,28 +1311,25 @@ async fn complete_many(
                     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
              FROM (SELECT value->>0 AS id, value->>1 AS token, value->>2 AS state,
                           value->>3 AS text, value->>4 AS run_at, value->>5 AS now,
-                          value->>6 AS started_at, ? AS digest
-                   FROM jsonb_each(?)) AS c
+                          value->>6 AS started_at, ?1 AS digest
+                   FROM jsonb_each(?2)) AS c
              WHERE jobs.id = c.id AND jobs.state = 'running' AND jobs.lease_token = c.token
              RETURNING jobs.id, jobs.job_type",
-        );
-        let query = query.bind(digest).bind(doc);
-        let started = Instant::now();
-        let rows = query.fetch_all(&mut *tx.conn).await?;
-        metrics::histogram!(telemetry::STORE_COMPLETE_DURATION).record(started.elapsed());
-        for row in &rows {
-            applied.push((
-                row.try_get::<i64, _>("id")?,
-                row.try_get::<String, _>("job_type")?,
-            ));
+        )?;
+        let rows = stmt.query_map(params![digest, doc], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        for row in rows {
+            applied.push(row?);
         }
+        metrics::histogram!(telemetry::STORE_COMPLETE_DURATION).record(started.elapsed());
     }
     // Ids are distinct within `completions`, and the token is in the WHERE
     // clause, so an id coming back means that completion applied.
     let applied: std::collections::HashMap<i64, String> = applied.into_iter().collect();
     // The events come from the updated rows: one statement per reporting
     // owner (a host reports as one).
-    tx.defer_events(events)?;
+    tx.write_events(events)?;
     let mut by_owner: Vec<(&str, Vec<JobId>)> = Vec::new();
     let done = completions
         .iter()
@@ -1419,30 +1358,32 @@ async fn complete_many(
         .collect();
     for (owner, ids) in by_owner {
         let doc = serde_json::json!({ "ids": ids, "actor": format!("worker:{owner}") });
-        tx.defer(COMPLETION_EVENTS, doc.to_string());
+        tx.conn()?
+            .prepare_cached(COMPLETION_EVENTS)?
+            .execute([doc.to_string()])?;
     }
     Ok(done)
 }
 
-async fn release(
-    conn: &mut SqliteConnection,
+fn release(
+    conn: &Connection,
     id: JobId,
     token: i64,
     now: Timestamp,
     events: &mut Events,
     moves: &mut Moves,
 ) -> StoreResult<bool> {
-    let released: Option<(i64, String)> = sqlx::query_as(
-        "UPDATE jobs SET state = 'queued', attempt = attempt - 1, updated_at = ?1,
-                lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-         WHERE id = ?2 AND state = 'running' AND lease_token = ?3
-         RETURNING attempt, job_type",
-    )
-    .bind(now.as_micros())
-    .bind(id)
-    .bind(token)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let released: Option<(i64, String)> = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'queued', attempt = attempt - 1, updated_at = ?1,
+                    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+             WHERE id = ?2 AND state = 'running' AND lease_token = ?3
+             RETURNING attempt, job_type",
+        )?
+        .query_row(params![now.as_micros(), id, token], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
     let Some((attempt, job_type)) = released else {
         return Ok(false);
     };
@@ -1468,13 +1409,13 @@ async fn release(
     Ok(true)
 }
 
-async fn reap(
-    conn: &mut SqliteConnection,
+fn reap(
+    conn: &Connection,
     now: Timestamp,
     events: &mut Events,
     moves: &mut Moves,
 ) -> StoreResult<Reaped> {
-    let rows = sqlx::query(
+    let mut stmt = conn.prepare_cached(
         "UPDATE OR FAIL jobs SET
                 state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
                 finished_at = CASE WHEN attempt >= max_attempts THEN ?1 ELSE NULL END,
@@ -1483,29 +1424,30 @@ async fn reap(
                 updated_at = ?1, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
          WHERE state = 'running' AND lease_expires_at <= ?1
          RETURNING id, state, attempt, last_error, job_type",
-    )
-    .bind(now.as_micros())
-    .fetch_all(&mut *conn)
-    .await?;
+    )?;
+    let rows = stmt
+        .query_map([now.as_micros()], |r| {
+            Ok((
+                r.get::<_, JobId>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
     let mut reaped = Reaped::default();
-    for row in &rows {
-        let id: JobId = row.try_get("id")?;
-        let to = state_of(row, "state")?;
-        moved(
-            moves,
-            row.try_get("job_type")?,
-            Some(JobState::Running),
-            to,
-            1,
-        );
+    for (id, state, attempt, last_error, job_type) in rows {
+        let to = parse_state(&state)?;
+        moved(moves, &job_type, Some(JobState::Running), to, 1);
         events.push(Event {
             job_id: id,
             at: now,
             from: Some(JobState::Running),
             to,
-            attempt: row.try_get("attempt")?,
+            attempt,
             actor: "reaper".into(),
-            reason: Some(row.try_get("last_error")?),
+            reason: Some(last_error),
             plugin_digest: None,
         });
         match to {
@@ -1516,19 +1458,25 @@ async fn reap(
     Ok(reaped)
 }
 
-async fn promote(
-    conn: &mut SqliteConnection,
+fn promote(
+    conn: &Connection,
     now: Timestamp,
     events: &mut Events,
     moves: &mut Moves,
 ) -> StoreResult<Vec<JobId>> {
-    let mut promoted: Vec<(JobId, i64, String)> = sqlx::query_as(
-        "UPDATE OR FAIL jobs SET state = 'queued', updated_at = ?1
-         WHERE state = 'scheduled' AND run_at <= ?1 RETURNING id, attempt, job_type",
-    )
-    .bind(now.as_micros())
-    .fetch_all(&mut *conn)
-    .await?;
+    let mut promoted = conn
+        .prepare_cached(
+            "UPDATE OR FAIL jobs SET state = 'queued', updated_at = ?1
+             WHERE state = 'scheduled' AND run_at <= ?1 RETURNING id, attempt, job_type",
+        )?
+        .query_map([now.as_micros()], |r| {
+            Ok((
+                r.get::<_, JobId>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
     promoted.sort_unstable();
     for (_, _, job_type) in &promoted {
         moved(
@@ -1552,82 +1500,79 @@ async fn promote(
     Ok(promoted.into_iter().map(|(id, _, _)| id).collect())
 }
 
-async fn replay(
-    conn: &mut SqliteConnection,
+fn replay(
+    conn: &Connection,
     id: JobId,
     now: Timestamp,
     events: &mut Events,
     moves: &mut Moves,
 ) -> StoreResult<JobRecord> {
-    let done = sqlx::query(
-        "UPDATE jobs SET state = 'queued', attempt = 0, run_at = ?1, result = NULL,
-                finished_at = NULL, updated_at = ?1
-         WHERE id = ?2 AND state = 'dead'",
-    )
-    .bind(now.as_micros())
-    .bind(id)
-    .execute(&mut *conn)
-    .await?;
+    let changed = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'queued', attempt = 0, run_at = ?1, result = NULL,
+                    finished_at = NULL, updated_at = ?1
+             WHERE id = ?2 AND state = 'dead'",
+        )?
+        .execute(params![now.as_micros(), id])?;
     operator_transition(
         conn,
         id,
         now,
-        done.rows_affected(),
+        changed,
         (JobState::Dead, JobState::Queued),
         "replayed from the dead-letter queue with a fresh attempt budget",
         (events, moves),
     )
-    .await
 }
 
-async fn cancel(
-    conn: &mut SqliteConnection,
+fn cancel(
+    conn: &Connection,
     id: JobId,
     now: Timestamp,
     events: &mut Events,
     moves: &mut Moves,
 ) -> StoreResult<JobRecord> {
-    let from: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?1")
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let from: Option<String> = conn
+        .prepare_cached("SELECT state FROM jobs WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
     let from = match from {
         None => return Err(StoreError::NotFound(id)),
         Some(s) => parse_state(&s)?,
     };
-    let done = sqlx::query(
-        "UPDATE jobs SET state = 'cancelled', finished_at = ?1, updated_at = ?1
-         WHERE id = ?2 AND state IN ('queued', 'scheduled')",
-    )
-    .bind(now.as_micros())
-    .bind(id)
-    .execute(&mut *conn)
-    .await?;
+    let changed = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'cancelled', finished_at = ?1, updated_at = ?1
+             WHERE id = ?2 AND state IN ('queued', 'scheduled')",
+        )?
+        .execute(params![now.as_micros(), id])?;
     operator_transition(
         conn,
         id,
         now,
-        done.rows_affected(),
+        changed,
         (from, JobState::Cancelled),
         "cancelled by an operator",
         (events, moves),
     )
-    .await
 }
 
 /// After an operator's conditional UPDATE: records the event if it applied,
 /// else says why not. Returns the job as it now is.
-async fn operator_transition(
-    conn: &mut SqliteConnection,
+fn operator_transition(
+    conn: &Connection,
     id: JobId,
     now: Timestamp,
-    rows_affected: u64,
+    rows_affected: usize,
     (from, to): (JobState, JobState),
     reason: &str,
     (events, moves): (&mut Events, &mut Moves),
 ) -> StoreResult<JobRecord> {
-    let record = record_get(&mut *conn, id)
-        .await?
+    let record = conn
+        .prepare_cached("SELECT * FROM jobs WHERE id = ?1")?
+        .query_row([id], |r| Ok(record_of(r)))
+        .optional()?
+        .transpose()?
         .ok_or(StoreError::NotFound(id))?;
     if rows_affected == 0 {
         return Err(StoreError::WrongState {
@@ -1683,28 +1628,56 @@ async fn record_get(conn: &mut SqliteConnection, id: JobId) -> StoreResult<Optio
     row.as_ref().map(record_of).transpose()
 }
 
-fn record_of(row: &SqliteRow) -> StoreResult<JobRecord> {
-    let time = |col: &str| -> StoreResult<Timestamp> { Ok(Timestamp(row.try_get(col)?)) };
-    let opt_time = |col: &str| -> StoreResult<Option<Timestamp>> {
-        Ok(row.try_get::<Option<i64>, _>(col)?.map(Timestamp))
+/// A row of the jobs table, as either driver hands it over: sqlx's to the
+/// readers, rusqlite's to the writer.
+trait JobsRow {
+    fn int(&self, col: &str) -> StoreResult<Option<i64>>;
+    fn text(&self, col: &str) -> StoreResult<Option<String>>;
+}
+
+impl JobsRow for SqliteRow {
+    fn int(&self, col: &str) -> StoreResult<Option<i64>> {
+        Ok(self.try_get(col)?)
+    }
+    fn text(&self, col: &str) -> StoreResult<Option<String>> {
+        Ok(self.try_get(col)?)
+    }
+}
+
+impl JobsRow for rusqlite::Row<'_> {
+    fn int(&self, col: &str) -> StoreResult<Option<i64>> {
+        Ok(self.get(col)?)
+    }
+    fn text(&self, col: &str) -> StoreResult<Option<String>> {
+        Ok(self.get(col)?)
+    }
+}
+
+fn record_of(row: &impl JobsRow) -> StoreResult<JobRecord> {
+    let null = |col: &str| StoreError::Backend(format!("jobs.{col} is NULL"));
+    let int = |col: &str| row.int(col)?.ok_or_else(|| null(col));
+    let text = |col: &str| row.text(col)?.ok_or_else(|| null(col));
+    let count = |col: &str| -> StoreResult<u32> {
+        let v = int(col)?;
+        u32::try_from(v).map_err(|_| StoreError::Backend(format!("{col} out of range: {v}")))
     };
     Ok(JobRecord {
-        id: row.try_get("id")?,
-        job_type: row.try_get("job_type")?,
-        state: state_of(row, "state")?,
-        payload: row.try_get("payload")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        attempt: u32_of(row, "attempt")?,
-        max_attempts: u32_of(row, "max_attempts")?,
-        run_at: time("run_at")?,
-        last_error: row.try_get("last_error")?,
-        result: row.try_get("result")?,
-        plugin_digest: row.try_get("plugin_digest")?,
-        lease_expires_at: opt_time("lease_expires_at")?,
-        created_at: time("created_at")?,
-        updated_at: time("updated_at")?,
-        started_at: opt_time("started_at")?,
-        finished_at: opt_time("finished_at")?,
+        id: int("id")?,
+        job_type: text("job_type")?,
+        state: parse_state(&text("state")?)?,
+        payload: text("payload")?,
+        idempotency_key: row.text("idempotency_key")?,
+        attempt: count("attempt")?,
+        max_attempts: count("max_attempts")?,
+        run_at: Timestamp(int("run_at")?),
+        last_error: row.text("last_error")?,
+        result: row.text("result")?,
+        plugin_digest: row.text("plugin_digest")?,
+        lease_expires_at: row.int("lease_expires_at")?.map(Timestamp),
+        created_at: Timestamp(int("created_at")?),
+        updated_at: Timestamp(int("updated_at")?),
+        started_at: row.int("started_at")?.map(Timestamp),
+        finished_at: row.int("finished_at")?.map(Timestamp),
     })
 }
 
