@@ -19,8 +19,8 @@ pub const JOBS_DEAD: &str = "jobhost_jobs_dead_total";
 pub const ATTEMPT_DURATION: &str = "jobhost_attempt_duration_seconds";
 pub const ATTEMPT_FUEL: &str = "jobhost_attempt_fuel_consumed";
 pub const QUEUE_LATENCY: &str = "jobhost_queue_latency_seconds";
-/// One claim statement in the store's writer (up to `--claim-batch` jobs of
-/// one type), including the round trip to the database.
+/// One claim in the store's writer (up to `--claim-batch` jobs of one type):
+/// the lease statement and its events' insert.
 pub const CLAIM_DURATION: &str = "jobhost_claim_duration_seconds";
 /// One statement in the store's writer recording a batch of completions.
 pub const STORE_COMPLETE_DURATION: &str = "jobhost_store_complete_duration_seconds";

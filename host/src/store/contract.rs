@@ -991,6 +991,19 @@ mod sqlite {
         (store, url, dir)
     }
 
+    /// The writer opens the file itself: an in-memory database would give it
+    /// a database of its own, apart from the readers', so it is refused.
+    #[tokio::test]
+    async fn an_in_memory_database_is_refused_with_a_clear_error() {
+        for url in ["sqlite::memory:", "sqlite://:memory:"] {
+            let err = match SqliteStore::open(url, Durability::Full).await {
+                Ok(_) => panic!("{url} was accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains("not an in-memory database"), "{url}: {err}");
+        }
+    }
+
     /// SQLite-specific: the writer does not check the events' foreign key
     /// per row; every path that writes events must still leave none dangling.
     #[tokio::test]
