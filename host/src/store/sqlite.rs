@@ -168,6 +168,18 @@ impl SqliteStore {
             })
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
+        // The writer opens the same file itself (see `open_writer`): an
+        // in-memory database would be a second, separate one. Refused before
+        // anything is opened or created.
+        let path = options.get_filename().to_path_buf();
+        if path
+            .to_str()
+            .is_none_or(|p| p.starts_with("file:") || p == ":memory:")
+        {
+            return Err(StoreError::Backend(format!(
+                "{url}: the embedded store needs a file (sqlite://path/to/jobs.db), not an in-memory database"
+            )));
+        }
         let mut conn = options.clone().connect().await?;
         MIGRATOR
             .run(&mut conn)
@@ -187,17 +199,6 @@ impl SqliteStore {
         let writer_ended = CancellationToken::new();
         // Cancelled when the writer thread ends, also if it panics.
         let ended = writer_ended.clone().drop_guard();
-        // The writer opens the same file itself (see `open_writer`): an
-        // in-memory database would be a second, separate one.
-        let path = options.get_filename().to_path_buf();
-        if path
-            .to_str()
-            .is_none_or(|p| p.starts_with("file:") || p == ":memory:")
-        {
-            return Err(StoreError::Backend(format!(
-                "{url}: the embedded store needs a file (sqlite://path/to/jobs.db), not an in-memory database"
-            )));
-        }
         let (opened, ready) = oneshot::channel();
         let writer_wal = wal.clone();
         std::thread::Builder::new()
