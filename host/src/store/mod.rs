@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobId, JobRecord, JobState};
 
+pub(crate) mod counts;
 pub mod sqlite;
 
 #[cfg(test)]

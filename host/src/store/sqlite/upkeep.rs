@@ -1,0 +1,240 @@
+//! The rarer transitions, one statement each: release at shutdown, the
+//! reaper, the promoter, and the operator's replay and cancel.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::events::{Event, Events};
+use super::reads::{parse_state, record_of};
+use crate::clock::Timestamp;
+use crate::job::{JobId, JobRecord, JobState};
+use crate::store::counts::{Moves, moved};
+use crate::store::{Reaped, StoreError, StoreResult};
+
+pub(super) fn release(
+    conn: &Connection,
+    id: JobId,
+    token: i64,
+    now: Timestamp,
+    events: &mut Events,
+    moves: &mut Moves,
+) -> StoreResult<bool> {
+    let released: Option<(i64, String)> = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'queued', attempt = attempt - 1, updated_at = ?1,
+                    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+             WHERE id = ?2 AND state = 'running' AND lease_token = ?3
+             RETURNING attempt, job_type",
+        )?
+        .query_row(params![now.as_micros(), id, token], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let Some((attempt, job_type)) = released else {
+        return Ok(false);
+    };
+    moved(
+        moves,
+        &job_type,
+        Some(JobState::Running),
+        JobState::Queued,
+        1,
+    );
+    events.push(Event {
+        job_id: id,
+        at: now,
+        from: Some(JobState::Running),
+        to: JobState::Queued,
+        attempt,
+        actor: "worker".into(),
+        reason: Some(
+            "released at shutdown before the attempt finished; the attempt is not counted".into(),
+        ),
+        plugin_digest: None,
+    });
+    Ok(true)
+}
+
+pub(super) fn reap(
+    conn: &Connection,
+    now: Timestamp,
+    events: &mut Events,
+    moves: &mut Moves,
+) -> StoreResult<Reaped> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE OR FAIL jobs SET
+                state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
+                finished_at = CASE WHEN attempt >= max_attempts THEN ?1 ELSE NULL END,
+                last_error = 'lease expired: attempt ' || attempt
+                             || ' stopped without reporting an outcome (host crashed or was killed)',
+                updated_at = ?1, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+         WHERE state = 'running' AND lease_expires_at <= ?1
+         RETURNING id, state, attempt, last_error, job_type",
+    )?;
+    let rows = stmt
+        .query_map([now.as_micros()], |r| {
+            Ok((
+                r.get::<_, JobId>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut reaped = Reaped::default();
+    for (id, state, attempt, last_error, job_type) in rows {
+        let to = parse_state(&state)?;
+        moved(moves, &job_type, Some(JobState::Running), to, 1);
+        events.push(Event {
+            job_id: id,
+            at: now,
+            from: Some(JobState::Running),
+            to,
+            attempt,
+            actor: "reaper".into(),
+            reason: Some(last_error),
+            plugin_digest: None,
+        });
+        match to {
+            JobState::Dead => reaped.dead.push(id),
+            _ => reaped.requeued.push(id),
+        }
+    }
+    Ok(reaped)
+}
+
+pub(super) fn promote(
+    conn: &Connection,
+    now: Timestamp,
+    events: &mut Events,
+    moves: &mut Moves,
+) -> StoreResult<Vec<JobId>> {
+    let mut promoted = conn
+        .prepare_cached(
+            "UPDATE OR FAIL jobs SET state = 'queued', updated_at = ?1
+             WHERE state = 'scheduled' AND run_at <= ?1 RETURNING id, attempt, job_type",
+        )?
+        .query_map([now.as_micros()], |r| {
+            Ok((
+                r.get::<_, JobId>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    promoted.sort_unstable();
+    for (_, _, job_type) in &promoted {
+        moved(
+            moves,
+            job_type,
+            Some(JobState::Scheduled),
+            JobState::Queued,
+            1,
+        );
+    }
+    events.extend(promoted.iter().map(|&(id, attempt, _)| Event {
+        job_id: id,
+        at: now,
+        from: Some(JobState::Scheduled),
+        to: JobState::Queued,
+        attempt,
+        actor: "promoter".into(),
+        reason: Some("due".into()),
+        plugin_digest: None,
+    }));
+    Ok(promoted.into_iter().map(|(id, _, _)| id).collect())
+}
+
+pub(super) fn replay(
+    conn: &Connection,
+    id: JobId,
+    now: Timestamp,
+    events: &mut Events,
+    moves: &mut Moves,
+) -> StoreResult<JobRecord> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'queued', attempt = 0, run_at = ?1, result = NULL,
+                    finished_at = NULL, updated_at = ?1
+             WHERE id = ?2 AND state = 'dead'",
+        )?
+        .execute(params![now.as_micros(), id])?;
+    operator_transition(
+        conn,
+        id,
+        now,
+        changed,
+        (JobState::Dead, JobState::Queued),
+        "replayed from the dead-letter queue with a fresh attempt budget",
+        (events, moves),
+    )
+}
+
+pub(super) fn cancel(
+    conn: &Connection,
+    id: JobId,
+    now: Timestamp,
+    events: &mut Events,
+    moves: &mut Moves,
+) -> StoreResult<JobRecord> {
+    let from: Option<String> = conn
+        .prepare_cached("SELECT state FROM jobs WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    let from = match from {
+        None => return Err(StoreError::NotFound(id)),
+        Some(s) => parse_state(&s)?,
+    };
+    let changed = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'cancelled', finished_at = ?1, updated_at = ?1
+             WHERE id = ?2 AND state IN ('queued', 'scheduled')",
+        )?
+        .execute(params![now.as_micros(), id])?;
+    operator_transition(
+        conn,
+        id,
+        now,
+        changed,
+        (from, JobState::Cancelled),
+        "cancelled by an operator",
+        (events, moves),
+    )
+}
+
+/// After an operator's conditional UPDATE: records the event if it applied,
+/// else says why not. Returns the job as it now is.
+pub(super) fn operator_transition(
+    conn: &Connection,
+    id: JobId,
+    now: Timestamp,
+    rows_affected: usize,
+    (from, to): (JobState, JobState),
+    reason: &str,
+    (events, moves): (&mut Events, &mut Moves),
+) -> StoreResult<JobRecord> {
+    let record = conn
+        .prepare_cached("SELECT * FROM jobs WHERE id = ?1")?
+        .query_row([id], |r| Ok(record_of(r)))
+        .optional()?
+        .transpose()?
+        .ok_or(StoreError::NotFound(id))?;
+    if rows_affected == 0 {
+        return Err(StoreError::WrongState {
+            id,
+            state: record.state,
+        });
+    }
+    moved(moves, &record.job_type, Some(from), to, 1);
+    events.push(Event {
+        job_id: id,
+        at: now,
+        from: Some(from),
+        to,
+        attempt: i64::from(record.attempt),
+        actor: "admin".into(),
+        reason: Some(reason.into()),
+        plugin_digest: None,
+    });
+    Ok(record)
+}
