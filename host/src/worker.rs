@@ -388,20 +388,28 @@ impl Worker {
         }
     }
 
-    /// Records a completion, retrying a few times if the backend hiccups.
+    /// Records a completion, retrying a few times if the backend hiccups,
+    /// and for up to a minute while the database is unreachable (the lease
+    /// outlives that by default, so an outage the database comes back from
+    /// costs the outcome nothing).
     async fn complete(&self, completion: Completion) -> Result<bool, StoreError> {
         let mut delay = Duration::from_millis(50);
-        for _ in 0..3 {
+        let mut failures = 0;
+        let give_up = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
             match self.store.job_complete(completion.clone()).await {
-                Err(StoreError::Backend(e)) => {
+                Err(StoreError::Backend(e)) if failures < 3 => {
                     tracing::warn!(job = completion.id, error = %e, "recording the outcome failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 4;
+                    failures += 1;
+                }
+                Err(StoreError::Unavailable(e)) if std::time::Instant::now() < give_up => {
+                    tracing::warn!(job = completion.id, error = %e, "the store is unavailable; retrying the outcome");
                 }
                 other => return other,
             }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
         }
-        self.store.job_complete(completion).await
     }
 }
 

@@ -40,6 +40,7 @@ pub enum ApiError {
     RouteNotFound,
     MethodNotAllowed,
     Unavailable,
+    StoreUnavailable,
     Internal,
 }
 
@@ -62,6 +63,7 @@ impl ApiError {
             ApiError::RouteNotFound => "route_not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unavailable => "unavailable",
+            ApiError::StoreUnavailable => "store_unavailable",
             ApiError::Internal => "internal_error",
         }
     }
@@ -82,7 +84,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::WrongState { .. } => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -114,6 +116,7 @@ impl ApiError {
             ApiError::RouteNotFound => "no such route; see the README for the API".to_owned(),
             ApiError::MethodNotAllowed => "this route does not take that method".to_owned(),
             ApiError::Unavailable => "jobhost is shutting down; retry against another host or later".to_owned(),
+            ApiError::StoreUnavailable => "the job store cannot be reached right now; nothing was written; retry later".to_owned(),
             ApiError::Internal => "internal error; the details are in the jobhost log".to_owned(),
         }
     }
@@ -154,6 +157,10 @@ impl From<StoreError> for ApiError {
                 allowed: "other",
             },
             StoreError::Closed => ApiError::Unavailable,
+            StoreError::Unavailable(why) => {
+                tracing::warn!(error = %why, "the store is unavailable");
+                ApiError::StoreUnavailable
+            }
             StoreError::Backend(why) => {
                 tracing::error!(error = %why, "store error while serving a request");
                 ApiError::Internal

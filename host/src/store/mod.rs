@@ -20,6 +20,9 @@ use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobId, JobRecord, JobState};
 
 pub(crate) mod counts;
+pub(crate) mod history;
+pub mod postgres;
+pub(crate) mod rows;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -176,7 +179,7 @@ impl StateCounts {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("job {0} not found")]
     NotFound(JobId),
@@ -186,6 +189,10 @@ pub enum StoreError {
     /// The store is shutting down and takes no more work.
     #[error("the store is closed")]
     Closed,
+    /// The database cannot be reached (connection refused or lost, pool
+    /// exhausted): nothing was written; the same call may succeed later.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     /// The backend failed; the message is for logs, never for clients.
     #[error("store backend error: {0}")]
     Backend(String),
@@ -287,10 +294,32 @@ pub trait Store: Send + Sync + 'static {
 
 impl From<sqlx::Error> for StoreError {
     /// Every sqlx backend maps its errors here: clients never see them.
+    /// A lost or refused connection is [`StoreError::Unavailable`], so the
+    /// API can say "try again" (503) instead of "we failed" (500).
     fn from(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::PoolClosed => StoreError::Closed,
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            // PostgreSQL's connection exceptions (class 08) and shutdowns
+            // (57P01 admin shutdown, as pg_terminate_backend sends; 57P02
+            // crash shutdown; 57P03 cannot connect now).
+            sqlx::Error::Database(ref db)
+                if db
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P0")) =>
+            {
+                StoreError::Unavailable(e.to_string())
+            }
             e => StoreError::Backend(e.to_string()),
         }
+    }
+}
+
+impl StoreError {
+    /// Whether the same call may succeed once the database is back.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
     }
 }

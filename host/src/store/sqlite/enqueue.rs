@@ -4,11 +4,11 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::events::{Event, Events};
-use super::reads::parse_state;
 use super::tx::Tx;
 use crate::clock::Timestamp;
 use crate::job::JobState;
 use crate::store::counts::moved;
+use crate::store::rows::parse_state;
 use crate::store::{Enqueued, NewJob, StoreError, StoreResult};
 
 pub(super) fn initial_state(job: &NewJob, now: Timestamp) -> JobState {

@@ -61,6 +61,7 @@ use super::{
 };
 use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobId, JobRecord};
+use crate::store::rows::parse_state;
 use known::Ids;
 use reads::{events_get, record_get};
 use wal::{WAL_FRAME_BYTES, WAL_RESTART_FRAMES, WalState, checkpoints};
@@ -255,7 +256,7 @@ fn load_counts(conn: &Connection) -> StoreResult<Counts> {
         .collect::<Result<Vec<_>, _>>()?;
     let rows = rows
         .into_iter()
-        .map(|(job_type, state, n)| Ok((job_type, reads::parse_state(&state)?, n as u64)))
+        .map(|(job_type, state, n)| Ok((job_type, parse_state(&state)?, n as u64)))
         .collect::<StoreResult<Vec<_>>>()?;
     Ok(Counts::from_rows(rows))
 }

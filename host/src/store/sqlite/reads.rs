@@ -1,11 +1,12 @@
-//! Reads, on the read-only pool (and row decoding, shared with the writer).
+//! Reads, on the read-only pool, and how this backend's rows are read
+//! (decoding itself is shared: [`crate::store::rows`]).
 
-use sqlx::Row;
+use sqlx::Row as _;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 
-use crate::clock::Timestamp;
-use crate::job::{JobEvent, JobId, JobRecord, JobState};
-use crate::store::{StoreError, StoreResult};
+use crate::job::{JobEvent, JobId, JobRecord};
+use crate::store::StoreResult;
+use crate::store::rows::{Row, event_of, record_of};
 
 pub(super) async fn events_get(
     conn: &mut SqliteConnection,
@@ -18,22 +19,7 @@ pub(super) async fn events_get(
     .bind(id)
     .fetch_all(conn)
     .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(JobEvent {
-                at: Timestamp(row.try_get("at")?),
-                from: row
-                    .try_get::<Option<&str>, _>("from_state")?
-                    .map(parse_state)
-                    .transpose()?,
-                to: state_of(row, "to_state")?,
-                attempt: u32_of(row, "attempt")?,
-                actor: row.try_get("actor")?,
-                reason: row.try_get("reason")?,
-                plugin_digest: row.try_get("plugin_digest")?,
-            })
-        })
-        .collect()
+    rows.iter().map(event_of).collect()
 }
 
 pub(super) async fn record_get(
@@ -47,14 +33,7 @@ pub(super) async fn record_get(
     row.as_ref().map(record_of).transpose()
 }
 
-/// A row of the jobs table, as either driver hands it over: sqlx's to the
-/// readers, rusqlite's to the writer.
-pub(super) trait JobsRow {
-    fn int(&self, col: &str) -> StoreResult<Option<i64>>;
-    fn text(&self, col: &str) -> StoreResult<Option<String>>;
-}
-
-impl JobsRow for SqliteRow {
+impl Row for SqliteRow {
     fn int(&self, col: &str) -> StoreResult<Option<i64>> {
         Ok(self.try_get(col)?)
     }
@@ -63,52 +42,11 @@ impl JobsRow for SqliteRow {
     }
 }
 
-impl JobsRow for rusqlite::Row<'_> {
+impl Row for rusqlite::Row<'_> {
     fn int(&self, col: &str) -> StoreResult<Option<i64>> {
         Ok(self.get(col)?)
     }
     fn text(&self, col: &str) -> StoreResult<Option<String>> {
         Ok(self.get(col)?)
     }
-}
-
-pub(super) fn record_of(row: &impl JobsRow) -> StoreResult<JobRecord> {
-    let null = |col: &str| StoreError::Backend(format!("jobs.{col} is NULL"));
-    let int = |col: &str| row.int(col)?.ok_or_else(|| null(col));
-    let text = |col: &str| row.text(col)?.ok_or_else(|| null(col));
-    let count = |col: &str| -> StoreResult<u32> {
-        let v = int(col)?;
-        u32::try_from(v).map_err(|_| StoreError::Backend(format!("{col} out of range: {v}")))
-    };
-    Ok(JobRecord {
-        id: int("id")?,
-        job_type: text("job_type")?,
-        state: parse_state(&text("state")?)?,
-        payload: text("payload")?,
-        idempotency_key: row.text("idempotency_key")?,
-        attempt: count("attempt")?,
-        max_attempts: count("max_attempts")?,
-        run_at: Timestamp(int("run_at")?),
-        last_error: row.text("last_error")?,
-        result: row.text("result")?,
-        plugin_digest: row.text("plugin_digest")?,
-        lease_expires_at: row.int("lease_expires_at")?.map(Timestamp),
-        created_at: Timestamp(int("created_at")?),
-        updated_at: Timestamp(int("updated_at")?),
-        started_at: row.int("started_at")?.map(Timestamp),
-        finished_at: row.int("finished_at")?.map(Timestamp),
-    })
-}
-
-pub(super) fn parse_state(s: &str) -> StoreResult<JobState> {
-    s.parse().map_err(|e| StoreError::Backend(format!("{e}")))
-}
-
-pub(super) fn state_of(row: &SqliteRow, col: &str) -> StoreResult<JobState> {
-    parse_state(row.try_get::<&str, _>(col)?)
-}
-
-pub(super) fn u32_of(row: &SqliteRow, col: &str) -> StoreResult<u32> {
-    let v: i64 = row.try_get(col)?;
-    u32::try_from(v).map_err(|_| StoreError::Backend(format!("{col} out of range: {v}")))
 }

@@ -4,10 +4,11 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::events::{Event, Events};
-use super::reads::{parse_state, record_of};
 use crate::clock::Timestamp;
 use crate::job::{JobId, JobRecord, JobState};
 use crate::store::counts::{Moves, moved};
+use crate::store::history;
+use crate::store::rows::{parse_state, record_of};
 use crate::store::{Reaped, StoreError, StoreResult};
 
 pub(super) fn release(
@@ -45,10 +46,8 @@ pub(super) fn release(
         from: Some(JobState::Running),
         to: JobState::Queued,
         attempt,
-        actor: "worker".into(),
-        reason: Some(
-            "released at shutdown before the attempt finished; the attempt is not counted".into(),
-        ),
+        actor: history::RELEASE_ACTOR.into(),
+        reason: Some(history::RELEASE_REASON.into()),
         plugin_digest: None,
     });
     Ok(true)
@@ -91,7 +90,7 @@ pub(super) fn reap(
             from: Some(JobState::Running),
             to,
             attempt,
-            actor: "reaper".into(),
+            actor: history::REAP_ACTOR.into(),
             reason: Some(last_error),
             plugin_digest: None,
         });
@@ -138,8 +137,8 @@ pub(super) fn promote(
         from: Some(JobState::Scheduled),
         to: JobState::Queued,
         attempt,
-        actor: "promoter".into(),
-        reason: Some("due".into()),
+        actor: history::PROMOTE_ACTOR.into(),
+        reason: Some(history::PROMOTE_REASON.into()),
         plugin_digest: None,
     }));
     Ok(promoted.into_iter().map(|(id, _, _)| id).collect())
@@ -165,7 +164,7 @@ pub(super) fn replay(
         now,
         changed,
         (JobState::Dead, JobState::Queued),
-        "replayed from the dead-letter queue with a fresh attempt budget",
+        history::REPLAY_REASON,
         (events, moves),
     )
 }
@@ -197,7 +196,7 @@ pub(super) fn cancel(
         now,
         changed,
         (from, JobState::Cancelled),
-        "cancelled by an operator",
+        history::CANCEL_REASON,
         (events, moves),
     )
 }
@@ -232,7 +231,7 @@ pub(super) fn operator_transition(
         from: Some(from),
         to,
         attempt: i64::from(record.attempt),
-        actor: "admin".into(),
+        actor: history::OPERATOR_ACTOR.into(),
         reason: Some(reason.into()),
         plugin_digest: None,
     });

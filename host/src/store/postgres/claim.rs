@@ -1,0 +1,70 @@
+//! Claims: lease the oldest due jobs of a type. `FOR UPDATE SKIP LOCKED`
+//! hands each job to one claimer however many hosts claim at once; the
+//! lease and its events are one statement.
+
+use std::time::Instant;
+
+use sqlx::PgPool;
+use sqlx::Row as _;
+
+use crate::clock::Timestamp;
+use crate::store::{ClaimRequest, ClaimedJob, StoreResult};
+use crate::telemetry;
+
+const CLAIM: &str = "
+    WITH picked AS (
+        SELECT id FROM jobs WHERE state = 'queued' AND job_type = $5
+        ORDER BY run_at, id LIMIT $6
+        FOR UPDATE SKIP LOCKED
+    ), leased AS (
+        UPDATE jobs SET state = 'running', attempt = jobs.attempt + 1, lease_owner = $1,
+               lease_token = $2, lease_expires_at = $3, started_at = $4, updated_at = $4
+        FROM picked WHERE jobs.id = picked.id
+        RETURNING jobs.id, jobs.payload, jobs.attempt, jobs.max_attempts, jobs.run_at
+    ), events AS (
+        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, plugin_digest)
+        SELECT id, $4, 'queued', 'running', attempt, $7, $8 FROM leased
+    )
+    SELECT id, payload, attempt, max_attempts, run_at FROM leased";
+
+/// Leases up to `req.limit` queued jobs of one type, oldest due first.
+pub(super) async fn claim(pool: &PgPool, req: &ClaimRequest) -> StoreResult<Vec<ClaimedJob>> {
+    if req.limit == 0 {
+        return Ok(Vec::new());
+    }
+    let started = Instant::now();
+    let rows = sqlx::query(CLAIM)
+        .bind(&req.owner)
+        .bind(req.token)
+        .bind(req.lease_expires_at.as_micros())
+        .bind(req.now.as_micros())
+        .bind(&req.job_type)
+        .bind(i64::try_from(req.limit).unwrap_or(i64::MAX))
+        .bind(format!("worker:{}", req.owner))
+        .bind(&req.plugin_digest)
+        .fetch_all(pool)
+        .await?;
+    metrics::histogram!(telemetry::CLAIM_DURATION).record(started.elapsed());
+    let mut jobs = rows
+        .iter()
+        .map(|r| -> StoreResult<ClaimedJob> {
+            let count = |col: &str| -> StoreResult<u32> {
+                let v: i64 = r.try_get(col)?;
+                u32::try_from(v).map_err(|_| {
+                    crate::store::StoreError::Backend(format!("{col} out of range: {v}"))
+                })
+            };
+            Ok(ClaimedJob {
+                id: r.try_get("id")?,
+                job_type: req.job_type.clone(),
+                payload: r.try_get("payload")?,
+                attempt: count("attempt")?,
+                max_attempts: count("max_attempts")?,
+                run_at: Timestamp(r.try_get("run_at")?),
+                token: req.token,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    jobs.sort_by_key(|j| (j.run_at, j.id));
+    Ok(jobs)
+}

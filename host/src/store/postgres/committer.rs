@@ -1,0 +1,244 @@
+//! The group commit: one task per host takes every enqueue and completion
+//! waiting on its channel and applies them in one transaction, so a busy
+//! host pays one round trip per statement kind and one WAL flush per batch
+//! instead of per job.
+//!
+//! If the batch fails, nothing of it was committed. A lost connection is
+//! retried once on a fresh one (a pooled connection may have died with the
+//! server's restart or a `pg_terminate_backend`); any other failure replays
+//! each command in a transaction of its own, so a failure stays with its
+//! caller and nothing is half-written.
+
+use std::collections::HashSet;
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::READY_CHANNEL;
+use super::complete::complete_many;
+use super::enqueue::{insert, insert_many};
+use crate::clock::Timestamp;
+use crate::job::JobState;
+use crate::store::{Completion, Enqueued, NewJob, StoreResult};
+
+/// Most commands applied in one transaction.
+const MAX_BATCH: usize = 1024;
+
+/// One write, as the committer receives it.
+pub(super) enum Cmd {
+    Insert {
+        job: NewJob,
+        now: Timestamp,
+        reply: oneshot::Sender<StoreResult<Enqueued>>,
+    },
+    InsertBatch {
+        jobs: Vec<NewJob>,
+        now: Timestamp,
+        reply: oneshot::Sender<StoreResult<Vec<Enqueued>>>,
+    },
+    Complete {
+        completion: Completion,
+        reply: oneshot::Sender<StoreResult<bool>>,
+    },
+}
+
+/// What one command did.
+enum Done {
+    Enqueued(Enqueued),
+    Batch(Vec<Enqueued>),
+    Applied(bool),
+}
+
+/// Runs until `closing`, then drains what was already sent and ends
+/// (dropping `_ended`, which tells `close` it may close the pool).
+pub(super) async fn run(
+    pool: PgPool,
+    mut rx: mpsc::Receiver<Cmd>,
+    closing: CancellationToken,
+    _ended: DropGuard,
+) {
+    let mut batch: Vec<Cmd> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let received = tokio::select! {
+            n = rx.recv_many(&mut batch, MAX_BATCH) => n,
+            () = closing.cancelled(), if !rx.is_closed() => {
+                // Take nothing new; what is queued is still applied.
+                rx.close();
+                continue;
+            }
+        };
+        if received == 0 {
+            break;
+        }
+        let results = apply_or_replay(&pool, &batch).await;
+        for (cmd, result) in batch.drain(..).zip(results) {
+            answer(cmd, result);
+        }
+    }
+}
+
+/// Sends each caller its result. A caller that went away (its request was
+/// cancelled) finds its change committed regardless, which is what it asked.
+fn answer(cmd: Cmd, result: StoreResult<Done>) {
+    match cmd {
+        Cmd::Insert { reply, .. } => {
+            let _ = reply.send(result.map(|done| match done {
+                Done::Enqueued(e) => e,
+                _ => unreachable!("an insert is answered with Enqueued"),
+            }));
+        }
+        Cmd::InsertBatch { reply, .. } => {
+            let _ = reply.send(result.map(|done| match done {
+                Done::Batch(e) => e,
+                _ => unreachable!("a batch insert is answered with Batch"),
+            }));
+        }
+        Cmd::Complete { reply, .. } => {
+            let _ = reply.send(result.map(|done| match done {
+                Done::Applied(ok) => ok,
+                _ => unreachable!("a completion is answered with Applied"),
+            }));
+        }
+    }
+}
+
+async fn apply_or_replay(pool: &PgPool, batch: &[Cmd]) -> Vec<StoreResult<Done>> {
+    let mut failed = match apply(pool, batch).await {
+        Ok(done) => return done.into_iter().map(Ok).collect(),
+        Err(e) => e,
+    };
+    if failed.is_unavailable() {
+        // Perhaps only the connection died: once more on a fresh one.
+        match apply(pool, batch).await {
+            Ok(done) => return done.into_iter().map(Ok).collect(),
+            Err(e) => failed = e,
+        }
+    }
+    if batch.len() == 1 || failed.is_unavailable() {
+        // Alone already, or the database is out of reach: every command
+        // would fail the same way, each after its own wait.
+        return batch.iter().map(|_| Err(failed.clone())).collect();
+    }
+    let mut results = Vec::with_capacity(batch.len());
+    for cmd in batch {
+        let one = apply(pool, std::slice::from_ref(cmd))
+            .await
+            .map(|mut done| done.pop().expect("one result per command"));
+        results.push(one);
+    }
+    results
+}
+
+/// Applies `batch` in one transaction: every single keyless enqueue in one
+/// statement, every completion (of distinct jobs) in one statement, the
+/// rest in order; then `NOTIFY` if any job became ready, and one commit.
+async fn apply(pool: &PgPool, batch: &[Cmd]) -> StoreResult<Vec<Done>> {
+    let mut tx = pool.begin().await?;
+    let mut done: Vec<Option<Done>> = batch.iter().map(|_| None).collect();
+    let mut readied = false;
+
+    let keyless: Vec<(usize, &NewJob, Timestamp)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(i, cmd)| match cmd {
+            Cmd::Insert { job, now, .. } if job.idempotency_key.is_none() => Some((i, job, *now)),
+            _ => None,
+        })
+        .collect();
+    if !keyless.is_empty() {
+        let jobs: Vec<(&NewJob, Timestamp)> =
+            keyless.iter().map(|(_, j, now)| (*j, *now)).collect();
+        for ((i, _, _), created) in keyless.iter().zip(insert_many(&mut tx, &jobs).await?) {
+            readied |= is_ready(&created);
+            done[*i] = Some(Done::Enqueued(created));
+        }
+    }
+
+    // A second report for the same job in this batch is applied on its
+    // own, after the bulk statement (its lease decides, as it would alone).
+    let mut seen = HashSet::new();
+    let completions: Vec<(usize, &Completion)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(i, cmd)| match cmd {
+            Cmd::Complete { completion, .. } if seen.insert(completion.id) => Some((i, completion)),
+            _ => None,
+        })
+        .collect();
+    if !completions.is_empty() {
+        let all: Vec<&Completion> = completions.iter().map(|(_, c)| *c).collect();
+        for ((i, _), ok) in completions.iter().zip(complete_many(&mut tx, &all).await?) {
+            done[*i] = Some(Done::Applied(ok));
+        }
+    }
+
+    for (i, cmd) in batch.iter().enumerate() {
+        if done[i].is_some() {
+            continue;
+        }
+        done[i] = Some(match cmd {
+            Cmd::Insert { job, now, .. } => {
+                let created = insert(&mut tx, job, *now).await?;
+                readied |= is_ready(&created);
+                Done::Enqueued(created)
+            }
+            Cmd::InsertBatch { jobs, now, .. } => {
+                let created = insert_batch(&mut tx, jobs, *now).await?;
+                readied |= created.iter().any(is_ready);
+                Done::Batch(created)
+            }
+            Cmd::Complete { completion, .. } => {
+                Done::Applied(complete_many(&mut tx, &[completion]).await?[0])
+            }
+        });
+    }
+
+    if readied {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(READY_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(done
+        .into_iter()
+        .map(|d| d.expect("every command has a result"))
+        .collect())
+}
+
+fn is_ready(e: &Enqueued) -> bool {
+    matches!(
+        e,
+        Enqueued::Created {
+            state: JobState::Queued,
+            ..
+        }
+    )
+}
+
+/// A batch: its keyless jobs in one statement, then its keyed ones in
+/// order, so a key repeated within the batch finds the job its first use
+/// created. Results in the order of `jobs`.
+async fn insert_batch(
+    tx: &mut sqlx::PgConnection,
+    jobs: &[NewJob],
+    now: Timestamp,
+) -> StoreResult<Vec<Enqueued>> {
+    let (keyless, keyed): (Vec<_>, Vec<_>) = jobs
+        .iter()
+        .enumerate()
+        .partition(|(_, j)| j.idempotency_key.is_none());
+    let mut out: Vec<Option<Enqueued>> = vec![None; jobs.len()];
+    let bulk: Vec<(&NewJob, Timestamp)> = keyless.iter().map(|(_, j)| (*j, now)).collect();
+    for ((i, _), created) in keyless.iter().zip(insert_many(tx, &bulk).await?) {
+        out[*i] = Some(created);
+    }
+    for (i, job) in keyed {
+        out[i] = Some(insert(tx, job, now).await?);
+    }
+    Ok(out
+        .into_iter()
+        .map(|e| e.expect("every job was inserted"))
+        .collect())
+}

@@ -1,0 +1,125 @@
+//! Enqueue: keyless jobs in one statement, keyed ones one by one against the
+//! idempotency index; each writes its `enqueued` event in the same statement.
+
+use sqlx::PgConnection;
+
+use crate::clock::Timestamp;
+use crate::job::JobState;
+use crate::store::rows::parse_state;
+use crate::store::{Enqueued, NewJob, StoreResult};
+
+fn initial_state(job: &NewJob, now: Timestamp) -> JobState {
+    if job.run_at > now {
+        JobState::Scheduled
+    } else {
+        JobState::Queued
+    }
+}
+
+/// Creates jobs without idempotency keys, in order: the rows are inserted
+/// in the order of their position (`ORDER BY n`), so the sequence numbers
+/// them in that order, and the ids returned, sorted, map back to `jobs`.
+const INSERT_MANY: &str = "
+    WITH created AS (
+        INSERT INTO jobs (job_type, state, payload, max_attempts, run_at, created_at, updated_at)
+        SELECT r.job_type, r.state, r.payload, r.max_attempts, r.run_at, r.created_at, r.created_at
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])
+             WITH ORDINALITY AS r (job_type, state, payload, max_attempts, run_at, created_at, n)
+        ORDER BY r.n
+        RETURNING id, state, created_at
+    ), events AS (
+        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
+        SELECT id, created_at, NULL, state, 0, 'api', 'enqueued' FROM created
+    )
+    SELECT id FROM created";
+
+pub(super) async fn insert_many(
+    conn: &mut PgConnection,
+    jobs: &[(&NewJob, Timestamp)],
+) -> StoreResult<Vec<Enqueued>> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let states: Vec<JobState> = jobs.iter().map(|(j, now)| initial_state(j, *now)).collect();
+    let mut ids: Vec<i64> = sqlx::query_scalar(INSERT_MANY)
+        .bind(
+            jobs.iter()
+                .map(|(j, _)| j.job_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(states.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+        .bind(
+            jobs.iter()
+                .map(|(j, _)| j.payload.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            jobs.iter()
+                .map(|(j, _)| i64::from(j.max_attempts))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            jobs.iter()
+                .map(|(j, _)| j.run_at.as_micros())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            jobs.iter()
+                .map(|(_, now)| now.as_micros())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+    ids.sort_unstable();
+    Ok(ids
+        .into_iter()
+        .zip(states)
+        .map(|(id, state)| Enqueued::Created { id, state })
+        .collect())
+}
+
+const INSERT_KEYED: &str = "
+    WITH created AS (
+        INSERT INTO jobs (job_type, state, payload, idempotency_key, max_attempts, run_at,
+                          created_at, updated_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+        ON CONFLICT (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING id, state, created_at
+    ), events AS (
+        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
+        SELECT id, created_at, NULL, state, 0, 'api', 'enqueued' FROM created
+    )
+    SELECT id FROM created";
+
+/// Creates one job, or finds the one holding its idempotency key (another
+/// host's insert of the same key is waited for, then found).
+pub(super) async fn insert(
+    conn: &mut PgConnection,
+    job: &NewJob,
+    now: Timestamp,
+) -> StoreResult<Enqueued> {
+    let state = initial_state(job, now);
+    let created: Option<i64> = sqlx::query_scalar(INSERT_KEYED)
+        .bind(&job.job_type)
+        .bind(state.as_str())
+        .bind(&job.payload)
+        .bind(&job.idempotency_key)
+        .bind(i64::from(job.max_attempts))
+        .bind(job.run_at.as_micros())
+        .bind(now.as_micros())
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(id) = created {
+        return Ok(Enqueued::Created { id, state });
+    }
+    let (id, state): (i64, String) =
+        sqlx::query_as("SELECT id, state FROM jobs WHERE job_type = $1 AND idempotency_key = $2")
+            .bind(&job.job_type)
+            .bind(&job.idempotency_key)
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(Enqueued::Existing {
+        id,
+        state: parse_state(&state)?,
+    })
+}

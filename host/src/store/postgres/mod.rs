@@ -1,0 +1,254 @@
+//! The scale-out backend: PostgreSQL, shared by any number of hosts.
+//!
+//! Unlike SQLite, PostgreSQL takes writes from many connections and many
+//! hosts at once, so this backend has no single writer. What it keeps of the
+//! embedded store's shape is the group commit: enqueues and completions,
+//! the two writes every job makes, go through one [`committer`] per host
+//! that applies every waiting command in one transaction (one round trip
+//! per statement kind, one WAL flush for the lot). Claims and the rarer
+//! transitions run on their own pooled connections, each one statement
+//! (data-modifying CTEs write a transition and its events together).
+//!
+//! Claims are safe across hosts: `FOR UPDATE SKIP LOCKED` hands each queued
+//! job to one claimer, and every later transition of a running job names its
+//! lease token in the WHERE clause. The reaper and promoter of every host may
+//! run at once; they skip rows another holds.
+//!
+//! This backend does not park claims (another host's enqueue would never
+//! reach a claim parked here): after a write that readies jobs it sends
+//! `NOTIFY jobhost_ready` in the same transaction, which every host's
+//! dispatcher listens for ([`crate::dispatch`]).
+//!
+//! The files, by role: this one opens the pool and runs the migrations and
+//! implements the [`Store`] contract; [`committer`] is the group commit;
+//! [`enqueue`], [`claim`], [`complete`], [`upkeep`] hold the statements of
+//! each transition beside the function that runs it; [`reads`] the reads.
+
+mod claim;
+mod committer;
+mod complete;
+mod enqueue;
+mod reads;
+mod upkeep;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    ClaimRequest, ClaimedJob, Completion, Enqueued, NewJob, Reaped, StateCounts, Store, StoreError,
+    StoreResult,
+};
+use crate::clock::Timestamp;
+use crate::job::{JobEvent, JobId, JobRecord};
+use committer::Cmd;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// The channel every host LISTENs on for "jobs may be ready".
+pub const READY_CHANNEL: &str = "jobhost_ready";
+
+/// Commands that may wait for the committer before senders wait too.
+const QUEUE_DEPTH: usize = 8192;
+
+/// How the pool is sized and how long a caller waits for a connection.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// Connections this host opens at most (claims, reads, maintenance and
+    /// the committer share them).
+    pub max_connections: u32,
+    /// How long a call waits for a free connection (or a new one) before it
+    /// fails with [`StoreError::Unavailable`].
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+pub struct PgStore {
+    pool: PgPool,
+    committer: mpsc::Sender<Cmd>,
+    /// Cancelled by `close`: the committer drains what it was sent, then ends.
+    closing: CancellationToken,
+    /// Cancelled when the committer has ended.
+    committer_ended: CancellationToken,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host/db`), runs the migrations
+    /// (under PostgreSQL's advisory lock, so hosts starting together take
+    /// turns) and starts the committer.
+    pub async fn open(url: &str, options: PgOptions) -> StoreResult<PgStore> {
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", redact(url))))?
+            .application_name("jobhost");
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            // A dead connection fails its statement and is dropped; the
+            // callers that matter retry (the committer once at once, the
+            // worker with backoff). A ping before every use would cost a
+            // round trip per statement.
+            .test_before_acquire(false)
+            .connect_with(connect)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("connecting to {}: {e}", redact(url))))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Backend(format!("migrating {}: {e}", redact(url))))?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let closing = CancellationToken::new();
+        let committer_ended = CancellationToken::new();
+        let ended = committer_ended.clone().drop_guard();
+        tokio::spawn(committer::run(pool.clone(), rx, closing.clone(), ended));
+        Ok(PgStore {
+            pool,
+            committer: tx,
+            closing,
+            committer_ended,
+        })
+    }
+
+    /// The pool, for the dispatcher's LISTEN connection.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn commit<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Cmd,
+    ) -> StoreResult<T> {
+        if self.closing.is_cancelled() {
+            return Err(StoreError::Closed);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.committer
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn open_for_work(&self) -> StoreResult<()> {
+        if self.closing.is_cancelled() {
+            Err(StoreError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// `url` without its password, for messages.
+fn redact(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((userinfo, host)) = rest.rsplit_once('@')
+        && let Some((user, _password)) = userinfo.split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_owned()
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn job_insert(&self, job: NewJob, now: Timestamp) -> StoreResult<Enqueued> {
+        self.commit(|reply| Cmd::Insert { job, now, reply }).await
+    }
+
+    async fn job_insert_batch(
+        &self,
+        jobs: Vec<NewJob>,
+        now: Timestamp,
+    ) -> StoreResult<Vec<Enqueued>> {
+        self.commit(|reply| Cmd::InsertBatch { jobs, now, reply })
+            .await
+    }
+
+    async fn job_get(&self, id: JobId) -> StoreResult<Option<JobRecord>> {
+        self.open_for_work()?;
+        reads::record_get(&self.pool, id).await
+    }
+
+    async fn job_events(&self, id: JobId) -> StoreResult<Vec<JobEvent>> {
+        self.open_for_work()?;
+        reads::events_get(&self.pool, id).await
+    }
+
+    async fn job_show(&self, id: JobId) -> StoreResult<Option<(JobRecord, Vec<JobEvent>)>> {
+        self.open_for_work()?;
+        reads::show(&self.pool, id).await
+    }
+
+    async fn job_claim(&self, req: ClaimRequest) -> StoreResult<Vec<ClaimedJob>> {
+        self.open_for_work()?;
+        claim::claim(&self.pool, &req).await
+    }
+
+    async fn job_complete(&self, completion: Completion) -> StoreResult<bool> {
+        self.commit(|reply| Cmd::Complete { completion, reply })
+            .await
+    }
+
+    async fn lease_release(&self, id: JobId, token: i64, now: Timestamp) -> StoreResult<bool> {
+        self.open_for_work()?;
+        upkeep::release(&self.pool, id, token, now).await
+    }
+
+    async fn lease_reap(&self, now: Timestamp) -> StoreResult<Reaped> {
+        self.open_for_work()?;
+        upkeep::reap(&self.pool, now).await
+    }
+
+    async fn job_promote(&self, now: Timestamp) -> StoreResult<Vec<JobId>> {
+        self.open_for_work()?;
+        upkeep::promote(&self.pool, now).await
+    }
+
+    async fn job_next_due(&self) -> StoreResult<Option<Timestamp>> {
+        self.open_for_work()?;
+        reads::next_due(&self.pool).await
+    }
+
+    async fn job_replay(&self, id: JobId, now: Timestamp) -> StoreResult<JobRecord> {
+        self.open_for_work()?;
+        upkeep::replay(&self.pool, id, now).await
+    }
+
+    async fn job_cancel(&self, id: JobId, now: Timestamp) -> StoreResult<JobRecord> {
+        self.open_for_work()?;
+        upkeep::cancel(&self.pool, id, now).await
+    }
+
+    async fn counts(&self) -> StoreResult<StateCounts> {
+        self.open_for_work()?;
+        let mut total = StateCounts::default();
+        for (_, counts) in reads::counts_by_type(&self.pool).await? {
+            for state in crate::job::JobState::ALL {
+                total.add(state, counts.get(state));
+            }
+        }
+        Ok(total)
+    }
+
+    async fn counts_by_type(&self) -> StoreResult<Vec<(String, StateCounts)>> {
+        self.open_for_work()?;
+        reads::counts_by_type(&self.pool).await
+    }
+
+    async fn close(&self) {
+        self.closing.cancel();
+        self.committer_ended.cancelled().await;
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,92 @@
+//! Reads, on the pool, and how this backend's rows are read (decoding
+//! itself is shared: [`crate::store::rows`]).
+
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgPool, Row as _};
+
+use crate::clock::Timestamp;
+use crate::job::{JobEvent, JobId, JobRecord};
+use crate::store::rows::{Row, event_of, parse_state, record_of};
+use crate::store::{StateCounts, StoreResult};
+
+impl Row for PgRow {
+    fn int(&self, col: &str) -> StoreResult<Option<i64>> {
+        Ok(self.try_get(col)?)
+    }
+    fn text(&self, col: &str) -> StoreResult<Option<String>> {
+        Ok(self.try_get(col)?)
+    }
+}
+
+async fn record_on(conn: &mut PgConnection, id: JobId) -> StoreResult<Option<JobRecord>> {
+    let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(record_of).transpose()
+}
+
+async fn events_on(conn: &mut PgConnection, id: JobId) -> StoreResult<Vec<JobEvent>> {
+    let rows = sqlx::query(
+        "SELECT at, from_state, to_state, attempt, actor, reason, plugin_digest
+         FROM job_events WHERE job_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(event_of).collect()
+}
+
+pub(super) async fn record_get(pool: &PgPool, id: JobId) -> StoreResult<Option<JobRecord>> {
+    record_on(&mut *pool.acquire().await?, id).await
+}
+
+pub(super) async fn events_get(pool: &PgPool, id: JobId) -> StoreResult<Vec<JobEvent>> {
+    events_on(&mut *pool.acquire().await?, id).await
+}
+
+/// The job and its history from one snapshot (a repeatable-read
+/// transaction), so the state shown always matches the last event.
+pub(super) async fn show(
+    pool: &PgPool,
+    id: JobId,
+) -> StoreResult<Option<(JobRecord, Vec<JobEvent>)>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let Some(record) = record_on(&mut tx, id).await? else {
+        return Ok(None);
+    };
+    let events = events_on(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(Some((record, events)))
+}
+
+pub(super) async fn next_due(pool: &PgPool) -> StoreResult<Option<Timestamp>> {
+    let next: Option<i64> =
+        sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE state = 'scheduled'")
+            .fetch_one(pool)
+            .await?;
+    Ok(next.map(Timestamp))
+}
+
+/// Jobs per type and state. Hosts share the table, so nobody here sees
+/// every change to keep the counts in memory as the embedded store does:
+/// this counts the table (a scan; see ARCHITECTURE "Known limits").
+pub(super) async fn counts_by_type(pool: &PgPool) -> StoreResult<Vec<(String, StateCounts)>> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT job_type, state, COUNT(*) FROM jobs GROUP BY job_type, state ORDER BY job_type",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut out: Vec<(String, StateCounts)> = Vec::new();
+    for (job_type, state, n) in rows {
+        if out.last().is_none_or(|(t, _)| *t != job_type) {
+            out.push((job_type, StateCounts::default()));
+        }
+        let (_, counts) = out.last_mut().expect("pushed above");
+        counts.add(parse_state(&state)?, n as u64);
+    }
+    Ok(out)
+}

@@ -1,0 +1,201 @@
+//! The rarer transitions, each one statement with its events: release at
+//! shutdown, the reaper, the promoter, and the operator's replay and cancel.
+//! Those that make jobs ready also `NOTIFY` in the same transaction, so the
+//! other hosts' workers hear of it. The reaper and promoter skip rows
+//! another host holds, so every host may run them at once.
+
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+
+use super::READY_CHANNEL;
+use crate::clock::Timestamp;
+use crate::job::{JobId, JobRecord, JobState};
+use crate::store::history;
+use crate::store::rows::{parse_state, record_of};
+use crate::store::{Reaped, StoreError, StoreResult};
+
+async fn notify_ready(conn: &mut PgConnection) -> StoreResult<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(READY_CHANNEL)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Commits `tx`, having announced ready jobs first if there are any.
+async fn commit(mut tx: Transaction<'_, Postgres>, readied: bool) -> StoreResult<()> {
+    if readied {
+        notify_ready(&mut tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+const RELEASE: &str = "
+    WITH released AS (
+        UPDATE jobs SET state = 'queued', attempt = attempt - 1, updated_at = $1,
+               lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+        WHERE id = $2 AND state = 'running' AND lease_token = $3
+        RETURNING id, attempt
+    )
+    INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
+    SELECT id, $1, 'running', 'queued', attempt, $4, $5 FROM released
+    RETURNING job_id";
+
+pub(super) async fn release(
+    pool: &PgPool,
+    id: JobId,
+    token: i64,
+    now: Timestamp,
+) -> StoreResult<bool> {
+    let mut tx = pool.begin().await?;
+    let released: Option<i64> = sqlx::query_scalar(RELEASE)
+        .bind(now.as_micros())
+        .bind(id)
+        .bind(token)
+        .bind(history::RELEASE_ACTOR)
+        .bind(history::RELEASE_REASON)
+        .fetch_optional(&mut *tx)
+        .await?;
+    commit(tx, released.is_some()).await?;
+    Ok(released.is_some())
+}
+
+const REAP: &str = "
+    WITH expired AS (
+        SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= $1
+        FOR UPDATE SKIP LOCKED
+    ), reaped AS (
+        UPDATE jobs SET
+               state = CASE WHEN jobs.attempt >= jobs.max_attempts THEN 'dead' ELSE 'queued' END,
+               finished_at = CASE WHEN jobs.attempt >= jobs.max_attempts THEN $1 END,
+               last_error = 'lease expired: attempt ' || jobs.attempt
+                            || ' stopped without reporting an outcome (host crashed or was killed)',
+               updated_at = $1, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+        FROM expired WHERE jobs.id = expired.id
+        RETURNING jobs.id, jobs.state, jobs.attempt, jobs.last_error
+    ), events AS (
+        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
+        SELECT id, $1, 'running', state, attempt, $2, last_error FROM reaped
+    )
+    SELECT id, state FROM reaped ORDER BY id";
+
+pub(super) async fn reap(pool: &PgPool, now: Timestamp) -> StoreResult<Reaped> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(i64, String)> = sqlx::query_as(REAP)
+        .bind(now.as_micros())
+        .bind(history::REAP_ACTOR)
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut reaped = Reaped::default();
+    for (id, state) in rows {
+        match parse_state(&state)? {
+            JobState::Dead => reaped.dead.push(id),
+            _ => reaped.requeued.push(id),
+        }
+    }
+    commit(tx, !reaped.requeued.is_empty()).await?;
+    Ok(reaped)
+}
+
+const PROMOTE: &str = "
+    WITH due AS (
+        SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= $1
+        FOR UPDATE SKIP LOCKED
+    ), promoted AS (
+        UPDATE jobs SET state = 'queued', updated_at = $1
+        FROM due WHERE jobs.id = due.id
+        RETURNING jobs.id, jobs.attempt
+    ), events AS (
+        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
+        SELECT id, $1, 'scheduled', 'queued', attempt, $2, $3 FROM promoted
+    )
+    SELECT id FROM promoted ORDER BY id";
+
+pub(super) async fn promote(pool: &PgPool, now: Timestamp) -> StoreResult<Vec<JobId>> {
+    let mut tx = pool.begin().await?;
+    let promoted: Vec<i64> = sqlx::query_scalar(PROMOTE)
+        .bind(now.as_micros())
+        .bind(history::PROMOTE_ACTOR)
+        .bind(history::PROMOTE_REASON)
+        .fetch_all(&mut *tx)
+        .await?;
+    commit(tx, !promoted.is_empty()).await?;
+    Ok(promoted)
+}
+
+const REPLAY: &str = "
+    WITH replayed AS (
+        UPDATE jobs SET state = 'queued', attempt = 0, run_at = $1, result = NULL,
+               finished_at = NULL, updated_at = $1
+        WHERE id = $2 AND state = 'dead'
+        RETURNING *
+    ), events AS (
+        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
+        SELECT id, $1, 'dead', 'queued', attempt, $3, $4 FROM replayed
+    )
+    SELECT * FROM replayed";
+
+pub(super) async fn replay(pool: &PgPool, id: JobId, now: Timestamp) -> StoreResult<JobRecord> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(REPLAY)
+        .bind(now.as_micros())
+        .bind(id)
+        .bind(history::OPERATOR_ACTOR)
+        .bind(history::REPLAY_REASON)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(row) = row else {
+        return Err(why_not(&mut tx, id).await);
+    };
+    let record = record_of(&row)?;
+    commit(tx, true).await?;
+    Ok(record)
+}
+
+const CANCEL: &str = "
+    WITH old AS (
+        SELECT id, state FROM jobs WHERE id = $2 FOR UPDATE
+    ), cancelled AS (
+        UPDATE jobs SET state = 'cancelled', finished_at = $1, updated_at = $1
+        FROM old WHERE jobs.id = old.id AND old.state IN ('queued', 'scheduled')
+        RETURNING jobs.*, old.state AS from_state
+    ), events AS (
+        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
+        SELECT id, $1, from_state, 'cancelled', attempt, $3, $4 FROM cancelled
+    )
+    SELECT * FROM cancelled";
+
+pub(super) async fn cancel(pool: &PgPool, id: JobId, now: Timestamp) -> StoreResult<JobRecord> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(CANCEL)
+        .bind(now.as_micros())
+        .bind(id)
+        .bind(history::OPERATOR_ACTOR)
+        .bind(history::CANCEL_REASON)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(row) = row else {
+        return Err(why_not(&mut tx, id).await);
+    };
+    let record = record_of(&row)?;
+    tx.commit().await?;
+    Ok(record)
+}
+
+/// Why an operator's transition changed nothing: no such job, or the state
+/// it is in.
+async fn why_not(conn: &mut PgConnection, id: JobId) -> StoreError {
+    let state: Result<Option<String>, _> =
+        sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await;
+    match state {
+        Ok(None) => StoreError::NotFound(id),
+        Ok(Some(s)) => match parse_state(&s) {
+            Ok(state) => StoreError::WrongState { id, state },
+            Err(e) => e,
+        },
+        Err(e) => e.into(),
+    }
+}
