@@ -18,9 +18,16 @@ pub struct ServeConfig {
     #[arg(long, env = "JOBHOST_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
 
-    /// Store URL. Default: `sqlite://<data-dir>/jobhost.db`.
+    /// Store URL: `sqlite://PATH` (embedded, one host) or
+    /// `postgres://USER@HOST:PORT/DB` (shared by any number of hosts).
+    /// Default: `sqlite://<data-dir>/jobhost.db`.
     #[arg(long, env = "JOBHOST_DATABASE_URL")]
     pub database_url: Option<String>,
+
+    /// PostgreSQL only: connections this host opens at most.
+    #[arg(long, env = "JOBHOST_PG_MAX_CONNECTIONS", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub pg_max_connections: u32,
 
     /// Directory of plugins: `NAME.wasm` handles job type NAME, with an
     /// optional `NAME.toml` manifest. Default: `<data-dir>/plugins`.

@@ -8,16 +8,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::clock::{Clock, SystemClock};
 use crate::config::ServeConfig;
-use crate::dispatch::Dispatch;
+use crate::dispatch::{self, Dispatch};
 use crate::maintenance::Maintenance;
 use crate::plugins::Registry;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::Store;
+use crate::store::postgres::{PgOptions, PgStore};
 use crate::store::sqlite::SqliteStore;
 use crate::telemetry;
 use crate::worker::{Control, Worker, WorkerConfig};
@@ -29,15 +31,7 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     let admin_token = admin_token(&config)?;
 
-    let url = config.database_url();
-    if !url.starts_with("sqlite:") {
-        anyhow::bail!("--database-url {url:?}: only sqlite:// URLs are supported in this version");
-    }
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&url, config.sqlite_sync)
-            .await
-            .with_context(|| format!("opening the store at {url}"))?,
-    );
+    let (store, shared) = open_store(&config).await?;
 
     // Before the plugins load: they take their metric handles from it.
     let prometheus = match telemetry::prometheus() {
@@ -70,13 +64,21 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let dispatch = Arc::new(Dispatch::new());
+    let stop = CancellationToken::new();
+    // Other hosts' writes reach this host's workers as hints.
+    let hints = shared.map(|pool| {
+        tokio::spawn(dispatch::pg_notify::listen(
+            pool,
+            dispatch.clone(),
+            stop.clone(),
+        ))
+    });
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
 
-    let stop = CancellationToken::new();
     let abort = CancellationToken::new();
     let control = Arc::new(Control::new(config.paused));
     if config.paused {
@@ -141,6 +143,9 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
         let _ = worker_task.await;
     }
     let _ = tokio::join!(reaper, promoter);
+    if let Some(hints) = hints {
+        let _ = hints.await;
+    }
     match tokio::time::timeout(Duration::from_secs(5), http).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server error at shutdown"),
         Err(_) => tracing::warn!("http connections still open after 5 s; closing"),
@@ -149,6 +154,34 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the store the URL names; for a shared (PostgreSQL) store, also
+/// returns its pool, on which the dispatcher listens for other hosts' hints.
+async fn open_store(config: &ServeConfig) -> anyhow::Result<(Arc<dyn Store>, Option<PgPool>)> {
+    let url = config.database_url();
+    if url.starts_with("sqlite:") {
+        let store = SqliteStore::open(&url, config.sqlite_sync)
+            .await
+            .with_context(|| format!("opening the store at {url}"))?;
+        return Ok((Arc::new(store), None));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let options = PgOptions {
+            max_connections: config.pg_max_connections,
+            ..PgOptions::default()
+        };
+        let store = PgStore::open(&url, options)
+            .await
+            .context("opening the PostgreSQL store")?;
+        let pool = store.pool().clone();
+        return Ok((Arc::new(store), Some(pool)));
+    }
+    anyhow::bail!(
+        "--database-url: expected sqlite://PATH or postgres://USER@HOST:PORT/DB, got {:?}",
+        url.split_once("://")
+            .map_or(url.as_str(), |(scheme, _)| scheme)
+    )
 }
 
 /// The admin token: from the config, else from `<data-dir>/admin-token`,

@@ -286,3 +286,75 @@ fn spawn(data: &Path, args: &[String]) -> (Child, String) {
     std::thread::spawn(move || for _ in lines {});
     (child, url)
 }
+
+/// A database of its own on the test PostgreSQL server
+/// (`JOBHOST_TEST_DATABASE_URL`), for one test; dropped with the guard.
+pub struct TestDb {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        use sqlx::Connection;
+        let admin_url = std::env::var("JOBHOST_TEST_DATABASE_URL").unwrap_or_else(|_| {
+            panic!("JOBHOST_TEST_DATABASE_URL is not set; run the tests with `cargo xtask test`")
+        });
+        let name = format!("jobhost_e2e_{}_{:08x}", std::process::id(), rand_u32());
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {admin_url}: {e}"));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let _ = admin.close().await;
+        let url = match admin_url.rsplit_once('/') {
+            Some((server, _)) if server.contains("://") && !server.ends_with('/') => {
+                format!("{server}/{name}")
+            }
+            _ => panic!("JOBHOST_TEST_DATABASE_URL must name a database: {admin_url}"),
+        };
+        TestDb {
+            url,
+            admin_url,
+            name,
+        }
+    }
+
+    /// A connection of the test's own, to check the truth behind the API.
+    pub async fn connect(&self) -> sqlx::PgConnection {
+        use sqlx::Connection;
+        sqlx::PgConnection::connect(&self.url).await.unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs inside the test's runtime: block on a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    use sqlx::Connection;
+                    let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut admin)
+                    .await?;
+                    admin.close().await
+                })
+        })
+        .join();
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now()) as u32
+}

@@ -4,8 +4,12 @@
 //! In-process dispatch is a [`tokio::sync::Notify`]: a hint given while nobody
 //! waits is kept (one permit), so a hint is never lost between a worker's
 //! check and its wait. Hints carry no jobs; the store is the truth. Workers
-//! also poll on an interval, so a lost hint (or, with Redis later, a lost
-//! message) only delays a job.
+//! also poll on an interval, so a lost hint only delays a job.
+//!
+//! Hints from other hosts arrive through [`pg_notify`] (PostgreSQL's
+//! LISTEN/NOTIFY) when the store is shared; they end here, as `hint()`.
+
+pub mod pg_notify;
 
 use tokio::sync::Notify;
 

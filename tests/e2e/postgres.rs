@@ -1,0 +1,172 @@
+//! The scale-out suite: several real `jobhost` hosts sharing one real
+//! PostgreSQL database (a database of its own per test). Every test here
+//! has "postgres" in its name: `cargo xtask test` leaves them out, saying
+//! so, only when no server can be reached outside CI.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::support::{Plugins, Server, TestDb};
+
+const JOBS: usize = 5_000;
+const HOSTS: usize = 3;
+/// Requests in flight while submitting.
+const SUBMITTERS: usize = 32;
+
+fn noop() -> Plugins {
+    Plugins::new().example("noop", "timeout_ms = 1_000\nmax_attempts = 5\n")
+}
+
+/// Submits job `n` (keyed `job-n`, so a resend after a lost answer names
+/// the same job) to the live hosts in turn, moving on to the next host when
+/// one does not answer. Returns its id.
+async fn submit(http: &reqwest::Client, urls: &[String], killed: &AtomicBool, n: usize) -> i64 {
+    for attempt in 0..100 {
+        let live = if killed.load(Ordering::Acquire) {
+            &urls[..HOSTS - 1]
+        } else {
+            urls
+        };
+        let url = &live[(n + attempt) % live.len()];
+        let sent = http
+            .post(format!("{url}/jobs/noop"))
+            .header("Idempotency-Key", format!("job-{n}"))
+            .body(format!(r#"{{"n":{n}}}"#))
+            .send()
+            .await;
+        let Ok(resp) = sent else { continue };
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        match status {
+            200 | 202 => return body["jobId"].as_i64().expect("jobId"),
+            // The store was briefly out of reach: try again.
+            503 => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => panic!("job {n}: {status} {body}"),
+        }
+    }
+    panic!("job {n}: no host accepted it")
+}
+
+/// Three hosts share 5,000 jobs submitted round-robin; one is killed with
+/// SIGKILL halfway through. Every job ends succeeded; the jobs the killed
+/// host held run again on the others once their leases expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_three_hosts_lose_no_job_when_one_is_killed() {
+    let db = TestDb::create().await;
+    let flags = [
+        "--database-url",
+        db.url.as_str(),
+        "--lease-grace-ms",
+        "1000",
+        "--reap-interval-ms",
+        "200",
+        "--poll-interval-ms",
+        "200",
+        "--pg-max-connections",
+        "8",
+    ];
+    let mut hosts = Vec::new();
+    for _ in 0..HOSTS {
+        hosts.push(Server::start(noop(), &flags).await);
+    }
+    let urls: Arc<Vec<String>> = Arc::new(hosts.iter().map(|h| h.url.clone()).collect());
+    let killed = Arc::new(AtomicBool::new(false));
+    let submitted = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut submitters = tokio::task::JoinSet::new();
+    for first in 0..SUBMITTERS {
+        let (urls, killed, submitted) = (urls.clone(), killed.clone(), submitted.clone());
+        submitters.spawn(async move {
+            let http = reqwest::Client::new();
+            let mut ids = Vec::new();
+            for n in (first..JOBS).step_by(SUBMITTERS) {
+                ids.push(submit(&http, &urls, &killed, n).await);
+                submitted.fetch_add(1, Ordering::Relaxed);
+            }
+            ids
+        });
+    }
+    // Halfway through the submissions, the last host dies.
+    while submitted.load(Ordering::Relaxed) < JOBS / 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let running_at_kill = running(&db).await;
+    killed.store(true, Ordering::Release);
+    let status = hosts[HOSTS - 1].signal_and_wait(libc::SIGKILL);
+    assert_eq!(status.code(), None, "killed by a signal");
+    let killed_at = Instant::now();
+
+    let mut ids = HashSet::new();
+    while let Some(done) = submitters.join_next().await {
+        ids.extend(done.unwrap());
+    }
+    assert_eq!(ids.len(), JOBS, "one job per submission, resends included");
+    let submit_secs = started.elapsed().as_secs_f64();
+
+    // Every job ends succeeded: wait for it on a surviving host.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (status, counts) = hosts[0].admin_get("/admin/metrics/jobs").await;
+        assert_eq!(status, 200, "{counts}");
+        if counts["succeeded"].as_u64() == Some(JOBS as u64) {
+            assert_eq!(counts["total"].as_u64(), Some(JOBS as u64), "{counts}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every job succeeded: {counts}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let recovered = killed_at.elapsed().as_secs_f64();
+
+    // The truth behind the API.
+    let mut conn = db.connect().await;
+    let (total, succeeded, attempts, twice): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COUNT(*) FILTER (WHERE state = 'succeeded'),
+                SUM(attempt)::BIGINT, COUNT(*) FILTER (WHERE attempt > 1)
+         FROM jobs",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!((total, succeeded), (JOBS as i64, JOBS as i64));
+    let reaped: i64 =
+        sqlx::query_scalar("SELECT COUNT(DISTINCT job_id) FROM job_events WHERE actor = 'reaper'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    let completers: i64 = sqlx::query_scalar(
+        "SELECT COUNT(DISTINCT actor) FROM job_events WHERE to_state = 'succeeded'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert!(completers >= 2, "the hosts shared the work: {completers}");
+    // A job that ran twice was reaped from the killed host.
+    assert!(twice <= reaped, "{twice} ran twice, {reaped} reaped");
+
+    // Any host answers for any job.
+    let some: Vec<i64> = ids.iter().copied().take(20).collect();
+    for id in some {
+        for host in &hosts[..HOSTS - 1] {
+            assert_eq!(host.job(id).await["status"], "succeeded");
+        }
+    }
+    eprintln!(
+        "scale-out: {JOBS} jobs, {HOSTS} hosts (one killed while {running_at_kill} were running), \
+         submitted in {submit_secs:.1} s; {attempts} attempts, {twice} jobs ran twice \
+         ({reaped} reaped); {completers} hosts completed jobs; all succeeded {recovered:.1} s after the kill"
+    );
+}
+
+/// How many jobs are leased right now, from the store's own table.
+async fn running(db: &TestDb) -> i64 {
+    let mut conn = db.connect().await;
+    sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE state = 'running'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
