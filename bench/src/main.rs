@@ -60,6 +60,25 @@ struct Common {
     /// Extra flags for `jobhost serve`, e.g. `--serve-arg=--sqlite-sync=normal`.
     #[arg(long = "serve-arg", global = true)]
     serve_args: Vec<String>,
+    /// The store under test: the embedded SQLite file, or PostgreSQL (a
+    /// fresh database per scenario on the `--database-url` server).
+    #[arg(long, global = true, value_enum, default_value_t = StoreKind::Sqlite)]
+    store: StoreKind,
+    /// The PostgreSQL server for `--store postgres` (a database on it is
+    /// created for each scenario, named `jobhost_bench_<scenario>`).
+    #[arg(
+        long,
+        global = true,
+        env = "JOBHOST_BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StoreKind {
+    Sqlite,
+    Postgres,
 }
 
 #[derive(Subcommand)]
@@ -167,7 +186,7 @@ fn main() -> Result<()> {
 
 /// Starts jobhost with the scenario's flags (`--flag value` pairs or lone
 /// switches), except those the user overrides with `--serve-arg=--flag=value`.
-fn start(c: &Common, scenario: &str, defaults: &[&str]) -> Result<Server> {
+async fn start(c: &Common, scenario: &str, defaults: &[&str]) -> Result<Server> {
     let overridden = |flag: &str| {
         c.serve_args
             .iter()
@@ -184,11 +203,20 @@ fn start(c: &Common, scenario: &str, defaults: &[&str]) -> Result<Server> {
         i += width;
     }
     args.extend(c.serve_args.iter().cloned());
+    let database = match c.store {
+        StoreKind::Sqlite => None,
+        StoreKind::Postgres => {
+            let url = server::fresh_database(&c.database_url, scenario).await?;
+            args.extend(["--database-url".to_owned(), url.clone()]);
+            Some(url)
+        }
+    };
     Server::start(
         &c.bin,
         &c.plugins,
         &c.out.join(format!("data-{scenario}")),
         &args,
+        database,
     )
 }
 
@@ -363,7 +391,8 @@ async fn burn_down(c: &Common, jobs: usize, scenario: &str) -> Result<()> {
         c,
         scenario,
         &["--paused", "--concurrency", "1024", "--claim-batch", "512"],
-    )?;
+    )
+    .await?;
     let mut report = Report::new(scenario);
     report.param("jobs", jobs);
     report.param("serve_flags", "--concurrency 1024 --claim-batch 512");
@@ -429,7 +458,7 @@ async fn burn_down(c: &Common, jobs: usize, scenario: &str) -> Result<()> {
 }
 
 async fn latency(c: &Common, rates: &[u64], seconds: u64) -> Result<()> {
-    let server = start(c, "latency", &["--concurrency", "256"])?;
+    let server = start(c, "latency", &["--concurrency", "256"]).await?;
     let mut report = Report::new("latency");
     report.param("rates", rates.to_vec());
     report.param("serve_flags", "--concurrency 256");
@@ -527,7 +556,7 @@ async fn submit(c: &Common, connections: usize, seconds: u64) -> Result<()> {
     // Default concurrency: a larger pool makes the workers' transactions
     // bigger and the enqueues behind them wait longer (measured: 13,900 vs
     // 19,700 req/s at 256 vs 16).
-    let server = start(c, "submit", &[])?;
+    let server = start(c, "submit", &[]).await?;
     let mut report = Report::new("submit");
     report.param("connections", connections);
     report.param("seconds", seconds);
@@ -578,7 +607,7 @@ async fn submit(c: &Common, connections: usize, seconds: u64) -> Result<()> {
 }
 
 async fn batch(c: &Common, size: usize, connections: usize, seconds: u64) -> Result<()> {
-    let server = start(c, "batch", &["--paused"])?;
+    let server = start(c, "batch", &["--paused"]).await?;
     let mut report = Report::new("batch");
     report.param("batch", size);
     report.param("connections", connections);
@@ -606,7 +635,7 @@ async fn batch(c: &Common, size: usize, connections: usize, seconds: u64) -> Res
 }
 
 async fn seed(c: &Common, seconds: u64) -> Result<()> {
-    let server = start(c, "seed", &[])?;
+    let server = start(c, "seed", &[]).await?;
     let mut report = Report::new("seed");
     report.param("seconds", seconds);
     report.param(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use sqlx::Row;
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{ConnectOptions, SqliteConnection};
+use sqlx::{ConnectOptions, Connection, PgConnection, SqliteConnection};
 
 pub const TOKEN: &str = "bench-admin-token-0123456789";
 
@@ -17,6 +17,8 @@ pub struct Server {
     child: Child,
     pub addr: SocketAddr,
     pub data: PathBuf,
+    /// The PostgreSQL database the server uses, if not its SQLite file.
+    database: Option<String>,
 }
 
 /// One job as the store recorded it.
@@ -29,7 +31,13 @@ pub struct JobRow {
 }
 
 impl Server {
-    pub fn start(bin: &Path, plugins: &Path, data: &Path, args: &[String]) -> Result<Server> {
+    pub fn start(
+        bin: &Path,
+        plugins: &Path,
+        data: &Path,
+        args: &[String],
+        database: Option<String>,
+    ) -> Result<Server> {
         if data.exists() {
             std::fs::remove_dir_all(data)
                 .with_context(|| format!("clearing {}", data.display()))?;
@@ -64,6 +72,7 @@ impl Server {
             child,
             addr,
             data: data.to_owned(),
+            database,
         })
     }
 
@@ -85,28 +94,31 @@ impl Server {
         cpu_secs_of(&self.child.id().to_string())
     }
 
-    /// Every job in the store, read straight from the database file.
+    /// Every job in the store, read straight from the database.
     pub async fn jobs(&self) -> Result<Vec<JobRow>> {
+        const JOBS: &str =
+            "SELECT id, state, attempt, started_at, finished_at FROM jobs ORDER BY id";
+        fn row(r: &impl JobColumns) -> Result<JobRow> {
+            Ok(JobRow {
+                id: r.int("id")?.context("id")?,
+                state: r.text("state")?,
+                attempt: r.int("attempt")?.context("attempt")?,
+                started_at: r.int("started_at")?,
+                finished_at: r.int("finished_at")?,
+            })
+        }
+        if let Some(url) = &self.database {
+            let mut conn = PgConnection::connect(url).await?;
+            let rows = sqlx::query(JOBS).fetch_all(&mut conn).await?;
+            return rows.iter().map(row).collect();
+        }
         let mut conn: SqliteConnection = SqliteConnectOptions::new()
             .filename(self.data.join("jobhost.db"))
             .read_only(true)
             .connect()
             .await?;
-        let rows =
-            sqlx::query("SELECT id, state, attempt, started_at, finished_at FROM jobs ORDER BY id")
-                .fetch_all(&mut conn)
-                .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(JobRow {
-                    id: r.try_get("id")?,
-                    state: r.try_get("state")?,
-                    attempt: r.try_get("attempt")?,
-                    started_at: r.try_get("started_at")?,
-                    finished_at: r.try_get("finished_at")?,
-                })
-            })
-            .collect()
+        let rows = sqlx::query(JOBS).fetch_all(&mut conn).await?;
+        rows.iter().map(row).collect()
     }
 
     /// SIGTERM, then wait for a clean exit.
@@ -135,6 +147,55 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A row of either database.
+trait JobColumns {
+    fn int(&self, col: &str) -> Result<Option<i64>>;
+    fn text(&self, col: &str) -> Result<String>;
+}
+
+impl JobColumns for sqlx::sqlite::SqliteRow {
+    fn int(&self, col: &str) -> Result<Option<i64>> {
+        Ok(self.try_get(col)?)
+    }
+    fn text(&self, col: &str) -> Result<String> {
+        Ok(self.try_get(col)?)
+    }
+}
+
+impl JobColumns for sqlx::postgres::PgRow {
+    fn int(&self, col: &str) -> Result<Option<i64>> {
+        Ok(self.try_get(col)?)
+    }
+    fn text(&self, col: &str) -> Result<String> {
+        Ok(self.try_get(col)?)
+    }
+}
+
+/// Creates an empty database for `scenario` on the server `url` names
+/// (dropping the previous run's) and returns its URL.
+pub async fn fresh_database(url: &str, scenario: &str) -> Result<String> {
+    let name = format!("jobhost_bench_{}", scenario.replace('-', "_"));
+    let mut admin = PgConnection::connect(url)
+        .await
+        .with_context(|| format!("connecting to {url} (--database-url)"))?;
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut admin)
+            .await?;
+    }
+    let server = url
+        .split('?')
+        .next()
+        .and_then(|u| u.rsplit_once('/'))
+        .map(|(server, _)| server)
+        .filter(|s| s.contains("://") && !s.ends_with('/'))
+        .with_context(|| format!("--database-url must name a database: {url}"))?;
+    Ok(format!("{server}/{name}"))
 }
 
 /// Checks that the store holds exactly the submitted jobs, each succeeded
