@@ -29,6 +29,13 @@ pub struct ServeConfig {
           value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub pg_max_connections: u32,
 
+    /// PostgreSQL only: how long a request waits for a database connection,
+    /// in ms, before it fails with 503 `store_unavailable` (while the
+    /// database is unreachable).
+    #[arg(long, env = "JOBHOST_PG_ACQUIRE_TIMEOUT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub pg_acquire_timeout_ms: u64,
+
     /// Directory of plugins: `NAME.wasm` handles job type NAME, with an
     /// optional `NAME.toml` manifest. Default: `<data-dir>/plugins`.
     #[arg(long, env = "JOBHOST_PLUGINS")]

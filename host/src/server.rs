@@ -169,7 +169,7 @@ async fn open_store(config: &ServeConfig) -> anyhow::Result<(Arc<dyn Store>, Opt
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let options = PgOptions {
             max_connections: config.pg_max_connections,
-            ..PgOptions::default()
+            acquire_timeout: Duration::from_millis(config.pg_acquire_timeout_ms),
         };
         let store = PgStore::open(&url, options)
             .await

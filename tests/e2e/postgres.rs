@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::{Plugins, Server, TestDb};
+use crate::support::{Plugins, Proxy, Server, TestDb};
 
 const JOBS: usize = 5_000;
 const HOSTS: usize = 3;
@@ -169,4 +169,117 @@ async fn running(db: &TestDb) -> i64 {
         .fetch_one(&mut conn)
         .await
         .unwrap()
+}
+
+/// A host whose database connections are killed (`pg_terminate_backend`)
+/// mid-run, and later cut off from the database for a while, recovers by
+/// itself: submissions during the outage get `503 store_unavailable`, every
+/// job accepted before, during or after ends succeeded, and the host is
+/// never restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_host_rides_out_killed_connections_and_an_outage() {
+    let db = TestDb::create().await;
+    let (upstream, _) = db.via("unused:0");
+    let mut proxy = Proxy::start(&upstream).await;
+    let (_, url) = db.via(&proxy.addr.to_string());
+    let flags = [
+        "--database-url",
+        url.as_str(),
+        "--poll-interval-ms",
+        "100",
+        "--pg-acquire-timeout-ms",
+        "500",
+        // A claim whose answer the cut loses has still leased its jobs:
+        // they rerun when the lease expires (timeout 1 s + this).
+        "--lease-grace-ms",
+        "2000",
+    ];
+    let host = Server::start(noop(), &flags).await;
+    let mut accepted = Vec::new();
+    let submit_some = |n: usize| {
+        let host = &host;
+        async move {
+            let mut ids = Vec::new();
+            for i in 0..n {
+                ids.push(host.submit("noop", &format!(r#"{{"i":{i}}}"#)).await);
+            }
+            ids
+        }
+    };
+    accepted.extend(submit_some(50).await);
+
+    // Every connection of the test's database killed, jobs in flight.
+    let batch: String = format!("[{}]", vec!["{}"; 500].join(","));
+    let (status, body) = host.post("/jobs/noop/batch", &batch).await;
+    assert_eq!(status, 202, "{body}");
+    accepted.extend(
+        body["jobIds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap()),
+    );
+    let mut admin = db.connect().await;
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(killed > 0, "the host had connections to kill");
+    accepted.extend(submit_some(20).await);
+
+    // The network between host and database cut: refused, not accepted.
+    proxy.cut().await;
+    let cut_at = std::time::Instant::now();
+    let mut refused = 0;
+    for i in 0..5 {
+        let (status, body) = host
+            .post("/jobs/noop", &format!(r#"{{"outage":{i}}}"#))
+            .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (503, Some("store_unavailable")),
+            "{body}"
+        );
+        refused += 1;
+    }
+    let (status, _) = host.get("/healthz").await;
+    assert_eq!(status, 200, "the host itself keeps serving");
+    proxy.restore().await;
+    let outage = cut_at.elapsed().as_secs_f64();
+
+    // Back: the first submission after the outage goes through, and runs.
+    let restored_at = std::time::Instant::now();
+    let first = loop {
+        let (status, body) = host.post("/jobs/noop", r#"{"after":true}"#).await;
+        match status {
+            202 => break body["jobId"].as_i64().unwrap(),
+            503 => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => panic!("{status} {body}"),
+        }
+        assert!(
+            restored_at.elapsed() < Duration::from_secs(60),
+            "never recovered"
+        );
+    };
+    host.wait_for(first, "succeeded").await;
+    let recovered = restored_at.elapsed().as_secs_f64();
+    accepted.push(first);
+    for id in &accepted {
+        host.wait_for(*id, "succeeded").await;
+    }
+    let outage_jobs: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE payload LIKE '%outage%'")
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!(outage_jobs, 0, "a refused submission wrote nothing");
+    eprintln!(
+        "outage: {killed} connections killed mid-run, then {outage:.1} s cut off \
+         ({refused} submissions refused with 503); a new job ran {recovered:.2} s after the \
+         network came back; all {} accepted jobs succeeded",
+        accepted.len()
+    );
 }

@@ -358,3 +358,82 @@ fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::time::SystemTime::now()) as u32
 }
+
+impl TestDb {
+    /// The server's `host:port`, and the URL with another `host:port` in
+    /// its place (to reach the database through a [`Proxy`]).
+    pub fn via(&self, host_port: &str) -> (String, String) {
+        let (scheme, rest) = self.url.split_once("://").expect("a URL");
+        let (authority, path) = rest.split_once('/').expect("a database in the URL");
+        let (userinfo, server) = match authority.rsplit_once('@') {
+            Some((u, s)) => (format!("{u}@"), s),
+            None => (String::new(), authority),
+        };
+        let server = if server.contains(':') {
+            server.to_owned()
+        } else {
+            format!("{server}:5432")
+        };
+        (server, format!("{scheme}://{userinfo}{host_port}/{path}"))
+    }
+}
+
+/// A TCP proxy in front of the database that the test can cut (every
+/// connection dropped, new ones refused) and restore: a network outage
+/// between one host and PostgreSQL, with PostgreSQL itself untouched.
+pub struct Proxy {
+    pub addr: std::net::SocketAddr,
+    upstream: String,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut proxy = Proxy {
+            addr,
+            upstream: upstream.to_owned(),
+            task: None,
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let upstream = self.upstream.clone();
+        self.task = Some(tokio::spawn(async move {
+            // The forwarders belong to this task: aborting it drops the
+            // set, which aborts them all.
+            let mut live = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((mut client, _)) = accepted else { continue };
+                        let upstream = upstream.clone();
+                        live.spawn(async move {
+                            if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            }
+                        });
+                    }
+                    Some(_) = live.join_next() => {}
+                }
+            }
+        }));
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub async fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Accepts connections again, on the same address.
+    pub async fn restore(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+}

@@ -85,10 +85,12 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    /// Connects to `url` (`postgres://user@host/db`), runs the migrations
-    /// (under PostgreSQL's advisory lock, so hosts starting together take
-    /// turns) and starts the committer.
+    /// Connects to `url` (`postgres://user@host/db`), creating the database
+    /// if it does not exist, runs the migrations (under PostgreSQL's
+    /// advisory lock, so hosts starting together take turns) and starts the
+    /// committer.
     pub async fn open(url: &str, options: PgOptions) -> StoreResult<PgStore> {
+        create_if_missing(url).await?;
         let connect = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Backend(format!("{}: {e}", redact(url))))?
             .application_name("jobhost");
@@ -146,6 +148,33 @@ impl PgStore {
         } else {
             Ok(())
         }
+    }
+}
+
+/// Creates the database `url` names if it does not exist yet, so a first
+/// start needs nothing but a running server. Hosts starting together may
+/// both try: the loser finds it created.
+async fn create_if_missing(url: &str) -> StoreResult<()> {
+    use sqlx::migrate::MigrateDatabase;
+    let unavailable =
+        |e: sqlx::Error| StoreError::Unavailable(format!("connecting to {}: {e}", redact(url)));
+    if sqlx::Postgres::database_exists(url)
+        .await
+        .map_err(unavailable)?
+    {
+        return Ok(());
+    }
+    match sqlx::Postgres::create_database(url).await {
+        Ok(()) => {
+            tracing::info!(url = %redact(url), "created the database");
+            Ok(())
+        }
+        // 42P04: duplicate_database (another host created it first).
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
+        Err(e) => Err(StoreError::Backend(format!(
+            "creating the database {}: {e}",
+            redact(url)
+        ))),
     }
 }
 
