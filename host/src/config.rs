@@ -29,6 +29,18 @@ pub struct ServeConfig {
           value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub pg_max_connections: u32,
 
+    /// Redis for dispatch between hosts (`redis://HOST:PORT[/DB]`); needs a
+    /// `postgres://` store. Optional: without it hosts hear each other
+    /// through PostgreSQL's LISTEN/NOTIFY.
+    #[arg(long, env = "JOBHOST_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// The prefix of every Redis key of this deployment (letters, digits,
+    /// `_`, `-`, `.`, `:`; 1 to 64 bytes).
+    #[arg(long, env = "JOBHOST_REDIS_PREFIX", default_value = "jobhost",
+          value_parser = parse_redis_prefix)]
+    pub redis_prefix: String,
+
     /// PostgreSQL only: how long a request waits for a database connection,
     /// in ms, before it fails with 503 `store_unavailable` (while the
     /// database is unreachable).
@@ -98,6 +110,18 @@ pub struct ServeConfig {
     /// power loss.
     #[arg(long, env = "JOBHOST_SQLITE_SYNC", value_enum, default_value_t = Durability::Full)]
     pub sqlite_sync: Durability,
+}
+
+fn parse_redis_prefix(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("1 to 64 letters, digits, `_`, `-`, `.` or `:`".to_owned())
+    }
 }
 
 impl ServeConfig {

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::clock::{Clock, SystemClock};
 use crate::config::ServeConfig;
+use crate::dispatch::redis::Redis;
 use crate::dispatch::{self, Dispatch};
 use crate::maintenance::Maintenance;
 use crate::plugins::Registry;
@@ -65,6 +66,30 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let dispatch = Arc::new(Dispatch::new());
     let stop = CancellationToken::new();
+    let owner = format!("{}-{}", hostname(), std::process::id());
+    // Redis Streams: this host's hints to the others, and theirs to it.
+    let redis = match &config.redis_url {
+        None => None,
+        Some(url) => {
+            anyhow::ensure!(
+                shared.is_some(),
+                "--redis-url needs a shared store: set --database-url postgres://..."
+            );
+            let consumer = format!("{owner}-{:08x}", rand::random::<u32>());
+            let redis = Arc::new(
+                Redis::connect(url, &config.redis_prefix, consumer).context("--redis-url")?,
+            );
+            dispatch.set_redis(redis.clone());
+            Some(redis)
+        }
+    };
+    let redis_tasks = redis.map(|redis| {
+        let types: Vec<String> = registry.all().iter().map(|p| p.job_type.clone()).collect();
+        (
+            tokio::spawn(redis.clone().publisher(stop.clone())),
+            tokio::spawn(redis.reader(types, dispatch.clone(), stop.clone())),
+        )
+    });
     // Other hosts' writes reach this host's workers as hints.
     let hints = shared.map(|pool| {
         tokio::spawn(dispatch::pg_notify::listen(
@@ -93,7 +118,7 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
         control: control.clone(),
         round: Default::default(),
         config: WorkerConfig {
-            owner: format!("{}-{}", hostname(), std::process::id()),
+            owner,
             concurrency: config.concurrency as usize,
             claim_batch: config.claim_batch as usize,
             lease_grace: Duration::from_millis(config.lease_grace_ms),
@@ -145,6 +170,9 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
     let _ = tokio::join!(reaper, promoter);
     if let Some(hints) = hints {
         let _ = hints.await;
+    }
+    if let Some((publisher, reader)) = redis_tasks {
+        let _ = tokio::join!(publisher, reader);
     }
     match tokio::time::timeout(Duration::from_secs(5), http).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server error at shutdown"),

@@ -35,6 +35,11 @@ pub const STORE_WAL_RESTART_DURATION: &str = "jobhost_store_wal_restart_duration
 /// Recording one attempt's outcome.
 pub const COMPLETE_DURATION: &str = "jobhost_complete_duration_seconds";
 pub const QUEUE_DEPTH: &str = "jobhost_queue_depth";
+/// Redis Streams dispatch (scale-out with `--redis-url`).
+pub const REDIS_UP: &str = "jobhost_redis_up";
+pub const REDIS_ERRORS: &str = "jobhost_redis_errors_total";
+pub const REDIS_HINTS_DROPPED: &str = "jobhost_redis_hints_dropped_total";
+pub const REDIS_HINTS_READ: &str = "jobhost_redis_hints_read_total";
 
 const SECONDS_BUCKETS: &[f64] = &[
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -101,6 +106,19 @@ pub fn prometheus() -> Result<PrometheusHandle, String> {
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(JOBS_ENQUEUED, "Jobs accepted, per type");
+    describe_gauge!(
+        REDIS_UP,
+        "1 while Redis answers, 0 after a failed Redis command (hints fall back to polling)"
+    );
+    describe_counter!(REDIS_ERRORS, "Failed Redis commands, per command");
+    describe_counter!(
+        REDIS_HINTS_DROPPED,
+        "Ready and dead-letter entries not published to Redis (unreachable, or the queue full)"
+    );
+    describe_counter!(
+        REDIS_HINTS_READ,
+        "Hints read from Redis streams (new or taken over)"
+    );
     describe_counter!(ATTEMPTS_STARTED, "Attempts started, per type");
     describe_counter!(JOBS_SUCCEEDED, "Jobs that succeeded, per type");
     describe_counter!(

@@ -210,6 +210,7 @@ impl Worker {
         // for them all.
         let few = self.config.claim_batch.min(self.config.concurrency) / 2;
         let rescope = saturated || wait.total < few;
+        self.dispatch.claim_started();
         let claim = self.store.job_claim_wait(wait);
         tokio::pin!(claim);
         let wake = async {
@@ -231,6 +232,7 @@ impl Worker {
                 claim.await
             }
         };
+        self.dispatch.claim_settled();
         let jobs = match claimed {
             Ok(jobs) => jobs,
             Err(e) => {
@@ -349,6 +351,10 @@ impl Worker {
             Outcome::Dead { .. } => &metrics.dead,
         };
         let retry = matches!(outcome, Outcome::Retry { .. });
+        let dead_error = match &outcome {
+            Outcome::Dead { error } => Some(error.clone()),
+            _ => None,
+        };
         if let Outcome::Retry { error, .. } | Outcome::Dead { error } = &outcome {
             tracing::debug!(job = job.id, attempt = job.attempt, error = %error, "attempt failed");
         }
@@ -375,6 +381,9 @@ impl Worker {
                 counter.increment(1);
                 if retry {
                     self.dispatch.scheduled();
+                }
+                if let Some(error) = dead_error {
+                    self.dispatch.dead(job_type, job.id, &error);
                 }
             }
             Ok(false) => tracing::warn!(

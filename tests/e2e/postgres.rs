@@ -283,3 +283,210 @@ async fn postgres_a_host_rides_out_killed_connections_and_an_outage() {
         accepted.len()
     );
 }
+
+/// A Redis key prefix of the test's own, and its keys deleted at the end
+/// (the test server is shared: never FLUSHALL it).
+struct RedisKeys {
+    url: String,
+    prefix: String,
+}
+
+impl RedisKeys {
+    fn new() -> RedisKeys {
+        let url = std::env::var("JOBHOST_TEST_REDIS_URL").unwrap_or_else(|_| {
+            panic!("JOBHOST_TEST_REDIS_URL is not set; run the tests with `cargo xtask test`")
+        });
+        let prefix = format!(
+            "jobhost-test-{}-{:08x}",
+            std::process::id(),
+            crate::support::rand_u32()
+        );
+        RedisKeys { url, prefix }
+    }
+
+    async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis_conn(&self.url).await
+    }
+
+    /// Deletes every key of the prefix: what FLUSHALL does to this
+    /// deployment. Returns how many there were.
+    async fn flush(&self) -> usize {
+        flush(&self.url, &self.prefix).await
+    }
+}
+
+async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
+}
+
+async fn flush(url: &str, prefix: &str) -> usize {
+    let mut conn = redis_conn(url).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    keys.len()
+}
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        let (url, prefix) = (self.url.clone(), self.prefix.clone());
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(flush(&url, &prefix))
+        })
+        .join();
+    }
+}
+
+/// Two hosts dispatch through Redis Streams: every job is hinted on its
+/// type's stream and acknowledged once claimed; the deployment's keys are
+/// flushed mid-run and every job still completes (the streams and groups
+/// come back by themselves); a job that dies is mirrored on the DLQ stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_redis_hosts_dispatch_through_streams_and_survive_a_flush() {
+    let db = TestDb::create().await;
+    let keys = RedisKeys::new();
+    let flags = [
+        "--database-url",
+        db.url.as_str(),
+        "--redis-url",
+        keys.url.as_str(),
+        "--redis-prefix",
+        keys.prefix.as_str(),
+    ];
+    let plugins = || {
+        Plugins::new()
+            .example("noop", "timeout_ms = 1_000\n")
+            .testing("always_fatal", "max_attempts = 1\n")
+    };
+    let a = Server::start(plugins(), &flags).await;
+    let b = Server::start(plugins(), &flags).await;
+    let hosts = [&a, &b];
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        ids.push(
+            hosts[i % 2]
+                .submit("noop", &format!(r#"{{"i":{i}}}"#))
+                .await,
+        );
+    }
+    let flushed = keys.flush().await;
+    assert!(flushed >= 1, "the streams existed before the flush");
+    for i in 300..600 {
+        ids.push(
+            hosts[i % 2]
+                .submit("noop", &format!(r#"{{"i":{i}}}"#))
+                .await,
+        );
+    }
+    for id in &ids {
+        hosts[(*id as usize) % 2].wait_for(*id, "succeeded").await;
+    }
+    // The stream, its group and both hosts as consumers are back, and every
+    // hint read was acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stream = loop {
+        let (status, queue) = a.admin_get("/admin/metrics/queue").await;
+        assert_eq!(status, 200, "{queue}");
+        let noop = queue["types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["type"] == "noop")
+            .cloned()
+            .unwrap();
+        let stream = noop["stream"].clone();
+        if stream["length"].as_u64() >= Some(300)
+            && stream["consumers"].as_u64() == Some(2)
+            && stream["pending"].as_u64() == Some(0)
+        {
+            break stream;
+        }
+        assert!(Instant::now() < deadline, "stream never settled: {noop}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // The dead-letter queue, mirrored.
+    let dead = a.submit("always_fatal", "{}").await;
+    a.wait_for(dead, "dead").await;
+    let mut conn = keys.conn().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(format!("{}:dlq:always_fatal", keys.prefix))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mirrored = entries.ids.iter().any(|e| {
+            e.get::<i64>("job") == Some(dead)
+                && e.get::<String>("error")
+                    .is_some_and(|m| m.contains("never succeed"))
+        });
+        if mirrored {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {dead} never reached the DLQ stream"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("redis: 600 jobs on 2 hosts, {flushed} keys flushed after 300; after: {stream}");
+}
+
+/// With Redis unreachable (a closed port) from the start, a host still
+/// takes and runs every job, and says so in its metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_redis_unreachable_jobs_still_complete() {
+    let db = TestDb::create().await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let redis_url = format!("redis://127.0.0.1:{closed}");
+    let flags = [
+        "--database-url",
+        db.url.as_str(),
+        "--redis-url",
+        redis_url.as_str(),
+        "--poll-interval-ms",
+        "200",
+    ];
+    let host = Server::start(noop(), &flags).await;
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        ids.push(host.submit("noop", &format!(r#"{{"i":{i}}}"#)).await);
+    }
+    for id in &ids {
+        host.wait_for(*id, "succeeded").await;
+    }
+    let metrics = host.metrics_text().await;
+    let errors: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("jobhost_redis_errors_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(errors > 0.0, "Redis failures are counted:\n{metrics}");
+    assert!(
+        metrics.lines().any(|l| l == "jobhost_redis_up 0"),
+        "and shown as down"
+    );
+}

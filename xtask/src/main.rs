@@ -120,9 +120,11 @@ fn plugins() -> Result<PathBuf> {
 /// the one every developer machine and CI runs (trust auth). Each test
 /// creates a database of its own there and drops it.
 const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// Likewise Redis; each test keeps to a key prefix of its own.
+const DEFAULT_TEST_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 /// Whether something accepts TCP connections at the URL's host and port.
-fn reachable(url: &str) -> Result<()> {
+fn reachable(url: &str, default_port: u16) -> Result<()> {
     use std::net::{TcpStream, ToSocketAddrs};
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = rest.split(['/', '?']).next().unwrap_or(rest);
@@ -130,7 +132,7 @@ fn reachable(url: &str) -> Result<()> {
     let host_port = if host_port.contains(':') {
         host_port.to_owned()
     } else {
-        format!("{host_port}:5432")
+        format!("{host_port}:{default_port}")
     };
     let addr = host_port
         .to_socket_addrs()
@@ -186,33 +188,40 @@ fn test(args: &[String]) -> Result<()> {
         Some("--") => args[1..].to_vec(),
         _ => args.to_vec(),
     };
-    // The scale-out suite runs against a real PostgreSQL server. In CI a
-    // server that cannot be reached fails the run; elsewhere its tests
-    // (every one has "postgres" in its name) are left out, loudly.
+    // The scale-out suite runs against a real PostgreSQL server and a real
+    // Redis. In CI a server that cannot be reached fails the run; elsewhere
+    // the tests that need it (each has "postgres" or "redis" in its name)
+    // are left out, loudly.
     let database_url = std::env::var("JOBHOST_TEST_DATABASE_URL")
         .unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_owned());
-    let mut skipped = None;
-    if let Err(why) = reachable(&database_url) {
+    let redis_url = std::env::var("JOBHOST_TEST_REDIS_URL")
+        .unwrap_or_else(|_| DEFAULT_TEST_REDIS_URL.to_owned());
+    let mut skipped = Vec::new();
+    for (service, url, default_port, filter) in [
+        ("PostgreSQL", &database_url, 5432, "postgres"),
+        ("Redis", &redis_url, 6379, "redis"),
+    ] {
+        let Err(why) = reachable(url, default_port) else {
+            continue;
+        };
         if std::env::var_os("CI").is_some() {
             bail!(
-                "the scale-out suite needs PostgreSQL at {database_url} ({why}); \
+                "the scale-out suite needs {service} at {url} ({why:#}); \
                  CI must start it (see .ci/run)"
             );
         }
         eprintln!(
-            "xtask: WARNING: PostgreSQL at {database_url} is unreachable ({why}): \
-             the scale-out suite is NOT run (set JOBHOST_TEST_DATABASE_URL to a server)"
+            "xtask: WARNING: {service} at {url} is unreachable ({why:#}): \
+             the tests named *{filter}* are NOT run"
         );
-        skipped = Some(format!(
-            "the scale-out suite (no PostgreSQL at {database_url})"
-        ));
+        skipped.push((format!("the tests that need {service} ({url})"), filter));
     }
-    let mut test_args = extra.clone();
-    if skipped.is_some() {
-        if !test_args.iter().any(|a| a == "--") {
-            test_args.push("--".into());
-        }
-        test_args.extend(["--skip".into(), "postgres".into()]);
+    let mut test_args = extra;
+    if !skipped.is_empty() && !test_args.iter().any(|a| a == "--") {
+        test_args.push("--".into());
+    }
+    for (_, filter) in &skipped {
+        test_args.extend(["--skip".into(), (*filter).into()]);
     }
     let mut cmd = cargo();
     cmd.current_dir(&root)
@@ -220,6 +229,7 @@ fn test(args: &[String]) -> Result<()> {
         .args(&test_args)
         .env("JOBHOST_TEST_PLUGINS", &plugins)
         .env("JOBHOST_TEST_DATABASE_URL", &database_url)
+        .env("JOBHOST_TEST_REDIS_URL", &redis_url)
         .env(
             "JOBHOST_BIN",
             root.join("target").join("debug").join("jobhost"),
@@ -227,7 +237,7 @@ fn test(args: &[String]) -> Result<()> {
     let (passed, failed) = run_counting_tests(&mut cmd)?;
     // One closing line for the whole suite, after cargo's per-binary ones.
     println!("summary: {passed} passed, {failed} failed");
-    if let Some(what) = skipped {
+    for (what, _) in skipped {
         println!("summary: NOT RUN: {what}");
     }
     if failed > 0 {

@@ -91,7 +91,7 @@ async fn replay(
             },
             other => other.into(),
         })?;
-    app.dispatch.hint();
+    app.dispatch.ready(&record.job_type, vec![record.id]);
     Ok(Json(render_job(
         &record,
         &events_after_commit(&app, job_id).await,
@@ -147,16 +147,30 @@ async fn queue_counts(State(app): State<AppState>) -> Result<Json<Value>, ApiErr
         .map(|t| (t, StateCounts::default()))
         .collect();
     by_type.extend(app.store.counts_by_type().await?);
+    // Scale-out with Redis: each type's stream (length, hints read and not
+    // yet acknowledged, consumers), absent while Redis cannot be reached.
+    let streams = match app.dispatch.redis() {
+        Some(redis) => Some(
+            redis
+                .stats(&by_type.keys().cloned().collect::<Vec<_>>())
+                .await,
+        ),
+        None => None,
+    };
     let types: Vec<Value> = by_type
         .into_iter()
         .map(|(job_type, c)| {
-            json!({
+            let mut entry = json!({
                 "type": job_type,
                 "queued": c.queued,
                 "scheduled": c.scheduled,
                 "running": c.running,
                 "dead": c.dead,
-            })
+            });
+            if let Some(stream) = streams.as_ref().and_then(|s| s.get(&job_type)) {
+                entry["stream"] = json!(stream);
+            }
+            entry
         })
         .collect();
     Ok(Json(json!({ "types": types })))

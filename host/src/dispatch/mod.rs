@@ -7,22 +7,80 @@
 //! also poll on an interval, so a lost hint only delays a job.
 //!
 //! Hints from other hosts arrive through [`pg_notify`] (PostgreSQL's
-//! LISTEN/NOTIFY) when the store is shared; they end here, as `hint()`.
+//! LISTEN/NOTIFY) when the store is shared, and through [`redis`] (Redis
+//! Streams, one host per hint) when one is configured; they end here, as
+//! `hint()`. What this host readies reaches the others through the same
+//! fabric ([`Dispatch::ready`]).
 
 pub mod pg_notify;
+pub mod redis;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::Notify;
 
-#[derive(Debug, Default)]
+use crate::job::JobId;
+
+#[derive(Default)]
 pub struct Dispatch {
     ready: Notify,
     freed: Notify,
     scheduled: Notify,
+    /// Claims the worker began and finished: a hint read from Redis is
+    /// acknowledged once a claim begun after it has finished.
+    claims_started: AtomicU64,
+    claims_settled: AtomicU64,
+    redis: OnceLock<Arc<redis::Redis>>,
 }
 
 impl Dispatch {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sends this host's hints to other hosts through Redis, too.
+    pub fn set_redis(&self, redis: Arc<redis::Redis>) {
+        let _ = self.redis.set(redis);
+    }
+
+    pub fn redis(&self) -> Option<&Arc<redis::Redis>> {
+        self.redis.get()
+    }
+
+    /// Jobs of `job_type` were made ready and committed: hint this host's
+    /// worker, and (with Redis) one other host's.
+    pub fn ready(&self, job_type: &str, ids: Vec<JobId>) {
+        self.hint();
+        if let Some(redis) = self.redis.get() {
+            redis.ready(job_type, ids);
+        }
+    }
+
+    /// A job went to the dead-letter queue (committed): mirrored to the
+    /// type's DLQ stream when Redis is configured.
+    pub fn dead(&self, job_type: &str, id: JobId, error: &str) {
+        if let Some(redis) = self.redis.get() {
+            redis.dead(job_type, id, error);
+        }
+    }
+
+    /// The worker begins a claim.
+    pub fn claim_started(&self) {
+        self.claims_started.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The worker's claim has returned (with jobs or without).
+    pub fn claim_settled(&self) {
+        self.claims_settled.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn claims_started(&self) -> u64 {
+        self.claims_started.load(Ordering::Acquire)
+    }
+
+    pub fn claims_settled(&self) -> u64 {
+        self.claims_settled.load(Ordering::Acquire)
     }
 
     /// A job may be ready: one was enqueued, promoted, requeued or replayed.
