@@ -4,15 +4,18 @@
 //! instead of per job.
 //!
 //! If the batch fails, nothing of it was committed. A lost connection is
-//! retried once on a fresh one (a pooled connection may have died with the
-//! server's restart or a `pg_terminate_backend`); any other failure replays
+//! retried on fresh ones for up to a second (pooled connections may have
+//! died with the server's restart or a `pg_terminate_backend`); any other
+//! failure replays
 //! each command in a transaction of its own, so a failure stays with its
 //! caller and nothing is half-written.
 
 use std::collections::HashSet;
 
+use std::sync::Arc;
+
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::READY_CHANNEL;
@@ -21,6 +24,9 @@ use super::enqueue::{insert, insert_many};
 use crate::clock::Timestamp;
 use crate::job::JobState;
 use crate::store::{Completion, Enqueued, NewJob, StoreResult};
+
+/// How long a batch is retried on fresh connections after losing its own.
+pub(super) const RECONNECT_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Most commands applied in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -50,22 +56,31 @@ enum Done {
     Applied(bool),
 }
 
+/// Committers per host. Two, so that one batch is built and sent while
+/// the other's statements run and its WAL flush is awaited.
+pub(super) const COMMITTERS: usize = 2;
+
 /// Runs until `closing`, then drains what was already sent and ends
-/// (dropping `_ended`, which tells `close` it may close the pool).
+/// (dropping `_ended`, which tells `close` it may close the pool). Every
+/// committer of a host shares `rx`: each takes what is waiting when it is
+/// free.
 pub(super) async fn run(
     pool: PgPool,
-    mut rx: mpsc::Receiver<Cmd>,
+    rx: Arc<Mutex<mpsc::Receiver<Cmd>>>,
     closing: CancellationToken,
-    _ended: DropGuard,
+    _ended: Arc<DropGuard>,
 ) {
     let mut batch: Vec<Cmd> = Vec::with_capacity(MAX_BATCH);
     loop {
-        let received = tokio::select! {
-            n = rx.recv_many(&mut batch, MAX_BATCH) => n,
-            () = closing.cancelled(), if !rx.is_closed() => {
-                // Take nothing new; what is queued is still applied.
-                rx.close();
-                continue;
+        let received = {
+            let mut rx = rx.lock().await;
+            tokio::select! {
+                n = rx.recv_many(&mut batch, MAX_BATCH) => n,
+                () = closing.cancelled(), if !rx.is_closed() => {
+                    // Take nothing new; what is queued is still applied.
+                    rx.close();
+                    continue;
+                }
             }
         };
         if received == 0 {
@@ -104,17 +119,20 @@ fn answer(cmd: Cmd, result: StoreResult<Done>) {
 }
 
 async fn apply_or_replay(pool: &PgPool, batch: &[Cmd]) -> Vec<StoreResult<Done>> {
-    let mut failed = match apply(pool, batch).await {
-        Ok(done) => return done.into_iter().map(Ok).collect(),
-        Err(e) => e,
-    };
-    if failed.is_unavailable() {
-        // Perhaps only the connection died: once more on a fresh one.
+    // A lost connection fails at once, and the pool may hold several that
+    // died together (a server restart, `pg_terminate_backend`): try fresh
+    // ones for up to a second. An unreachable server fails slower (the
+    // pool's acquire timeout) and is not tried again.
+    let started = std::time::Instant::now();
+    let failed = loop {
         match apply(pool, batch).await {
             Ok(done) => return done.into_iter().map(Ok).collect(),
-            Err(e) => failed = e,
+            Err(e) if e.is_unavailable() && started.elapsed() < RECONNECT_WINDOW => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(e) => break e,
         }
-    }
+    };
     if batch.len() == 1 || failed.is_unavailable() {
         // Alone already, or the database is out of reach: every command
         // would fail the same way, each after its own wait.

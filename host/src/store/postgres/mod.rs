@@ -32,6 +32,7 @@ mod reads;
 mod upkeep;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -58,8 +59,9 @@ const QUEUE_DEPTH: usize = 8192;
 /// How the pool is sized and how long a caller waits for a connection.
 #[derive(Debug, Clone)]
 pub struct PgOptions {
-    /// Connections this host opens at most (claims, reads, maintenance and
-    /// the committer share them).
+    /// Connections this host opens at most: a quarter (at least one) for
+    /// claims and maintenance, the rest for the committer, operators, reads
+    /// and the dispatcher's LISTEN.
     pub max_connections: u32,
     /// How long a call waits for a free connection (or a new one) before it
     /// fails with [`StoreError::Unavailable`].
@@ -76,7 +78,18 @@ impl Default for PgOptions {
 }
 
 pub struct PgStore {
+    /// Durable commits: what a client is told was done (enqueues, and the
+    /// completions batched with them; replay, cancel) and reads.
     pool: PgPool,
+    /// Commits that do not wait for the WAL flush (`synchronous_commit =
+    /// off`): claims and the reaper, promoter and release. None of them is
+    /// acknowledged to a client, and losing one to a crash of PostgreSQL
+    /// itself (the last ~200 ms, `wal_writer_delay`) only reruns or delays
+    /// work: a lost claim leaves its job queued (or, if its attempt already
+    /// ran, fenced out and run again), a lost requeue or promotion is made
+    /// again by the next round. Each one a claim saves is a WAL flush the
+    /// enqueues no longer queue behind.
+    fast: PgPool,
     committer: mpsc::Sender<Cmd>,
     /// Cancelled by `close`: the committer drains what it was sent, then ends.
     closing: CancellationToken,
@@ -94,17 +107,27 @@ impl PgStore {
         let connect = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Backend(format!("{}: {e}", redact(url))))?
             .application_name("jobhost");
-        let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections)
-            .acquire_timeout(options.acquire_timeout)
-            // A dead connection fails its statement and is dropped; the
-            // callers that matter retry (the committer once at once, the
-            // worker with backoff). A ping before every use would cost a
-            // round trip per statement.
-            .test_before_acquire(false)
-            .connect_with(connect)
+        // A dead connection fails its statement and is dropped; the callers
+        // that matter retry (the committer once at once, the worker with
+        // backoff). A ping before every use would cost a round trip each.
+        let pool_options = || {
+            PgPoolOptions::new()
+                .acquire_timeout(options.acquire_timeout)
+                .test_before_acquire(false)
+        };
+        let fast_connections = (options.max_connections / 4).max(1);
+        let unavailable =
+            |e: sqlx::Error| StoreError::Unavailable(format!("connecting to {}: {e}", redact(url)));
+        let pool = pool_options()
+            .max_connections(options.max_connections - fast_connections)
+            .connect_with(connect.clone())
             .await
-            .map_err(|e| StoreError::Unavailable(format!("connecting to {}: {e}", redact(url))))?;
+            .map_err(unavailable)?;
+        let fast = pool_options()
+            .max_connections(fast_connections)
+            .connect_with(connect.options([("synchronous_commit", "off")]))
+            .await
+            .map_err(unavailable)?;
         MIGRATOR
             .run(&pool)
             .await
@@ -112,10 +135,20 @@ impl PgStore {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let closing = CancellationToken::new();
         let committer_ended = CancellationToken::new();
-        let ended = committer_ended.clone().drop_guard();
-        tokio::spawn(committer::run(pool.clone(), rx, closing.clone(), ended));
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let ended = Arc::new(committer_ended.clone().drop_guard());
+        for _ in 0..committer::COMMITTERS {
+            let ended = ended.clone();
+            tokio::spawn(committer::run(
+                pool.clone(),
+                rx.clone(),
+                closing.clone(),
+                ended,
+            ));
+        }
         Ok(PgStore {
             pool,
+            fast,
             committer: tx,
             closing,
             committer_ended,
@@ -140,6 +173,26 @@ impl PgStore {
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs a read, again on a fresh connection if its own had died (for up
+    /// to [`committer::RECONNECT_WINDOW`]), so a client does not see a 503
+    /// for a connection PostgreSQL dropped while the database is up.
+    async fn read<T, F, Fut>(&self, read: F) -> StoreResult<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = StoreResult<T>>,
+    {
+        self.open_for_work()?;
+        let started = std::time::Instant::now();
+        loop {
+            match read().await {
+                Err(e) if e.is_unavailable() && started.elapsed() < committer::RECONNECT_WINDOW => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     fn open_for_work(&self) -> StoreResult<()> {
@@ -205,23 +258,20 @@ impl Store for PgStore {
     }
 
     async fn job_get(&self, id: JobId) -> StoreResult<Option<JobRecord>> {
-        self.open_for_work()?;
-        reads::record_get(&self.pool, id).await
+        self.read(|| reads::record_get(&self.pool, id)).await
     }
 
     async fn job_events(&self, id: JobId) -> StoreResult<Vec<JobEvent>> {
-        self.open_for_work()?;
-        reads::events_get(&self.pool, id).await
+        self.read(|| reads::events_get(&self.pool, id)).await
     }
 
     async fn job_show(&self, id: JobId) -> StoreResult<Option<(JobRecord, Vec<JobEvent>)>> {
-        self.open_for_work()?;
-        reads::show(&self.pool, id).await
+        self.read(|| reads::show(&self.pool, id)).await
     }
 
     async fn job_claim(&self, req: ClaimRequest) -> StoreResult<Vec<ClaimedJob>> {
         self.open_for_work()?;
-        claim::claim(&self.pool, &req).await
+        claim::claim(&self.fast, &req).await
     }
 
     async fn job_complete(&self, completion: Completion) -> StoreResult<bool> {
@@ -231,22 +281,21 @@ impl Store for PgStore {
 
     async fn lease_release(&self, id: JobId, token: i64, now: Timestamp) -> StoreResult<bool> {
         self.open_for_work()?;
-        upkeep::release(&self.pool, id, token, now).await
+        upkeep::release(&self.fast, id, token, now).await
     }
 
     async fn lease_reap(&self, now: Timestamp) -> StoreResult<Reaped> {
         self.open_for_work()?;
-        upkeep::reap(&self.pool, now).await
+        upkeep::reap(&self.fast, now).await
     }
 
     async fn job_promote(&self, now: Timestamp) -> StoreResult<Vec<JobId>> {
         self.open_for_work()?;
-        upkeep::promote(&self.pool, now).await
+        upkeep::promote(&self.fast, now).await
     }
 
     async fn job_next_due(&self) -> StoreResult<Option<Timestamp>> {
-        self.open_for_work()?;
-        reads::next_due(&self.pool).await
+        self.read(|| reads::next_due(&self.pool)).await
     }
 
     async fn job_replay(&self, id: JobId, now: Timestamp) -> StoreResult<JobRecord> {
@@ -260,9 +309,8 @@ impl Store for PgStore {
     }
 
     async fn counts(&self) -> StoreResult<StateCounts> {
-        self.open_for_work()?;
         let mut total = StateCounts::default();
-        for (_, counts) in reads::counts_by_type(&self.pool).await? {
+        for (_, counts) in self.read(|| reads::counts_by_type(&self.pool)).await? {
             for state in crate::job::JobState::ALL {
                 total.add(state, counts.get(state));
             }
@@ -271,13 +319,13 @@ impl Store for PgStore {
     }
 
     async fn counts_by_type(&self) -> StoreResult<Vec<(String, StateCounts)>> {
-        self.open_for_work()?;
-        reads::counts_by_type(&self.pool).await
+        self.read(|| reads::counts_by_type(&self.pool)).await
     }
 
     async fn close(&self) {
         self.closing.cancel();
         self.committer_ended.cancelled().await;
         self.pool.close().await;
+        self.fast.close().await;
     }
 }
