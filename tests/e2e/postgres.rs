@@ -343,14 +343,7 @@ async fn flush(url: &str, prefix: &str) -> usize {
 impl Drop for RedisKeys {
     fn drop(&mut self) {
         let (url, prefix) = (self.url.clone(), self.prefix.clone());
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(flush(&url, &prefix))
-        })
-        .join();
+        let _ = crate::support::on_own_runtime(async move { flush(&url, &prefix).await });
     }
 }
 

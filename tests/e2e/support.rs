@@ -333,25 +333,32 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        // Drop runs inside the test's runtime: block on a runtime of its own.
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async move {
-                    use sqlx::Connection;
-                    let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(&mut admin)
-                    .await?;
-                    admin.close().await
-                })
-        })
-        .join();
+        let _ = on_own_runtime(async move {
+            use sqlx::Connection;
+            let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut admin)
+            .await?;
+            admin.close().await
+        });
     }
+}
+
+/// Runs `work` to its end on a thread and runtime of its own: for clean-up
+/// in `Drop`, which runs inside the test's runtime and cannot block on it.
+pub fn on_own_runtime<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> std::thread::Result<T> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for clean-up")
+            .block_on(work)
+    })
+    .join()
 }
 
 pub fn rand_u32() -> u32 {

@@ -161,16 +161,9 @@ impl Redis {
             for what in batch.drain(..) {
                 match what {
                     Publish::Ready { job_type, ids } => {
+                        let stream = self.stream(&job_type);
                         for id in ids {
-                            pipe.cmd("XADD")
-                                .arg(self.stream(&job_type))
-                                .arg("MAXLEN")
-                                .arg("~")
-                                .arg(STREAM_MAXLEN)
-                                .arg("*")
-                                .arg("job")
-                                .arg(id)
-                                .ignore();
+                            xadd(&mut pipe, &stream, &[("job", id.to_string())]);
                             entries += 1;
                         }
                     }
@@ -179,17 +172,8 @@ impl Redis {
                         id,
                         error,
                     } => {
-                        pipe.cmd("XADD")
-                            .arg(self.dlq(&job_type))
-                            .arg("MAXLEN")
-                            .arg("~")
-                            .arg(STREAM_MAXLEN)
-                            .arg("*")
-                            .arg("job")
-                            .arg(id)
-                            .arg("error")
-                            .arg(error)
-                            .ignore();
+                        let fields = [("job", id.to_string()), ("error", error)];
+                        xadd(&mut pipe, &self.dlq(&job_type), &fields);
                         entries += 1;
                     }
                 }
@@ -376,6 +360,22 @@ impl Redis {
         }
         out
     }
+}
+
+/// Adds an `XADD` of `fields` to `stream`, trimmed to about
+/// [`STREAM_MAXLEN`] entries, to the pipeline.
+fn xadd(pipe: &mut redis::Pipeline, stream: &str, fields: &[(&str, String)]) {
+    let cmd = pipe
+        .cmd("XADD")
+        .arg(stream)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(STREAM_MAXLEN)
+        .arg("*");
+    for (field, value) in fields {
+        cmd.arg(*field).arg(value);
+    }
+    cmd.ignore();
 }
 
 /// Redis answered: clear the "down" gauge.

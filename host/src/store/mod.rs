@@ -115,6 +115,19 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// What a completion writes, on every backend: the state it moves the
+    /// job to, its text (the result of a success, the error of a failure)
+    /// and, for a retry, when the job is due again.
+    pub fn columns(&self) -> (JobState, Option<&str>, Option<Timestamp>) {
+        match self {
+            Outcome::Succeeded { result } => (JobState::Succeeded, result.as_deref(), None),
+            Outcome::Retry { error, run_at } => (JobState::Scheduled, Some(error), Some(*run_at)),
+            Outcome::Dead { error } => (JobState::Dead, Some(error), None),
+        }
+    }
+}
+
 /// The lease holder's report of one attempt.
 #[derive(Debug, Clone)]
 pub struct Completion {

@@ -3,8 +3,7 @@
 
 use sqlx::PgConnection;
 
-use crate::job::JobState;
-use crate::store::{Completion, Outcome, StoreResult};
+use crate::store::{Completion, StoreResult};
 
 const COMPLETE_MANY: &str = "
     WITH c AS (
@@ -52,15 +51,8 @@ pub(super) async fn complete_many(
         Vec::with_capacity(n),
     );
     for c in completions {
-        let (state, text, run_at) = match &c.outcome {
-            Outcome::Succeeded { result } => (JobState::Succeeded, result.as_deref(), None),
-            Outcome::Retry { error, run_at } => (
-                JobState::Scheduled,
-                Some(error.as_str()),
-                Some(run_at.as_micros()),
-            ),
-            Outcome::Dead { error } => (JobState::Dead, Some(error.as_str()), None),
-        };
+        let (state, text, run_at) = c.outcome.columns();
+        let run_at = run_at.map(|t| t.as_micros());
         ids.push(c.id);
         tokens.push(c.token);
         states.push(state.as_str());

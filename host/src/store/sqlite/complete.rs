@@ -9,7 +9,7 @@ use super::events::Events;
 use super::tx::Tx;
 use crate::job::{JobId, JobState};
 use crate::store::counts::moved;
-use crate::store::{Completion, Outcome, StoreError, StoreResult};
+use crate::store::{Completion, StoreError, StoreResult};
 use crate::telemetry;
 
 /// The events of the jobs whose completions just applied (the parameter's
@@ -43,15 +43,8 @@ pub(super) fn complete_many(
         let rows: Vec<_> = group
             .iter()
             .map(|c| {
-                let (state, text, run_at) = match &c.outcome {
-                    Outcome::Succeeded { result } => (JobState::Succeeded, result.as_deref(), None),
-                    Outcome::Retry { error, run_at } => (
-                        JobState::Scheduled,
-                        Some(error.as_str()),
-                        Some(run_at.as_micros()),
-                    ),
-                    Outcome::Dead { error } => (JobState::Dead, Some(error.as_str()), None),
-                };
+                let (state, text, run_at) = c.outcome.columns();
+                let run_at = run_at.map(|t| t.as_micros());
                 (
                     c.id,
                     c.token,
@@ -100,11 +93,7 @@ pub(super) fn complete_many(
         .map(|c| {
             let ok = applied.contains_key(&c.id);
             if ok {
-                let to = match c.outcome {
-                    Outcome::Succeeded { .. } => JobState::Succeeded,
-                    Outcome::Retry { .. } => JobState::Scheduled,
-                    Outcome::Dead { .. } => JobState::Dead,
-                };
+                let (to, _, _) = c.outcome.columns();
                 moved(
                     &mut tx.moves,
                     &applied[&c.id],
