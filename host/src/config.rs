@@ -24,9 +24,10 @@ pub struct ServeConfig {
     #[arg(long, env = "JOBHOST_DATABASE_URL")]
     pub database_url: Option<String>,
 
-    /// PostgreSQL only: connections this host opens at most.
+    /// PostgreSQL only: connections this host opens at most (at least 6:
+    /// two committers, the LISTEN connection, reads, claims).
     #[arg(long, env = "JOBHOST_PG_MAX_CONNECTIONS", default_value_t = 16,
-          value_parser = clap::value_parser!(u32).range(2..=1000))]
+          value_parser = clap::value_parser!(u32).range(6..=1000))]
     pub pg_max_connections: u32,
 
     /// Redis for dispatch between hosts (`redis://HOST:PORT[/DB]`); needs a

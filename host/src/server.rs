@@ -83,10 +83,13 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
             Some(redis)
         }
     };
+    // The publisher outlives the worker, so the outcomes of attempts that
+    // finish in the shutdown grace are still mirrored.
+    let publish_stop = CancellationToken::new();
     let redis_tasks = redis.map(|redis| {
         let types: Vec<String> = registry.all().iter().map(|p| p.job_type.clone()).collect();
         (
-            tokio::spawn(redis.clone().publisher(stop.clone())),
+            tokio::spawn(redis.clone().publisher(publish_stop.clone())),
             tokio::spawn(redis.reader(types, dispatch.clone(), stop.clone())),
         )
     });
@@ -171,6 +174,7 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
     if let Some(hints) = hints {
         let _ = hints.await;
     }
+    publish_stop.cancel();
     if let Some((publisher, reader)) = redis_tasks {
         let _ = tokio::join!(publisher, reader);
     }

@@ -209,16 +209,18 @@ async fn postgres_a_host_rides_out_killed_connections_and_an_outage() {
     accepted.extend(submit_some(50).await);
 
     // Every connection of the test's database killed, jobs in flight.
-    let batch: String = format!("[{}]", vec!["{}"; 500].join(","));
-    let (status, body) = host.post("/jobs/noop/batch", &batch).await;
+    let batch: Vec<String> = (0..500).map(|b| format!(r#"{{"b":{b}}}"#)).collect();
+    let (status, body) = host
+        .post("/jobs/noop/batch", &format!("[{}]", batch.join(",")))
+        .await;
     assert_eq!(status, 202, "{body}");
-    accepted.extend(
-        body["jobIds"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_i64().unwrap()),
-    );
+    let batch_ids: Vec<i64> = body["jobIds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    accepted.extend(&batch_ids);
     let mut admin = db.connect().await;
     let killed: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
@@ -276,6 +278,26 @@ async fn postgres_a_host_rides_out_killed_connections_and_an_outage() {
             .await
             .unwrap();
     assert_eq!(outage_jobs, 0, "a refused submission wrote nothing");
+    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(
+        total,
+        accepted.len() as i64,
+        "one job per acceptance, none twice"
+    );
+    // Each id of the batch names the payload at its position.
+    let payloads: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, payload FROM jobs WHERE id = ANY($1)")
+            .bind(&batch_ids)
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+    let payloads: std::collections::HashMap<i64, String> = payloads.into_iter().collect();
+    for (id, payload) in batch_ids.iter().zip(&batch) {
+        assert_eq!(&payloads[id], payload, "job {id}");
+    }
     eprintln!(
         "outage: {killed} connections killed mid-run, then {outage:.1} s cut off \
          ({refused} submissions refused with 503); a new job ran {recovered:.2} s after the \
@@ -441,6 +463,13 @@ async fn postgres_redis_hosts_dispatch_through_streams_and_survive_a_flush() {
             "job {dead} never reached the DLQ stream"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for host in hosts {
+        let metrics = host.metrics_text().await;
+        assert!(
+            metrics.lines().any(|l| l == "jobhost_redis_up 1"),
+            "Redis is up again for every host"
+        );
     }
     eprintln!("redis: 600 jobs on 2 hosts, {flushed} keys flushed after 300; after: {stream}");
 }

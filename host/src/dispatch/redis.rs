@@ -49,6 +49,10 @@ pub const TAKEOVER_IDLE: Duration = Duration::from_secs(30);
 const TAKEOVER_EVERY: Duration = Duration::from_secs(5);
 /// Each stream keeps about this many entries (older ones are trimmed).
 const STREAM_MAXLEN: usize = 100_000;
+/// How long the publisher keeps publishing after it is told to stop.
+const DRAIN: Duration = Duration::from_secs(2);
+/// How often a host that has not acted on its hints yet looks again.
+const UNACKED_RECHECK: Duration = Duration::from_millis(50);
 /// Hints waiting for the publisher before new ones are dropped.
 const PUBLISH_QUEUE: usize = 65_536;
 
@@ -141,19 +145,35 @@ impl Redis {
     }
 
     /// Publishes what [`Redis::ready`] and [`Redis::dead`] queued, pipelined,
-    /// until `stop` (then what is queued, once).
+    /// until `stop`; then what is still queued, for at most [`DRAIN`] (an
+    /// unreachable Redis must not hold up shutdown: the rest are dropped,
+    /// and counted).
     pub async fn publisher(self: Arc<Self>, stop: CancellationToken) {
         let Some(mut rx) = self.publish_rx.lock().expect("publisher lock").take() else {
             return; // one publisher per host
         };
         let mut conn = self.conn.clone();
         let mut batch = Vec::with_capacity(256);
+        let mut deadline: Option<Instant> = None;
         loop {
             let got = tokio::select! {
                 got = rx.recv_many(&mut batch, 256) => got,
-                () = stop.cancelled(), if !rx.is_closed() => { rx.close(); continue; }
+                () = stop.cancelled(), if !rx.is_closed() => {
+                    rx.close();
+                    deadline = Some(Instant::now() + DRAIN);
+                    continue;
+                }
             };
             if got == 0 {
+                return;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                let mut dropped = batch.len() as u64;
+                batch.clear();
+                while rx.try_recv().is_ok() {
+                    dropped += 1;
+                }
+                metrics::counter!(telemetry::REDIS_HINTS_DROPPED).increment(dropped);
                 return;
             }
             let mut pipe = redis::pipe();
@@ -203,8 +223,25 @@ impl Redis {
         // Read but not yet acknowledged: (claims started when read, stream, entry id).
         let mut unacked: Vec<(u64, String, String)> = Vec::new();
         let mut groups_ready = false;
-        let mut last_takeover = Instant::now() - TAKEOVER_EVERY;
+        let mut last_takeover: Option<Instant> = None;
         while !stop.is_cancelled() {
+            // What a claim begun after the read has settled is acted on.
+            let settled = dispatch.claims_settled();
+            let (done, keep): (Vec<_>, Vec<_>) =
+                unacked.into_iter().partition(|(at, _, _)| settled > *at);
+            unacked = keep;
+            if let Err(e) = self.ack(&mut conn, done).await {
+                failed("XACK", &e);
+            }
+            if !unacked.is_empty() {
+                // Not acted on yet (the worker is paused, or every slot is
+                // busy): read nothing more, so new hints go to other hosts,
+                // and these too once they have been idle long enough.
+                tokio::select! {
+                    () = tokio::time::sleep(UNACKED_RECHECK) => continue,
+                    () = stop.cancelled() => break,
+                }
+            }
             if !groups_ready {
                 match self.create_groups(&mut conn, &streams).await {
                     Ok(()) => groups_ready = true,
@@ -216,7 +253,6 @@ impl Redis {
                 }
             }
             let mut read = Vec::new();
-            let started = dispatch.claims_started();
             let mut read_cmd = redis::cmd("XREADGROUP");
             read_cmd
                 .arg("GROUP")
@@ -247,24 +283,20 @@ impl Redis {
                     pause(&stop).await;
                 }
             }
-            if last_takeover.elapsed() >= TAKEOVER_EVERY {
-                last_takeover = Instant::now();
+            if last_takeover.is_none_or(|at| at.elapsed() >= TAKEOVER_EVERY) {
+                last_takeover = Some(Instant::now());
                 match self.take_over(&mut conn, &streams).await {
                     Ok(taken) => read.extend(taken),
                     Err(e) => failed("XAUTOCLAIM", &e),
                 }
             }
             if !read.is_empty() {
+                // Counted after the read: only a claim that begins from here
+                // on can have seen the jobs these entries announce.
+                let started = dispatch.claims_started();
                 metrics::counter!(telemetry::REDIS_HINTS_READ).increment(read.len() as u64);
                 dispatch.hint();
                 unacked.extend(read.into_iter().map(|(s, id)| (started, s, id)));
-            }
-            let settled = dispatch.claims_settled();
-            let (done, keep): (Vec<_>, Vec<_>) =
-                unacked.into_iter().partition(|(at, _, _)| settled > *at);
-            unacked = keep;
-            if let Err(e) = self.ack(&mut conn, done).await {
-                failed("XACK", &e);
             }
         }
     }

@@ -252,7 +252,16 @@ pub trait Store: Send + Sync + 'static {
                 break;
             }
             req.limit = req.limit.min(left);
-            jobs.extend(self.job_claim(req).await?);
+            match self.job_claim(req).await {
+                Ok(claimed) => jobs.extend(claimed),
+                // The leases already taken are committed: run them rather
+                // than leave them to expire; the next round claims the rest.
+                Err(e) if !jobs.is_empty() => {
+                    tracing::warn!(error = %e, "a claim failed after others leased jobs; running those");
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(jobs)
     }

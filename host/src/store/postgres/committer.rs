@@ -1,17 +1,18 @@
-//! The group commit: one task per host takes every enqueue and completion
-//! waiting on its channel and applies them in one transaction, so a busy
+//! The group commit: each of a host's committers takes every enqueue and
+//! completion waiting on their channel and applies them in one transaction, so a busy
 //! host pays one round trip per statement kind and one WAL flush per batch
 //! instead of per job.
 //!
-//! If the batch fails, nothing of it was committed. A lost connection is
-//! retried on fresh ones for up to a second (pooled connections may have
-//! died with the server's restart or a `pg_terminate_backend`); any other
-//! failure replays
+//! If the batch fails before its COMMIT, nothing of it was written: a lost
+//! connection is retried on fresh ones for up to a second (pooled
+//! connections may have died with the server's restart or a
+//! `pg_terminate_backend`), any other failure replays
 //! each command in a transaction of its own, so a failure stays with its
-//! caller and nothing is half-written.
+//! caller and nothing is half-written. A COMMIT whose answer is lost is
+//! never sent again: the batch may have been written, and its callers are
+//! told the store was unavailable.
 
 use std::collections::HashSet;
-
 use std::sync::Arc;
 
 use sqlx::PgPool;
@@ -23,7 +24,7 @@ use super::complete::complete_many;
 use super::enqueue::{insert, insert_many};
 use crate::clock::Timestamp;
 use crate::job::JobState;
-use crate::store::{Completion, Enqueued, NewJob, StoreResult};
+use crate::store::{Completion, Enqueued, NewJob, StoreError, StoreResult};
 
 /// How long a batch is retried on fresh connections after losing its own.
 pub(super) const RECONNECT_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
@@ -127,10 +128,20 @@ async fn apply_or_replay(pool: &PgPool, batch: &[Cmd]) -> Vec<StoreResult<Done>>
     let failed = loop {
         match apply(pool, batch).await {
             Ok(done) => return done.into_iter().map(Ok).collect(),
-            Err(e) if e.is_unavailable() && started.elapsed() < RECONNECT_WINDOW => {
+            // The COMMIT was sent and its answer lost: the batch may have
+            // committed, so applying it again could create its jobs twice.
+            // Its callers hear "unavailable" (a client retries with its
+            // idempotency key; a worker's completion finds its lease gone
+            // or applies).
+            Err(Failed::InCommit(e)) => {
+                return batch.iter().map(|_| Err(e.clone())).collect();
+            }
+            Err(Failed::Before(e))
+                if e.is_unavailable() && started.elapsed() < RECONNECT_WINDOW =>
+            {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
-            Err(e) => break e,
+            Err(Failed::Before(e)) => break e,
         }
     };
     if batch.len() == 1 || failed.is_unavailable() {
@@ -140,18 +151,38 @@ async fn apply_or_replay(pool: &PgPool, batch: &[Cmd]) -> Vec<StoreResult<Done>>
     }
     let mut results = Vec::with_capacity(batch.len());
     for cmd in batch {
-        let one = apply(pool, std::slice::from_ref(cmd))
-            .await
-            .map(|mut done| done.pop().expect("one result per command"));
+        let one = match apply(pool, std::slice::from_ref(cmd)).await {
+            Ok(mut done) => Ok(done.pop().expect("one result per command")),
+            Err(Failed::Before(e) | Failed::InCommit(e)) => Err(e),
+        };
         results.push(one);
     }
     results
 }
 
+/// Why a batch failed: before its COMMIT was sent (nothing was written),
+/// or in the COMMIT (it may or may not have been written).
+enum Failed {
+    Before(StoreError),
+    InCommit(StoreError),
+}
+
+impl From<sqlx::Error> for Failed {
+    fn from(e: sqlx::Error) -> Self {
+        Failed::Before(e.into())
+    }
+}
+
+impl From<StoreError> for Failed {
+    fn from(e: StoreError) -> Self {
+        Failed::Before(e)
+    }
+}
+
 /// Applies `batch` in one transaction: every single keyless enqueue in one
 /// statement, every completion (of distinct jobs) in one statement, the
 /// rest in order; then `NOTIFY` if any job became ready, and one commit.
-async fn apply(pool: &PgPool, batch: &[Cmd]) -> StoreResult<Vec<Done>> {
+async fn apply(pool: &PgPool, batch: &[Cmd]) -> Result<Vec<Done>, Failed> {
     let mut tx = pool.begin().await?;
     let mut done: Vec<Option<Done>> = batch.iter().map(|_| None).collect();
     let mut readied = false;
@@ -218,7 +249,7 @@ async fn apply(pool: &PgPool, batch: &[Cmd]) -> StoreResult<Vec<Done>> {
             .execute(&mut *tx)
             .await?;
     }
-    tx.commit().await?;
+    tx.commit().await.map_err(|e| Failed::InCommit(e.into()))?;
     Ok(done
         .into_iter()
         .map(|d| d.expect("every command has a result"))

@@ -16,22 +16,24 @@ fn initial_state(job: &NewJob, now: Timestamp) -> JobState {
     }
 }
 
-/// Creates jobs without idempotency keys, in order: the rows are inserted
-/// in the order of their position (`ORDER BY n`), so the sequence numbers
-/// them in that order, and the ids returned, sorted, map back to `jobs`.
+/// Creates jobs without idempotency keys. Each input row takes its id in
+/// the same (materialized) row as its position `n`, so the ids come back in
+/// the order of `jobs` whatever order PostgreSQL evaluates `nextval` in.
 const INSERT_MANY: &str = "
-    WITH created AS (
-        INSERT INTO jobs (job_type, state, payload, max_attempts, run_at, created_at, updated_at)
-        SELECT r.job_type, r.state, r.payload, r.max_attempts, r.run_at, r.created_at, r.created_at
+    WITH input AS MATERIALIZED (
+        SELECT nextval('jobs_id_seq') AS id, r.*
         FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])
              WITH ORDINALITY AS r (job_type, state, payload, max_attempts, run_at, created_at, n)
-        ORDER BY r.n
+    ), created AS (
+        INSERT INTO jobs (id, job_type, state, payload, max_attempts, run_at, created_at, updated_at)
+        SELECT id, job_type, state, payload, max_attempts, run_at, created_at, created_at
+        FROM input ORDER BY n
         RETURNING id, state, created_at
     ), events AS (
         INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
         SELECT id, created_at, NULL, state, 0, 'api', 'enqueued' FROM created
     )
-    SELECT id FROM created";
+    SELECT id FROM input ORDER BY n";
 
 pub(super) async fn insert_many(
     conn: &mut PgConnection,
@@ -41,7 +43,7 @@ pub(super) async fn insert_many(
         return Ok(Vec::new());
     }
     let states: Vec<JobState> = jobs.iter().map(|(j, now)| initial_state(j, *now)).collect();
-    let mut ids: Vec<i64> = sqlx::query_scalar(INSERT_MANY)
+    let ids: Vec<i64> = sqlx::query_scalar(INSERT_MANY)
         .bind(
             jobs.iter()
                 .map(|(j, _)| j.job_type.as_str())
@@ -70,7 +72,6 @@ pub(super) async fn insert_many(
         )
         .fetch_all(&mut *conn)
         .await?;
-    ids.sort_unstable();
     Ok(ids
         .into_iter()
         .zip(states)

@@ -59,9 +59,9 @@ const QUEUE_DEPTH: usize = 8192;
 /// How the pool is sized and how long a caller waits for a connection.
 #[derive(Debug, Clone)]
 pub struct PgOptions {
-    /// Connections this host opens at most: a quarter (at least one) for
-    /// claims and maintenance, the rest for the committer, operators, reads
-    /// and the dispatcher's LISTEN.
+    /// Connections this host opens at most (at least 6): a quarter for
+    /// claims and maintenance, the rest for the two committers, operators,
+    /// reads and the dispatcher's LISTEN (which keeps one for good).
     pub max_connections: u32,
     /// How long a call waits for a free connection (or a new one) before it
     /// fails with [`StoreError::Unavailable`].
@@ -82,13 +82,16 @@ pub struct PgStore {
     /// completions batched with them; replay, cancel) and reads.
     pool: PgPool,
     /// Commits that do not wait for the WAL flush (`synchronous_commit =
-    /// off`): claims and the reaper, promoter and release. None of them is
+    /// off`): claims, the reaper and the promoter. None of them is
     /// acknowledged to a client, and losing one to a crash of PostgreSQL
     /// itself (the last ~200 ms, `wal_writer_delay`) only reruns or delays
     /// work: a lost claim leaves its job queued (or, if its attempt already
-    /// ran, fenced out and run again), a lost requeue or promotion is made
-    /// again by the next round. Each one a claim saves is a WAL flush the
-    /// enqueues no longer queue behind.
+    /// ran, fenced out and run again: the WAL is written in order, so a
+    /// durable completion also makes its claim durable), a lost requeue or
+    /// promotion is made again by the next round. (Release at shutdown stays
+    /// durable: lost, its job would wait for the reaper and lose the attempt
+    /// release refunds.) Each claim is then a WAL flush the enqueues no
+    /// longer queue behind.
     fast: PgPool,
     committer: mpsc::Sender<Cmd>,
     /// Cancelled by `close`: the committer drains what it was sent, then ends.
@@ -281,7 +284,7 @@ impl Store for PgStore {
 
     async fn lease_release(&self, id: JobId, token: i64, now: Timestamp) -> StoreResult<bool> {
         self.open_for_work()?;
-        upkeep::release(&self.fast, id, token, now).await
+        upkeep::release(&self.pool, id, token, now).await
     }
 
     async fn lease_reap(&self, now: Timestamp) -> StoreResult<Reaped> {
