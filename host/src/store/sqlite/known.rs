@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use rusqlite::Connection;
 
-use super::writer::{Batch, Command, Op, Reply};
+use super::command::{Batch, Command, Op, Reply};
 use crate::clock::Timestamp;
 use crate::job::JobState;
 use crate::store::{ClaimWait, Enqueued, StoreResult};

@@ -19,9 +19,10 @@
 //! The files, by role:
 //! - this one: opening the file (connections, pragmas, migrations) and the
 //!   [`Store`] contract, each method a command to the writer or a read;
-//! - [`writer`]: the group-commit loop, the batch and its commands, parked
-//!   claims; [`known`]: what the writer knows without asking SQLite (the
-//!   next id, the types without ready jobs, what a batch readied);
+//! - [`writer`]: the group-commit loop and parked claims; [`command`]: the
+//!   commands it takes and the batch it commits; [`known`]: what the writer
+//!   knows without asking SQLite (the next id, the types without ready
+//!   jobs, what a batch readied);
 //!   [`tx`]: the writer's transaction;
 //! - the statements, each beside the one function that runs it:
 //!   [`enqueue`], [`claim`], [`complete`] (the hot path), [`upkeep`] (release,
@@ -30,6 +31,7 @@
 //! - [`wal`]: the background checkpoints and the writer's WAL restart.
 
 mod claim;
+mod command;
 mod complete;
 mod enqueue;
 mod events;
@@ -62,10 +64,11 @@ use super::{
 use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobId, JobRecord};
 use crate::store::rows::parse_state;
+use command::{Command, Op, Reply};
 use known::Ids;
 use reads::{events_get, record_get};
 use wal::{WAL_FRAME_BYTES, WAL_RESTART_FRAMES, WalState, checkpoints};
-use writer::{Command, Op, Reply, writer};
+use writer::writer;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 

@@ -8,9 +8,10 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::claim::{claim, claim_for};
+use super::command::{Batch, Command, Op, Parked, Reply};
 use super::complete::complete_many;
 use super::enqueue::{insert, insert_many};
 use super::events::Events;
@@ -19,74 +20,11 @@ use super::tx::Tx;
 use super::upkeep::{cancel, promote, reap, release, replay};
 use super::wal::{WalState, checkpoint, wal_restart};
 use crate::clock::Timestamp;
-use crate::job::{JobId, JobRecord};
 use crate::store::counts::{Counts, Moves};
-use crate::store::{
-    ClaimRequest, ClaimWait, ClaimedJob, Completion, Enqueued, NewJob, Reaped, StoreError,
-    StoreResult,
-};
+use crate::store::{ClaimWait, ClaimedJob, Completion, Enqueued, NewJob, StoreError, StoreResult};
 
 /// Most commands applied in one transaction.
 const MAX_BATCH: usize = 1024;
-
-/// One write, as the writer receives it.
-pub(super) struct Command {
-    pub(super) op: Op,
-    pub(super) reply: oneshot::Sender<StoreResult<Reply>>,
-}
-
-pub(super) enum Op {
-    Insert(NewJob, Timestamp),
-    InsertBatch(Vec<NewJob>, Timestamp),
-    Claim(ClaimRequest),
-    ClaimWait(ClaimWait),
-    Unpark(String),
-    Complete(Completion),
-    Release {
-        id: JobId,
-        token: i64,
-        now: Timestamp,
-    },
-    Reap(Timestamp),
-    Promote(Timestamp),
-    Replay(JobId, Timestamp),
-    Cancel(JobId, Timestamp),
-    /// Stop after this batch.
-    Close,
-}
-
-pub(super) enum Reply {
-    Enqueued(Enqueued),
-    EnqueuedBatch(Vec<Enqueued>),
-    Claimed(Vec<ClaimedJob>),
-    Applied(bool),
-    Reaped(Reaped),
-    Promoted(Vec<JobId>),
-    Record(Box<JobRecord>),
-    Closed,
-    /// (Writer-internal, never sent.) A `ClaimWait` found nothing: keep it.
-    Park,
-    /// (Writer-internal.) End this owner's parked claims after the commit.
-    Unpark(String),
-}
-
-/// A claim waiting in the writer for jobs of its types.
-pub(super) struct Parked {
-    pub(super) wait: ClaimWait,
-    pub(super) reply: oneshot::Sender<StoreResult<Reply>>,
-}
-
-/// A committed batch: each command's result, the parked claims it served
-/// (by index, with their jobs), and what it taught the writer.
-pub(super) struct Batch {
-    pub(super) results: Vec<StoreResult<Reply>>,
-    pub(super) woken: Vec<(usize, Vec<ClaimedJob>)>,
-    /// Types left without a ready job when the batch committed.
-    pub(super) found_empty: Vec<String>,
-    pub(super) moves: Moves,
-    pub(super) ready_types: Vec<String>,
-    pub(super) ready_any: bool,
-}
 
 /// The writer: group-commits every waiting command, until a `Close` or
 /// until every sender is gone.
