@@ -6,10 +6,12 @@
 //! - [`api`]: the HTTP surface (axum). Validates input, enqueues through the
 //!   store, renders every error as one JSON shape. Decides nothing about jobs.
 //! - [`store`]: the durable truth. The [`store::Store`] contract and one
-//!   module per backend (SQLite now). Every state change happens here, fenced
-//!   by the lease token where a lease exists.
-//! - [`dispatch`]: wake-up hints from "a job became ready" to the worker.
-//!   Hints only: losing every one of them delays jobs, never loses one.
+//!   folder per backend (`sqlite/`: embedded, one host; `postgres/`: shared
+//!   by many hosts). Every state change happens here, fenced by the lease
+//!   token where a lease exists.
+//! - [`dispatch`]: wake-up hints from "a job became ready" to the worker, in
+//!   process and between hosts (PostgreSQL NOTIFY, Redis Streams). Hints
+//!   only: losing every one of them delays jobs, never loses one.
 //! - [`worker`]: the producer (claims batches of ready jobs for the types that
 //!   have a plugin) and the executor (runs one attempt, records its outcome).
 //! - [`runtime`]: the only module that touches wasmtime. One engine, the
