@@ -42,6 +42,13 @@ pub struct ServeConfig {
           value_parser = parse_redis_prefix)]
     pub redis_prefix: String,
 
+    /// Redis: how long, in ms, a hint read by a host that neither acts on
+    /// nor acknowledges it (it died, or is paused) waits before another
+    /// host takes it over.
+    #[arg(long, env = "JOBHOST_REDIS_TAKEOVER_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub redis_takeover_ms: u64,
+
     /// PostgreSQL only: how long a request waits for a database connection,
     /// in ms, before it fails with 503 `store_unavailable` (while the
     /// database is unreachable).

@@ -77,7 +77,13 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
             );
             let consumer = format!("{owner}-{:08x}", rand::random::<u32>());
             let redis = Arc::new(
-                Redis::connect(url, &config.redis_prefix, consumer).context("--redis-url")?,
+                Redis::connect(
+                    url,
+                    &config.redis_prefix,
+                    consumer,
+                    Duration::from_millis(config.redis_takeover_ms),
+                )
+                .context("--redis-url")?,
             );
             dispatch.set_redis(redis.clone());
             Some(redis)

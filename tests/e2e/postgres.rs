@@ -512,3 +512,89 @@ async fn postgres_redis_unreachable_jobs_still_complete() {
         "and shown as down"
     );
 }
+
+/// Hints a host read and never acted on (it is paused) are taken over by
+/// another host once idle for `--redis-takeover-ms`, and acknowledged
+/// there: none is left pending with the silent host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_redis_a_silent_hosts_hints_are_taken_over() {
+    let db = TestDb::create().await;
+    let keys = RedisKeys::new();
+    let flags = [
+        "--database-url",
+        db.url.as_str(),
+        "--redis-url",
+        keys.url.as_str(),
+        "--redis-prefix",
+        keys.prefix.as_str(),
+        "--redis-takeover-ms",
+        "500",
+    ];
+    let mut paused_flags = flags.to_vec();
+    paused_flags.push("--paused");
+    let silent = Server::start(noop(), &paused_flags).await;
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        ids.push(silent.submit("noop", &format!(r#"{{"i":{i}}}"#)).await);
+    }
+    // The only reader so far is the paused host: it reads the first hints,
+    // acts on none (it claims nothing) and so reads no more; the rest wait
+    // in the stream.
+    let stream = |host: &Server| {
+        let host = host.url.clone();
+        async move {
+            let http = reqwest::Client::new();
+            let queue: serde_json::Value = http
+                .get(format!("{host}/admin/metrics/queue"))
+                .bearer_auth(crate::support::ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            queue["types"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["type"] == "noop")
+                .unwrap()["stream"]
+                .clone()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stream(&silent).await["pending"].as_u64().unwrap_or(0) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the paused host never read the hints"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let active = Server::start(noop(), &flags).await;
+    for id in &ids {
+        active.wait_for(*id, "succeeded").await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = stream(&active).await;
+        if now["pending"].as_u64() == Some(0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hints left with the paused host: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let read: f64 = active
+        .metrics_text()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("jobhost_redis_hints_read_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        read >= 50.0,
+        "the active host took the 50 hints over: {read}"
+    );
+}

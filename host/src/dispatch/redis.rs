@@ -42,8 +42,8 @@ const GROUP: &str = "workers";
 const BLOCK: Duration = Duration::from_millis(1_000);
 /// Entries read at most per read.
 const READ_COUNT: usize = 512;
-/// An entry read but not acknowledged for this long belongs to a host
-/// presumed dead: another host takes it over.
+/// By default, an entry read but not acknowledged for this long belongs to
+/// a host presumed dead (or paused): another host takes it over.
 pub const TAKEOVER_IDLE: Duration = Duration::from_secs(30);
 /// How often a host looks for entries to take over.
 const TAKEOVER_EVERY: Duration = Duration::from_secs(5);
@@ -82,6 +82,8 @@ pub struct Redis {
     conn: ConnectionManager,
     prefix: String,
     consumer: String,
+    /// How long an entry stays with a host that does not acknowledge it.
+    takeover_idle: Duration,
     publish: mpsc::Sender<Publish>,
     publish_rx: std::sync::Mutex<Option<mpsc::Receiver<Publish>>>,
     /// The reader's connection: its reads block, so it has its own.
@@ -92,7 +94,12 @@ impl Redis {
     /// Prepares the connections; they connect on first use, and reconnect
     /// by themselves, so a host starts and runs while Redis is down (only a
     /// malformed URL is an error here).
-    pub fn connect(url: &str, prefix: &str, consumer: String) -> anyhow::Result<Redis> {
+    pub fn connect(
+        url: &str,
+        prefix: &str,
+        consumer: String,
+        takeover_idle: Duration,
+    ) -> anyhow::Result<Redis> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -107,6 +114,7 @@ impl Redis {
             conn,
             prefix: prefix.to_owned(),
             consumer,
+            takeover_idle,
             publish,
             publish_rx: std::sync::Mutex::new(Some(publish_rx)),
             reader,
@@ -321,7 +329,7 @@ impl Redis {
     }
 
     /// Entries other consumers read and left unacknowledged for longer than
-    /// [`TAKEOVER_IDLE`]: now this host's.
+    /// the takeover time: now this host's.
     async fn take_over(
         &self,
         conn: &mut ConnectionManager,
@@ -333,7 +341,7 @@ impl Redis {
                 .arg(stream)
                 .arg(GROUP)
                 .arg(&self.consumer)
-                .arg(TAKEOVER_IDLE.as_millis() as u64)
+                .arg(self.takeover_idle.as_millis() as u64)
                 .arg("0-0")
                 .arg("COUNT")
                 .arg(READ_COUNT)
