@@ -369,6 +369,32 @@ impl Drop for RedisKeys {
     }
 }
 
+/// The flags of a host on the test's database, dispatching through Redis
+/// under the test's prefix.
+fn redis_flags<'a>(db: &'a TestDb, keys: &'a RedisKeys) -> Vec<&'a str> {
+    vec![
+        "--database-url",
+        db.url.as_str(),
+        "--redis-url",
+        keys.url.as_str(),
+        "--redis-prefix",
+        keys.prefix.as_str(),
+    ]
+}
+
+/// The `noop` type's stream, as `GET /admin/metrics/queue` shows it.
+async fn noop_stream(host: &Server) -> serde_json::Value {
+    let (status, queue) = host.admin_get("/admin/metrics/queue").await;
+    assert_eq!(status, 200, "{queue}");
+    queue["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["type"] == "noop")
+        .map(|t| t["stream"].clone())
+        .unwrap_or_default()
+}
+
 /// Two hosts dispatch through Redis Streams: every job is hinted on its
 /// type's stream and acknowledged once claimed; the deployment's keys are
 /// flushed mid-run and every job still completes (the streams and groups
@@ -377,14 +403,7 @@ impl Drop for RedisKeys {
 async fn postgres_redis_hosts_dispatch_through_streams_and_survive_a_flush() {
     let db = TestDb::create().await;
     let keys = RedisKeys::new();
-    let flags = [
-        "--database-url",
-        db.url.as_str(),
-        "--redis-url",
-        keys.url.as_str(),
-        "--redis-prefix",
-        keys.prefix.as_str(),
-    ];
+    let flags = redis_flags(&db, &keys);
     let plugins = || {
         Plugins::new()
             .example("noop", "timeout_ms = 1_000\n")
@@ -417,23 +436,14 @@ async fn postgres_redis_hosts_dispatch_through_streams_and_survive_a_flush() {
     // hint read was acknowledged.
     let deadline = Instant::now() + Duration::from_secs(60);
     let stream = loop {
-        let (status, queue) = a.admin_get("/admin/metrics/queue").await;
-        assert_eq!(status, 200, "{queue}");
-        let noop = queue["types"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["type"] == "noop")
-            .cloned()
-            .unwrap();
-        let stream = noop["stream"].clone();
+        let stream = noop_stream(&a).await;
         if stream["length"].as_u64() >= Some(300)
             && stream["consumers"].as_u64() == Some(2)
             && stream["pending"].as_u64() == Some(0)
         {
             break stream;
         }
-        assert!(Instant::now() < deadline, "stream never settled: {noop}");
+        assert!(Instant::now() < deadline, "stream never settled: {stream}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
 
@@ -520,17 +530,9 @@ async fn postgres_redis_unreachable_jobs_still_complete() {
 async fn postgres_redis_a_silent_hosts_hints_are_taken_over() {
     let db = TestDb::create().await;
     let keys = RedisKeys::new();
-    let flags = [
-        "--database-url",
-        db.url.as_str(),
-        "--redis-url",
-        keys.url.as_str(),
-        "--redis-prefix",
-        keys.prefix.as_str(),
-        "--redis-takeover-ms",
-        "500",
-    ];
-    let mut paused_flags = flags.to_vec();
+    let mut flags = redis_flags(&db, &keys);
+    flags.extend(["--redis-takeover-ms", "500"]);
+    let mut paused_flags = flags.clone();
     paused_flags.push("--paused");
     let silent = Server::start(noop(), &paused_flags).await;
     let mut ids = Vec::new();
@@ -540,30 +542,8 @@ async fn postgres_redis_a_silent_hosts_hints_are_taken_over() {
     // The only reader so far is the paused host: it reads the first hints,
     // acts on none (it claims nothing) and so reads no more; the rest wait
     // in the stream.
-    let stream = |host: &Server| {
-        let host = host.url.clone();
-        async move {
-            let http = reqwest::Client::new();
-            let queue: serde_json::Value = http
-                .get(format!("{host}/admin/metrics/queue"))
-                .bearer_auth(crate::support::ADMIN_TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            queue["types"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|t| t["type"] == "noop")
-                .unwrap()["stream"]
-                .clone()
-        }
-    };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while stream(&silent).await["pending"].as_u64().unwrap_or(0) == 0 {
+    while noop_stream(&silent).await["pending"].as_u64().unwrap_or(0) == 0 {
         assert!(
             Instant::now() < deadline,
             "the paused host never read the hints"
@@ -576,7 +556,7 @@ async fn postgres_redis_a_silent_hosts_hints_are_taken_over() {
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let now = stream(&active).await;
+        let now = noop_stream(&active).await;
         if now["pending"].as_u64() == Some(0) {
             break;
         }
