@@ -91,7 +91,7 @@ async fn replay(
             },
             other => other.into(),
         })?;
-    app.dispatch.ready(&record.job_type, vec![record.id]);
+    app.dispatch.ready(&record.job_type, [record.id]);
     Ok(Json(render_job(
         &record,
         &events_after_commit(&app, job_id).await,

@@ -116,7 +116,7 @@ impl ApiError {
             ApiError::RouteNotFound => "no such route; see the README for the API".to_owned(),
             ApiError::MethodNotAllowed => "this route does not take that method".to_owned(),
             ApiError::Unavailable => "jobhost is shutting down; retry against another host or later".to_owned(),
-            ApiError::StoreUnavailable => "the job store cannot be reached right now; nothing was written; retry later".to_owned(),
+            ApiError::StoreUnavailable => "the job store cannot be reached right now; retry later (with an idempotency key a retry never creates a second job)".to_owned(),
             ApiError::Internal => "internal error; the details are in the jobhost log".to_owned(),
         }
     }

@@ -77,7 +77,7 @@ async fn submit(
             plugin.metrics.enqueued.increment(1);
             match state {
                 JobState::Scheduled => app.dispatch.scheduled(),
-                _ => app.dispatch.ready(&plugin.job_type, vec![id]),
+                _ => app.dispatch.ready(&plugin.job_type, [id]),
             }
             Ok((
                 StatusCode::ACCEPTED,
@@ -145,14 +145,11 @@ async fn submit_batch(
     plugin.metrics.enqueued.increment(created as u64);
     if created > 0 {
         if delay.is_zero() {
-            let ids = results
-                .iter()
-                .filter_map(|r| match r {
-                    Enqueued::Created { id, .. } => Some(*id),
-                    Enqueued::Existing { .. } => None,
-                })
-                .collect();
-            app.dispatch.ready(&plugin.job_type, ids);
+            let created = results.iter().filter_map(|r| match r {
+                Enqueued::Created { id, .. } => Some(*id),
+                Enqueued::Existing { .. } => None,
+            });
+            app.dispatch.ready(&plugin.job_type, created);
         } else {
             app.dispatch.scheduled();
         }

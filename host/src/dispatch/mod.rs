@@ -50,10 +50,12 @@ impl Dispatch {
 
     /// Jobs of `job_type` were made ready and committed: hint this host's
     /// worker, and (with Redis) one other host's.
-    pub fn ready(&self, job_type: &str, ids: Vec<JobId>) {
+    /// (The ids are only collected when they go to Redis: without it, a
+    /// submission pays for no list.)
+    pub fn ready(&self, job_type: &str, ids: impl IntoIterator<Item = JobId>) {
         self.hint();
         if let Some(redis) = self.redis.get() {
-            redis.ready(job_type, ids);
+            redis.ready(job_type, ids.into_iter().collect());
         }
     }
 
