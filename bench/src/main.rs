@@ -89,6 +89,10 @@ enum Scenario {
         /// Jobs to burn down (default 200,000; 20,000 with --quick).
         #[arg(long)]
         jobs: Option<usize>,
+        /// Hosts sharing the work (more than one needs --store postgres).
+        #[arg(long, default_value_t = 1,
+              value_parser = clap::value_parser!(u64).range(1..=8))]
+        hosts: u64,
     },
     Latency {
         /// Arrival rates in jobs/s.
@@ -136,18 +140,19 @@ fn main() -> Result<()> {
         let q = c.quick;
         match cli.scenario {
             Scenario::All => {
-                burn_down(c, if q { 20_000 } else { 200_000 }, "burn-down").await?;
+                burn_down(c, if q { 20_000 } else { 200_000 }, "burn-down", 1).await?;
                 latency(c, &[500, 5000], if q { 3 } else { 10 }).await?;
                 submit(c, 64, if q { 3 } else { 10 }).await?;
                 batch(c, 1000, 4, if q { 3 } else { 10 }).await?;
                 seed(c, if q { 10 } else { 60 }).await?;
-                burn_down(c, if q { 10_000 } else { 50_000 }, "overhead").await
+                burn_down(c, if q { 10_000 } else { 50_000 }, "overhead", 1).await
             }
-            Scenario::BurnDown { jobs } => {
+            Scenario::BurnDown { jobs, hosts } => {
                 burn_down(
                     c,
                     jobs.unwrap_or(if q { 20_000 } else { 200_000 }),
                     "burn-down",
+                    hosts as usize,
                 )
                 .await
             }
@@ -177,6 +182,7 @@ fn main() -> Result<()> {
                     c,
                     jobs.unwrap_or(if q { 10_000 } else { 50_000 }),
                     "overhead",
+                    1,
                 )
                 .await
             }
@@ -184,9 +190,10 @@ fn main() -> Result<()> {
     })
 }
 
-/// Starts jobhost with the scenario's flags (`--flag value` pairs or lone
-/// switches), except those the user overrides with `--serve-arg=--flag=value`.
-async fn start(c: &Common, scenario: &str, defaults: &[&str]) -> Result<Server> {
+/// The scenario's `jobhost serve` flags (`--flag value` pairs or lone
+/// switches), except those the user overrides with `--serve-arg=--flag=value`,
+/// then the user's.
+fn serve_args(c: &Common, defaults: &[&str]) -> Vec<String> {
     let overridden = |flag: &str| {
         c.serve_args
             .iter()
@@ -203,6 +210,13 @@ async fn start(c: &Common, scenario: &str, defaults: &[&str]) -> Result<Server> 
         i += width;
     }
     args.extend(c.serve_args.iter().cloned());
+    args
+}
+
+/// Starts jobhost with the scenario's flags on a fresh store (a new data
+/// directory, and with `--store postgres` a new database).
+async fn start(c: &Common, scenario: &str, defaults: &[&str]) -> Result<Server> {
+    let mut args = serve_args(c, defaults);
     let database = match c.store {
         StoreKind::Sqlite => None,
         StoreKind::Postgres => {
@@ -217,6 +231,23 @@ async fn start(c: &Common, scenario: &str, defaults: &[&str]) -> Result<Server> 
         &c.out.join(format!("data-{scenario}")),
         &args,
         database,
+    )
+}
+
+/// Starts one more host on `first`'s database (a data directory of its own).
+fn start_another(c: &Common, first: &Server, name: &str, defaults: &[&str]) -> Result<Server> {
+    let database = first
+        .database
+        .clone()
+        .context("more hosts share a database: use --store postgres")?;
+    let mut args = serve_args(c, defaults);
+    args.extend(["--database-url".to_owned(), database.clone()]);
+    Server::start(
+        &c.bin,
+        &c.plugins,
+        &c.out.join(format!("data-{name}")),
+        &args,
+        Some(database),
     )
 }
 
@@ -386,25 +417,45 @@ async fn writer_figures(report: &mut Report, server: &Server, jobs: f64) -> Resu
     Ok(total)
 }
 
-async fn burn_down(c: &Common, jobs: usize, scenario: &str) -> Result<()> {
-    let server = start(
-        c,
-        scenario,
-        &["--paused", "--concurrency", "1024", "--claim-batch", "512"],
-    )
-    .await?;
+/// Burns `jobs` no-op jobs down on `hosts` hosts (more than one share a
+/// PostgreSQL database: `--store postgres`). Jobs are submitted to the first
+/// while every host is paused, then every host is resumed.
+async fn burn_down(c: &Common, jobs: usize, scenario: &str, hosts: usize) -> Result<()> {
+    const FLAGS: &[&str] = &["--paused", "--concurrency", "1024", "--claim-batch", "512"];
+    anyhow::ensure!(
+        hosts == 1 || c.store == StoreKind::Postgres,
+        "--hosts {hosts}: hosts share a database only with --store postgres"
+    );
+    let server = start(c, scenario, FLAGS).await?;
+    let mut others = Vec::new();
+    for n in 2..=hosts {
+        others.push(start_another(
+            c,
+            &server,
+            &format!("{scenario}-host{n}"),
+            FLAGS,
+        )?);
+    }
+    let all: Vec<&Server> = std::iter::once(&server).chain(&others).collect();
     let mut report = Report::new(scenario);
     report.param("jobs", jobs);
+    report.param("hosts", hosts);
     report.param("serve_flags", "--concurrency 1024 --claim-batch 512");
     let submitted_at = Instant::now();
     let ids = submit_batches(&server, jobs, 5000, 2).await?;
     let submit_secs = submitted_at.elapsed().as_secs_f64();
     let mut conn = admin(&server).await?;
-    let cpu_before = server.cpu_secs();
-    let (status, _) = conn.post("/admin/workers/resume", Bytes::new()).await?;
-    anyhow::ensure!(status == 200, "resume: {status}");
+    let cpu = || all.iter().map(|s| s.cpu_secs()).sum::<f64>();
+    let cpu_before = cpu();
+    for host in &all {
+        let (status, _) = admin(host)
+            .await?
+            .post("/admin/workers/resume", Bytes::new())
+            .await?;
+        anyhow::ensure!(status == 200, "resume: {status}");
+    }
     wait_done(&server, jobs as u64, Duration::from_secs(1800)).await?;
-    let cpu_us = (server.cpu_secs() - cpu_before) / jobs as f64 * 1e6;
+    let cpu_us = (cpu() - cpu_before) / jobs as f64 * 1e6;
     let rows = server.jobs().await?;
     let verified = verify(&ids, &rows)?;
     let first_start = rows.iter().filter_map(|r| r.started_at).min().unwrap_or(0);
@@ -453,6 +504,13 @@ async fn burn_down(c: &Common, jobs: usize, scenario: &str) -> Result<()> {
     report.figure("server peak RSS", server.peak_rss_mib(), "MiB");
     report.note(format!("verified: {verified}"));
     report.note("The writer figures are time on the store's single writer (the serial resource) per job, commits shared by every job of their batch. An executor's wait for its commit overlaps with other executors' work: a latency, not a cost.");
+    if hosts > 1 {
+        report.note(format!("{hosts} hosts: CPU per job is all hosts' together; the sandbox, writer and wait figures are the first host's"));
+    }
+    drop(all);
+    for other in others {
+        other.stop()?;
+    }
     server.stop()?;
     report.finish(&c.out)
 }

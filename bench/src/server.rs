@@ -18,7 +18,7 @@ pub struct Server {
     pub addr: SocketAddr,
     pub data: PathBuf,
     /// The PostgreSQL database the server uses, if not its SQLite file.
-    database: Option<String>,
+    pub database: Option<String>,
 }
 
 /// One job as the store recorded it.
