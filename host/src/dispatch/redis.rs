@@ -376,7 +376,7 @@ impl Redis {
     }
 
     /// Each type's stream: its length, entries read and not acknowledged,
-    /// and consumers. `None` for a type while Redis cannot be reached.
+    /// and consumers. A type is left out while Redis cannot be reached.
     pub async fn stats(&self, types: &[String]) -> HashMap<String, StreamStats> {
         let mut conn = self.conn.clone();
         let mut out = HashMap::new();
@@ -418,7 +418,7 @@ fn xadd(pipe: &mut redis::Pipeline, stream: &str, fields: &[(&str, String)]) {
     cmd.ignore();
 }
 
-/// Redis answered: clear the "down" gauge.
+/// Redis answered: the gauge says so.
 fn up() {
     metrics::gauge!(telemetry::REDIS_UP).set(1.0);
 }

@@ -73,14 +73,7 @@ impl Counts {
 
     /// Jobs per state, over all types.
     pub(crate) fn total(&self) -> StateCounts {
-        let all = self.0.lock().expect("counts lock");
-        let mut total = StateCounts::default();
-        for counts in all.values() {
-            for state in JobState::ALL {
-                total.add(state, counts.get(state));
-            }
-        }
-        total
+        self.0.lock().expect("counts lock").values().sum()
     }
 
     /// Jobs per state, per type, sorted by type.

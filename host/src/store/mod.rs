@@ -50,6 +50,19 @@ pub enum Enqueued {
     Existing { id: JobId, state: JobState },
 }
 
+impl Enqueued {
+    /// A new job that is ready to claim now (not delayed, not a duplicate).
+    pub fn is_ready(&self) -> bool {
+        matches!(
+            self,
+            Enqueued::Created {
+                state: JobState::Queued,
+                ..
+            }
+        )
+    }
+}
+
 /// A request to lease up to `limit` ready jobs of one type.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest {
@@ -189,6 +202,19 @@ impl StateCounts {
             JobState::Dead => self.dead,
             JobState::Cancelled => self.cancelled,
         }
+    }
+}
+
+/// Jobs per state over several types.
+impl<'a> std::iter::Sum<&'a StateCounts> for StateCounts {
+    fn sum<I: Iterator<Item = &'a StateCounts>>(all: I) -> StateCounts {
+        let mut total = StateCounts::default();
+        for counts in all {
+            for state in JobState::ALL {
+                total.add(state, counts.get(state));
+            }
+        }
+        total
     }
 }
 

@@ -19,15 +19,11 @@ use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::READY_CHANNEL;
 use super::complete::complete_many;
 use super::enqueue::{insert, insert_many};
+use super::{READY_CHANNEL, on_fresh_connections};
 use crate::clock::Timestamp;
-use crate::job::JobState;
 use crate::store::{Completion, Enqueued, NewJob, StoreError, StoreResult};
-
-/// How long a batch is retried on fresh connections after losing its own.
-pub(super) const RECONNECT_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Most commands applied in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -120,29 +116,15 @@ fn answer(cmd: Cmd, result: StoreResult<Done>) {
 }
 
 async fn apply_or_replay(pool: &PgPool, batch: &[Cmd]) -> Vec<StoreResult<Done>> {
-    // A lost connection fails at once, and the pool may hold several that
-    // died together (a server restart, `pg_terminate_backend`): try fresh
-    // ones for up to a second. An unreachable server fails slower (the
-    // pool's acquire timeout) and is not tried again.
-    let started = std::time::Instant::now();
-    let failed = loop {
-        match apply(pool, batch).await {
-            Ok(done) => return done.into_iter().map(Ok).collect(),
-            // The COMMIT was sent and its answer lost: the batch may have
-            // committed, so applying it again could create its jobs twice.
-            // Its callers hear "unavailable" (a client retries with its
-            // idempotency key; a worker's completion finds its lease gone
-            // or applies).
-            Err(Failed::InCommit(e)) => {
-                return batch.iter().map(|_| Err(e.clone())).collect();
-            }
-            Err(Failed::Before(e))
-                if e.is_unavailable() && started.elapsed() < RECONNECT_WINDOW =>
-            {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            Err(Failed::Before(e)) => break e,
-        }
+    let lost_before_commit = |f: &Failed| matches!(f, Failed::Before(e) if e.is_unavailable());
+    let failed = match on_fresh_connections(|| apply(pool, batch), lost_before_commit).await {
+        Ok(done) => return done.into_iter().map(Ok).collect(),
+        // The COMMIT was sent and its answer lost: the batch may have
+        // committed, so applying it again could create its jobs twice. Its
+        // callers hear "unavailable" (a client retries with its idempotency
+        // key; a worker's completion finds its lease gone or applies).
+        Err(Failed::InCommit(e)) => return batch.iter().map(|_| Err(e.clone())).collect(),
+        Err(Failed::Before(e)) => e,
     };
     if batch.len() == 1 || failed.is_unavailable() {
         // Alone already, or the database is out of reach: every command
@@ -199,7 +181,7 @@ async fn apply(pool: &PgPool, batch: &[Cmd]) -> Result<Vec<Done>, Failed> {
         let jobs: Vec<(&NewJob, Timestamp)> =
             keyless.iter().map(|(_, j, now)| (*j, *now)).collect();
         for ((i, _, _), created) in keyless.iter().zip(insert_many(&mut tx, &jobs).await?) {
-            readied |= is_ready(&created);
+            readied |= created.is_ready();
             done[*i] = Some(Done::Enqueued(created));
         }
     }
@@ -229,12 +211,12 @@ async fn apply(pool: &PgPool, batch: &[Cmd]) -> Result<Vec<Done>, Failed> {
         done[i] = Some(match cmd {
             Cmd::Insert { job, now, .. } => {
                 let created = insert(&mut tx, job, *now).await?;
-                readied |= is_ready(&created);
+                readied |= created.is_ready();
                 Done::Enqueued(created)
             }
             Cmd::InsertBatch { jobs, now, .. } => {
                 let created = insert_batch(&mut tx, jobs, *now).await?;
-                readied |= created.iter().any(is_ready);
+                readied |= created.iter().any(Enqueued::is_ready);
                 Done::Batch(created)
             }
             Cmd::Complete { completion, .. } => {
@@ -254,16 +236,6 @@ async fn apply(pool: &PgPool, batch: &[Cmd]) -> Result<Vec<Done>, Failed> {
         .into_iter()
         .map(|d| d.expect("every command has a result"))
         .collect())
-}
-
-fn is_ready(e: &Enqueued) -> bool {
-    matches!(
-        e,
-        Enqueued::Created {
-            state: JobState::Queued,
-            ..
-        }
-    )
 }
 
 /// A batch: its keyless jobs in one statement, then its keyed ones in

@@ -9,7 +9,7 @@ const COMPLETE_MANY: &str = "
     WITH c AS (
         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[],
                              $6::bigint[], $7::bigint[], $8::text[], $9::text[])
-            AS c (id, token, state, text, run_at, now, started_at, digest, actor)
+            AS c (id, token, state, text, run_at, now, started_at, digest, owner)
     ), done AS (
         UPDATE jobs SET state = c.state,
                result = CASE WHEN c.state = 'succeeded' THEN c.text END,
@@ -20,11 +20,11 @@ const COMPLETE_MANY: &str = "
                lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
         FROM c
         WHERE jobs.id = c.id AND jobs.state = 'running' AND jobs.lease_token = c.token
-        RETURNING jobs.id, jobs.state, jobs.attempt, jobs.last_error, c.now, c.digest, c.actor
+        RETURNING jobs.id, jobs.state, jobs.attempt, jobs.last_error, c.now, c.digest, c.owner
     ), events AS (
         INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason,
                                 plugin_digest)
-        SELECT id, now, 'running', state, attempt, actor,
+        SELECT id, now, 'running', state, attempt, 'worker:' || owner,
                CASE WHEN state = 'succeeded' THEN NULL ELSE last_error END, digest
         FROM done
     )
@@ -44,7 +44,7 @@ pub(super) async fn complete_many(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    let (mut nows, mut starts, mut digests, mut actors) = (
+    let (mut nows, mut starts, mut digests, mut owners) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -61,7 +61,7 @@ pub(super) async fn complete_many(
         nows.push(c.now.as_micros());
         starts.push(c.started_at.as_micros());
         digests.push(c.plugin_digest.as_str());
-        actors.push(format!("worker:{}", c.owner));
+        owners.push(c.owner.as_str());
     }
     let applied: Vec<i64> = sqlx::query_scalar(COMPLETE_MANY)
         .bind(ids)
@@ -72,7 +72,7 @@ pub(super) async fn complete_many(
         .bind(nows)
         .bind(starts)
         .bind(digests)
-        .bind(actors)
+        .bind(owners)
         .fetch_all(&mut *conn)
         .await?;
     // Ids are distinct and the token is in the WHERE clause: an id coming

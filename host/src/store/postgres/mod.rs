@@ -31,6 +31,7 @@ mod enqueue;
 mod reads;
 mod upkeep;
 
+use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,7 +112,7 @@ impl PgStore {
             .map_err(|e| StoreError::Backend(format!("{}: {e}", redact(url))))?
             .application_name("jobhost");
         // A dead connection fails its statement and is dropped; the callers
-        // that matter retry (the committer once at once, the worker with
+        // retry on fresh ones (`on_fresh_connections`; the worker with
         // backoff). A ping before every use would cost a round trip each.
         let pool_options = || {
             PgPoolOptions::new()
@@ -119,18 +120,16 @@ impl PgStore {
                 .test_before_acquire(false)
         };
         let fast_connections = (options.max_connections / 4).max(1);
-        let unavailable =
-            |e: sqlx::Error| StoreError::Unavailable(format!("connecting to {}: {e}", redact(url)));
         let pool = pool_options()
             .max_connections(options.max_connections - fast_connections)
             .connect_with(connect.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(unreachable(url))?;
         let fast = pool_options()
             .max_connections(fast_connections)
             .connect_with(connect.options([("synchronous_commit", "off")]))
             .await
-            .map_err(unavailable)?;
+            .map_err(unreachable(url))?;
         MIGRATOR
             .run(&pool)
             .await
@@ -167,9 +166,7 @@ impl PgStore {
         &self,
         make: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> Cmd,
     ) -> StoreResult<T> {
-        if self.closing.is_cancelled() {
-            return Err(StoreError::Closed);
-        }
+        self.open_for_work()?;
         let (reply, answer) = oneshot::channel();
         self.committer
             .send(make(reply))
@@ -178,24 +175,15 @@ impl PgStore {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Runs a read, again on a fresh connection if its own had died (for up
-    /// to [`committer::RECONNECT_WINDOW`]), so a client does not see a 503
-    /// for a connection PostgreSQL dropped while the database is up.
-    async fn read<T, F, Fut>(&self, read: F) -> StoreResult<T>
+    /// Runs a read, again on a fresh connection if its own had died, so a
+    /// client does not see a 503 for a connection PostgreSQL dropped while
+    /// the database is up.
+    async fn read<T, Fut>(&self, read: impl FnMut() -> Fut) -> StoreResult<T>
     where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = StoreResult<T>>,
+        Fut: Future<Output = StoreResult<T>>,
     {
         self.open_for_work()?;
-        let started = std::time::Instant::now();
-        loop {
-            match read().await {
-                Err(e) if e.is_unavailable() && started.elapsed() < committer::RECONNECT_WINDOW => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                other => return other,
-            }
-        }
+        on_fresh_connections(read, StoreError::is_unavailable).await
     }
 
     fn open_for_work(&self) -> StoreResult<()> {
@@ -207,16 +195,45 @@ impl PgStore {
     }
 }
 
+/// How long work that lost its connection is tried again on fresh ones.
+const RECONNECT_WINDOW: Duration = Duration::from_secs(1);
+
+/// Runs `attempt` again while it fails as `lost` says a dead connection
+/// fails, for up to [`RECONNECT_WINDOW`]. A lost connection fails at once,
+/// and the pool may hold several that died together (a server restart,
+/// `pg_terminate_backend`); an unreachable server fails slower (the pool's
+/// acquire timeout) and so is not tried again.
+async fn on_fresh_connections<T, E, Fut>(
+    mut attempt: impl FnMut() -> Fut,
+    lost: impl Fn(&E) -> bool,
+) -> Result<T, E>
+where
+    Fut: Future<Output = Result<T, E>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        match attempt().await {
+            Err(e) if lost(&e) && started.elapsed() < RECONNECT_WINDOW => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The error for a server that cannot be reached at `url`.
+fn unreachable(url: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+    move |e| StoreError::Unavailable(format!("connecting to {}: {e}", redact(url)))
+}
+
 /// Creates the database `url` names if it does not exist yet, so a first
 /// start needs nothing but a running server. Hosts starting together may
 /// both try: the loser finds it created.
 async fn create_if_missing(url: &str) -> StoreResult<()> {
     use sqlx::migrate::MigrateDatabase;
-    let unavailable =
-        |e: sqlx::Error| StoreError::Unavailable(format!("connecting to {}: {e}", redact(url)));
     if sqlx::Postgres::database_exists(url)
         .await
-        .map_err(unavailable)?
+        .map_err(unreachable(url))?
     {
         return Ok(());
     }
@@ -312,13 +329,8 @@ impl Store for PgStore {
     }
 
     async fn counts(&self) -> StoreResult<StateCounts> {
-        let mut total = StateCounts::default();
-        for (_, counts) in self.read(|| reads::counts_by_type(&self.pool)).await? {
-            for state in crate::job::JobState::ALL {
-                total.add(state, counts.get(state));
-            }
-        }
-        Ok(total)
+        let by_type = self.read(|| reads::counts_by_type(&self.pool)).await?;
+        Ok(by_type.iter().map(|(_, counts)| counts).sum())
     }
 
     async fn counts_by_type(&self) -> StoreResult<Vec<(String, StateCounts)>> {

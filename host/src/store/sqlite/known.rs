@@ -7,8 +7,7 @@ use rusqlite::Connection;
 
 use super::command::{Batch, Command, Op, Reply};
 use crate::clock::Timestamp;
-use crate::job::JobState;
-use crate::store::{ClaimWait, Enqueued, StoreResult};
+use crate::store::{ClaimWait, StoreResult};
 
 /// The next ids to hand out. The writer is the only writer, so it numbers new
 /// jobs itself instead of asking SQLite for `MAX(id)` each time. (Events are
@@ -109,25 +108,16 @@ impl<'b> Readied<'b> {
             any: false,
             at: Timestamp(0),
         };
-        let queued = |e: &Enqueued| {
-            matches!(
-                e,
-                Enqueued::Created {
-                    state: JobState::Queued,
-                    ..
-                }
-            )
-        };
         for (cmd, result) in batch.iter().zip(results) {
             let Some(Ok(reply)) = result else { continue };
             let at = match (&cmd.op, reply) {
-                (Op::Insert(job, now), Reply::Enqueued(e)) if queued(e) => {
+                (Op::Insert(job, now), Reply::Enqueued(e)) if e.is_ready() => {
                     ready.types.insert(&job.job_type);
                     *now
                 }
                 (Op::InsertBatch(jobs, now), Reply::EnqueuedBatch(done)) => {
                     for (job, e) in jobs.iter().zip(done) {
-                        if queued(e) {
+                        if e.is_ready() {
                             ready.types.insert(&job.job_type);
                         }
                     }
