@@ -6,7 +6,8 @@
 //! - the *promoter* moves scheduled jobs (delayed, or awaiting a retry) to the
 //!   queue when they fall due, sleeping until the earliest one.
 //!
-//! Both hint the dispatcher when they make jobs ready. Neither touches a job
+//! Both hint the dispatcher when they make jobs ready (with Redis, on each
+//! job's type stream; the reaper's dead jobs are mirrored on the DLQ stream). Neither touches a job
 //! whose lease is live.
 
 use std::sync::Arc;
@@ -34,10 +35,13 @@ impl Maintenance {
             match self.store.lease_reap(self.clock.now()).await {
                 Ok(reaped) => {
                     if !reaped.requeued.is_empty() || !reaped.dead.is_empty() {
-                        tracing::warn!(requeued = ?reaped.requeued, dead = ?reaped.dead, "reaped jobs whose lease expired");
+                        let requeued: Vec<_> = reaped.requeued.iter().map(|j| j.id).collect();
+                        let dead: Vec<_> = reaped.dead.iter().map(|j| j.id).collect();
+                        tracing::warn!(?requeued, ?dead, "reaped jobs whose lease expired");
                     }
-                    if !reaped.requeued.is_empty() {
-                        self.dispatch.hint();
+                    self.dispatch.moved(&reaped.requeued);
+                    for job in &reaped.dead {
+                        self.dispatch.dead(&job.job_type, job.id, &job.error);
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "reaping expired leases failed"),
@@ -54,8 +58,7 @@ impl Maintenance {
             let now = self.clock.now();
             let promoted = self.store.job_promote(now).await;
             match &promoted {
-                Ok(ids) if !ids.is_empty() => self.dispatch.hint(),
-                Ok(_) => {}
+                Ok(moved) => self.dispatch.moved(moved),
                 Err(e) => tracing::error!(error = %e, "promoting due jobs failed"),
             }
             let sleep = match self.store.job_next_due().await {

@@ -578,3 +578,74 @@ async fn postgres_redis_a_silent_hosts_hints_are_taken_over() {
         "the active host took the 50 hints over: {read}"
     );
 }
+
+/// The entries of one of the test's streams that name job `id`.
+async fn entries_for(keys: &RedisKeys, stream: &str, id: i64) -> Vec<redis::streams::StreamId> {
+    let mut conn = keys.conn().await;
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("{}:{stream}", keys.prefix))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    entries
+        .ids
+        .into_iter()
+        .filter(|e| e.get::<i64>("job") == Some(id))
+        .collect()
+}
+
+/// What maintenance moves reaches the streams too: a delayed job is hinted
+/// on its type's stream when the promoter queues it (its submission was not
+/// hinted: it was not ready), and a job whose host was killed on its last
+/// attempt is mirrored on the DLQ stream when the reaper buries it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_redis_the_promoter_and_the_reaper_publish() {
+    let db = TestDb::create().await;
+    let keys = RedisKeys::new();
+    let mut flags = redis_flags(&db, &keys);
+    flags.extend(["--lease-grace-ms", "300", "--reap-interval-ms", "200"]);
+    let plugins = || {
+        Plugins::new()
+            .example("noop", "timeout_ms = 1_000\n")
+            .testing("sleeper", "max_attempts = 1\ntimeout_ms = 3_000\n")
+    };
+    let mut doomed = Server::start(plugins(), &flags).await;
+    let buried = doomed.submit("sleeper", r#"{"ms":60000}"#).await;
+    doomed.wait_for(buried, "running").await;
+    let survivor = Server::start(plugins(), &flags).await;
+    doomed.signal_and_wait(libc::SIGKILL);
+
+    let (status, body) = survivor.post("/jobs/noop?delay_ms=300", "{}").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "scheduled");
+    let delayed = body["jobId"].as_i64().unwrap();
+    survivor.wait_for(delayed, "succeeded").await;
+    let job = survivor.wait_for(buried, "dead").await;
+    assert!(
+        job["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("lease expired")),
+        "{job}"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let hinted = entries_for(&keys, "stream:noop", delayed).await;
+        let mirrored = entries_for(&keys, "dlq:sleeper", buried).await;
+        let error_kept = mirrored.iter().any(|e| {
+            e.get::<String>("error")
+                .is_some_and(|m| m.contains("lease expired"))
+        });
+        if hinted.len() == 1 && error_kept {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "delayed job {delayed} hinted {} times; buried job {buried} mirrored: {error_kept}",
+            hinted.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

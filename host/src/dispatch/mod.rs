@@ -15,12 +15,14 @@
 pub mod pg_notify;
 pub mod redis;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::Notify;
 
 use crate::job::JobId;
+use crate::store::Moved;
 
 #[derive(Default)]
 pub struct Dispatch {
@@ -56,6 +58,24 @@ impl Dispatch {
         self.hint();
         if let Some(redis) = self.redis.get() {
             redis.ready(job_type, ids.into_iter().collect());
+        }
+    }
+
+    /// Jobs a maintenance service made ready (committed): hinted as
+    /// [`Dispatch::ready`] hints a submission, each on its type's stream.
+    pub fn moved(&self, moved: &[Moved]) {
+        if moved.is_empty() {
+            return;
+        }
+        self.hint();
+        if let Some(redis) = self.redis.get() {
+            let mut by_type: BTreeMap<&str, Vec<JobId>> = BTreeMap::new();
+            for job in moved {
+                by_type.entry(&job.job_type).or_default().push(job.id);
+            }
+            for (job_type, ids) in by_type {
+                redis.ready(job_type, ids);
+            }
         }
     }
 

@@ -54,6 +54,10 @@ fn completion(job: &ClaimedJob, outcome: Outcome, now: Timestamp) -> Completion 
     }
 }
 
+fn moved_ids(moved: &[Moved]) -> Vec<JobId> {
+    moved.iter().map(|m| m.id).collect()
+}
+
 async fn state(s: &dyn Store, id: JobId) -> JobState {
     s.job_get(id).await.unwrap().expect("job exists").state
 }
@@ -205,7 +209,13 @@ pub async fn delayed_jobs_wait_for_the_promoter(s: &dyn Store) {
     );
     assert_eq!(s.job_next_due().await.unwrap(), Some(T0.plus(10 * SECOND)));
     assert!(s.job_promote(T0.plus(9 * SECOND)).await.unwrap().is_empty());
-    assert_eq!(s.job_promote(T0.plus(10 * SECOND)).await.unwrap(), vec![id]);
+    assert_eq!(
+        s.job_promote(T0.plus(10 * SECOND)).await.unwrap(),
+        vec![Moved {
+            id,
+            job_type: "email".into()
+        }]
+    );
     assert_eq!(state(s, id).await, JobState::Queued);
     assert_eq!(s.job_next_due().await.unwrap(), None);
     assert_eq!(
@@ -277,7 +287,7 @@ pub async fn a_claim_sees_every_way_a_job_becomes_ready(s: &dyn Store) {
     };
     assert!(claim(10, t(41)).await.unwrap().is_empty());
     let (promoted, got) = tokio::join!(s.job_promote(t(50)), claim(11, t(50)));
-    assert_eq!(promoted.unwrap(), [third]);
+    assert_eq!(moved_ids(&promoted.unwrap()), [third]);
     let got = raced(got, 11, t(50)).await;
     assert_eq!(ids(&got), [third]);
     running.extend(got);
@@ -565,7 +575,7 @@ pub async fn retry_schedules_and_dead_records_the_error(s: &dyn Store) {
     );
     assert_eq!(rec.last_error.as_deref(), Some("provider busy"));
     assert_eq!(rec.finished_at, None);
-    assert_eq!(s.job_promote(retry_at).await.unwrap(), vec![id]);
+    assert_eq!(moved_ids(&s.job_promote(retry_at).await.unwrap()), vec![id]);
     let job = s
         .job_claim(claim_req("email", 1, 2, retry_at))
         .await
@@ -607,7 +617,13 @@ pub async fn reaper_requeues_expired_leases_and_fences_out_the_late_holder(s: &d
         Reaped::default()
     );
     let reaped = s.lease_reap(T0.plus(30 * SECOND)).await.unwrap();
-    assert_eq!(reaped.requeued, vec![id]);
+    assert_eq!(
+        reaped.requeued,
+        vec![Moved {
+            id,
+            job_type: "email".into()
+        }]
+    );
     let rec = s.job_get(id).await.unwrap().unwrap();
     assert_eq!((rec.state, rec.attempt), (JobState::Queued, 1));
     assert!(rec.last_error.unwrap().contains("lease expired"));
@@ -645,8 +661,10 @@ pub async fn reaper_sends_an_expired_last_attempt_to_the_dlq(s: &dyn Store) {
     .await;
     s.job_claim(claim_req("email", 1, 1, T0)).await.unwrap();
     let reaped = s.lease_reap(T0.plus(60 * SECOND)).await.unwrap();
-    assert_eq!(reaped.dead, vec![id]);
-    let rec = s.job_get(id).await.unwrap().unwrap();
+    assert_eq!(reaped.dead.len(), 1);
+    let (buried, rec) = (&reaped.dead[0], s.job_get(id).await.unwrap().unwrap());
+    assert_eq!((buried.id, buried.job_type.as_str()), (id, "email"));
+    assert_eq!(Some(&buried.error), rec.last_error.as_ref());
     assert_eq!(rec.state, JobState::Dead);
     assert!(rec.finished_at.is_some());
     let last = s.job_events(id).await.unwrap().pop().unwrap();
@@ -823,7 +841,7 @@ async fn parked(
         claim.await
     });
     sent.await.unwrap();
-    assert_eq!(s.job_promote(T0).await.unwrap(), Vec::<JobId>::new());
+    assert_eq!(s.job_promote(T0).await.unwrap(), Vec::<Moved>::new());
     waiter
 }
 

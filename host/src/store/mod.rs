@@ -154,11 +154,28 @@ pub struct Completion {
     pub now: Timestamp,
 }
 
+/// A job a maintenance service made ready, named with its type: the
+/// dispatch fabric hints each type's own stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    pub id: JobId,
+    pub job_type: String,
+}
+
+/// A job the reaper sent to the dead-letter queue, with the error it wrote
+/// (the DLQ stream mirrors both).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Buried {
+    pub id: JobId,
+    pub job_type: String,
+    pub error: String,
+}
+
 /// Jobs moved by the reaper.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Reaped {
-    pub requeued: Vec<JobId>,
-    pub dead: Vec<JobId>,
+    pub requeued: Vec<Moved>,
+    pub dead: Vec<Buried>,
 }
 
 /// Count of jobs per state for one job type (or all).
@@ -319,7 +336,7 @@ pub trait Store: Send + Sync + 'static {
     async fn lease_reap(&self, now: Timestamp) -> StoreResult<Reaped>;
 
     /// Moves every scheduled job due at or before `now` to `queued`.
-    async fn job_promote(&self, now: Timestamp) -> StoreResult<Vec<JobId>>;
+    async fn job_promote(&self, now: Timestamp) -> StoreResult<Vec<Moved>>;
 
     /// When the earliest scheduled job falls due.
     async fn job_next_due(&self) -> StoreResult<Option<Timestamp>>;

@@ -42,8 +42,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ClaimRequest, ClaimedJob, Completion, Enqueued, NewJob, Reaped, StateCounts, Store, StoreError,
-    StoreResult,
+    ClaimRequest, ClaimedJob, Completion, Enqueued, Moved, NewJob, Reaped, StateCounts, Store,
+    StoreError, StoreResult,
 };
 use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobId, JobRecord};
@@ -309,7 +309,7 @@ impl Store for PgStore {
         upkeep::reap(&self.fast, now).await
     }
 
-    async fn job_promote(&self, now: Timestamp) -> StoreResult<Vec<JobId>> {
+    async fn job_promote(&self, now: Timestamp) -> StoreResult<Vec<Moved>> {
         self.open_for_work()?;
         upkeep::promote(&self.fast, now).await
     }

@@ -11,7 +11,7 @@ use crate::clock::Timestamp;
 use crate::job::{JobId, JobRecord, JobState};
 use crate::store::history;
 use crate::store::rows::{parse_state, record_of};
-use crate::store::{Reaped, StoreError, StoreResult};
+use crate::store::{Buried, Moved, Reaped, StoreError, StoreResult};
 
 async fn notify_ready(conn: &mut PgConnection) -> StoreResult<()> {
     sqlx::query("SELECT pg_notify($1, '')")
@@ -72,25 +72,29 @@ const REAP: &str = "
                             || ' stopped without reporting an outcome (host crashed or was killed)',
                updated_at = $1, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
         FROM expired WHERE jobs.id = expired.id
-        RETURNING jobs.id, jobs.state, jobs.attempt, jobs.last_error
+        RETURNING jobs.id, jobs.state, jobs.attempt, jobs.last_error, jobs.job_type
     ), events AS (
         INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
         SELECT id, $1, 'running', state, attempt, $2, last_error FROM reaped
     )
-    SELECT id, state FROM reaped ORDER BY id";
+    SELECT id, state, job_type, last_error FROM reaped ORDER BY id";
 
 pub(super) async fn reap(pool: &PgPool, now: Timestamp) -> StoreResult<Reaped> {
     let mut tx = pool.begin().await?;
-    let rows: Vec<(i64, String)> = sqlx::query_as(REAP)
+    let rows: Vec<(i64, String, String, String)> = sqlx::query_as(REAP)
         .bind(now.as_micros())
         .bind(history::REAP_ACTOR)
         .fetch_all(&mut *tx)
         .await?;
     let mut reaped = Reaped::default();
-    for (id, state) in rows {
+    for (id, state, job_type, error) in rows {
         match parse_state(&state)? {
-            JobState::Dead => reaped.dead.push(id),
-            _ => reaped.requeued.push(id),
+            JobState::Dead => reaped.dead.push(Buried {
+                id,
+                job_type,
+                error,
+            }),
+            _ => reaped.requeued.push(Moved { id, job_type }),
         }
     }
     commit(tx, !reaped.requeued.is_empty()).await?;
@@ -104,23 +108,26 @@ const PROMOTE: &str = "
     ), promoted AS (
         UPDATE jobs SET state = 'queued', updated_at = $1
         FROM due WHERE jobs.id = due.id
-        RETURNING jobs.id, jobs.attempt
+        RETURNING jobs.id, jobs.attempt, jobs.job_type
     ), events AS (
         INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
         SELECT id, $1, 'scheduled', 'queued', attempt, $2, $3 FROM promoted
     )
-    SELECT id FROM promoted ORDER BY id";
+    SELECT id, job_type FROM promoted ORDER BY id";
 
-pub(super) async fn promote(pool: &PgPool, now: Timestamp) -> StoreResult<Vec<JobId>> {
+pub(super) async fn promote(pool: &PgPool, now: Timestamp) -> StoreResult<Vec<Moved>> {
     let mut tx = pool.begin().await?;
-    let promoted: Vec<i64> = sqlx::query_scalar(PROMOTE)
+    let promoted: Vec<(i64, String)> = sqlx::query_as(PROMOTE)
         .bind(now.as_micros())
         .bind(history::PROMOTE_ACTOR)
         .bind(history::PROMOTE_REASON)
         .fetch_all(&mut *tx)
         .await?;
     commit(tx, !promoted.is_empty()).await?;
-    Ok(promoted)
+    Ok(promoted
+        .into_iter()
+        .map(|(id, job_type)| Moved { id, job_type })
+        .collect())
 }
 
 const REPLAY: &str = "

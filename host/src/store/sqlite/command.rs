@@ -8,7 +8,7 @@ use crate::clock::Timestamp;
 use crate::job::{JobId, JobRecord};
 use crate::store::counts::Moves;
 use crate::store::{
-    ClaimRequest, ClaimWait, ClaimedJob, Completion, Enqueued, NewJob, Reaped, StoreResult,
+    ClaimRequest, ClaimWait, ClaimedJob, Completion, Enqueued, Moved, NewJob, Reaped, StoreResult,
 };
 
 /// One write, as the writer receives it.
@@ -43,7 +43,7 @@ pub(super) enum Reply {
     Claimed(Vec<ClaimedJob>),
     Applied(bool),
     Reaped(Reaped),
-    Promoted(Vec<JobId>),
+    Promoted(Vec<Moved>),
     Record(Box<JobRecord>),
     Closed,
     /// (Writer-internal, never sent.) A `ClaimWait` found nothing: keep it.

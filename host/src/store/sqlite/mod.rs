@@ -58,8 +58,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::counts::Counts;
 use super::{
-    ClaimRequest, ClaimWait, ClaimedJob, Completion, Enqueued, NewJob, Reaped, StateCounts, Store,
-    StoreError, StoreResult,
+    ClaimRequest, ClaimWait, ClaimedJob, Completion, Enqueued, Moved, NewJob, Reaped, StateCounts,
+    Store, StoreError, StoreResult,
 };
 use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobId, JobRecord};
@@ -349,7 +349,7 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn job_promote(&self, now: Timestamp) -> StoreResult<Vec<JobId>> {
+    async fn job_promote(&self, now: Timestamp) -> StoreResult<Vec<Moved>> {
         match self.send(Op::Promote(now)).await? {
             Reply::Promoted(ids) => Ok(ids),
             _ => unreachable!("the writer answers Promote with Promoted"),

@@ -9,7 +9,7 @@ use crate::job::{JobId, JobRecord, JobState};
 use crate::store::counts::{Moves, moved};
 use crate::store::history;
 use crate::store::rows::{parse_state, record_of};
-use crate::store::{Reaped, StoreError, StoreResult};
+use crate::store::{Buried, Moved, Reaped, StoreError, StoreResult};
 
 pub(super) fn release(
     conn: &Connection,
@@ -91,12 +91,16 @@ pub(super) fn reap(
             to,
             attempt,
             actor: history::REAP_ACTOR.into(),
-            reason: Some(last_error),
+            reason: Some(last_error.clone()),
             plugin_digest: None,
         });
         match to {
-            JobState::Dead => reaped.dead.push(id),
-            _ => reaped.requeued.push(id),
+            JobState::Dead => reaped.dead.push(Buried {
+                id,
+                job_type,
+                error: last_error,
+            }),
+            _ => reaped.requeued.push(Moved { id, job_type }),
         }
     }
     Ok(reaped)
@@ -107,7 +111,7 @@ pub(super) fn promote(
     now: Timestamp,
     events: &mut Events,
     moves: &mut Moves,
-) -> StoreResult<Vec<JobId>> {
+) -> StoreResult<Vec<Moved>> {
     let mut promoted = conn
         .prepare_cached(
             "UPDATE OR FAIL jobs SET state = 'queued', updated_at = ?1
@@ -141,7 +145,10 @@ pub(super) fn promote(
         reason: Some(history::PROMOTE_REASON.into()),
         plugin_digest: None,
     }));
-    Ok(promoted.into_iter().map(|(id, _, _)| id).collect())
+    Ok(promoted
+        .into_iter()
+        .map(|(id, _, job_type)| Moved { id, job_type })
+        .collect())
 }
 
 pub(super) fn replay(
