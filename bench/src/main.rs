@@ -73,6 +73,19 @@ struct Common {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     database_url: String,
+    /// Dispatch through Redis Streams too (needs `--store postgres`): the
+    /// hosts use the `--redis-url` server under the key prefix
+    /// `jobhost-bench-<scenario>`, cleared before each scenario.
+    #[arg(long, global = true)]
+    redis: bool,
+    /// The Redis server for `--redis`.
+    #[arg(
+        long,
+        global = true,
+        env = "JOBHOST_BENCH_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis_url: String,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -216,22 +229,36 @@ fn serve_args(c: &Common, defaults: &[&str]) -> Vec<String> {
 /// Starts jobhost with the scenario's flags on a fresh store (a new data
 /// directory, and with `--store postgres` a new database).
 async fn start(c: &Common, scenario: &str, defaults: &[&str]) -> Result<Server> {
-    let mut args = serve_args(c, defaults);
+    let mut shared = Vec::new();
     let database = match c.store {
         StoreKind::Sqlite => None,
         StoreKind::Postgres => {
             let url = server::fresh_database(&c.database_url, scenario).await?;
-            args.extend(["--database-url".to_owned(), url.clone()]);
+            shared.extend(["--database-url".to_owned(), url.clone()]);
             Some(url)
         }
     };
-    Server::start(
+    if c.redis {
+        anyhow::ensure!(database.is_some(), "--redis needs --store postgres");
+        let prefix = server::fresh_redis_prefix(&c.redis_url, scenario).await?;
+        shared.extend([
+            "--redis-url".to_owned(),
+            c.redis_url.clone(),
+            "--redis-prefix".to_owned(),
+            prefix,
+        ]);
+    }
+    let mut args = serve_args(c, defaults);
+    args.extend(shared.iter().cloned());
+    let mut server = Server::start(
         &c.bin,
         &c.plugins,
         &c.out.join(format!("data-{scenario}")),
         &args,
         database,
-    )
+    )?;
+    server.shared = shared;
+    Ok(server)
 }
 
 /// Starts one more host on `first`'s database (a data directory of its own).
@@ -241,14 +268,16 @@ fn start_another(c: &Common, first: &Server, name: &str, defaults: &[&str]) -> R
         .clone()
         .context("more hosts share a database: use --store postgres")?;
     let mut args = serve_args(c, defaults);
-    args.extend(["--database-url".to_owned(), database.clone()]);
-    Server::start(
+    args.extend(first.shared.iter().cloned());
+    let mut server = Server::start(
         &c.bin,
         &c.plugins,
         &c.out.join(format!("data-{name}")),
         &args,
         Some(database),
-    )
+    )?;
+    server.shared = first.shared.clone();
+    Ok(server)
 }
 
 fn now_micros() -> i64 {

@@ -19,6 +19,8 @@ pub struct Server {
     pub data: PathBuf,
     /// The PostgreSQL database the server uses, if not its SQLite file.
     pub database: Option<String>,
+    /// The flags that put more hosts on the same database and Redis keys.
+    pub shared: Vec<String>,
 }
 
 /// One job as the store recorded it.
@@ -73,6 +75,7 @@ impl Server {
             addr,
             data: data.to_owned(),
             database,
+            shared: Vec::new(),
         })
     }
 
@@ -196,6 +199,28 @@ pub async fn fresh_database(url: &str, scenario: &str) -> Result<String> {
         .filter(|s| s.contains("://") && !s.ends_with('/'))
         .with_context(|| format!("--database-url must name a database: {url}"))?;
     Ok(format!("{server}/{name}"))
+}
+
+/// Deletes the keys a previous run of `scenario` left under its prefix on
+/// the Redis server `url` names, and returns the prefix.
+pub async fn fresh_redis_prefix(url: &str, scenario: &str) -> Result<String> {
+    let prefix = format!("jobhost-bench-{scenario}");
+    let mut conn = redis::Client::open(url)
+        .with_context(|| format!("--redis-url {url}"))?
+        .get_multiplexed_async_connection()
+        .await
+        .with_context(|| format!("connecting to {url} (--redis-url)"))?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await?;
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(&keys)
+            .query_async::<()>(&mut conn)
+            .await?;
+    }
+    Ok(prefix)
 }
 
 /// Checks that the store holds exactly the submitted jobs, each succeeded

@@ -1011,7 +1011,126 @@ macro_rules! store_contract_tests {
 
 /// The suite on PostgreSQL: each test in a database of its own.
 mod postgres {
+    use crate::store::postgres::{MIGRATOR, PgStore};
+    use crate::store::{Outcome, StateCounts};
+    use crate::testing::TestDb;
+
     crate::store_contract_tests!(crate::testing::postgres_store());
+
+    /// A count of the jobs table, per type and state.
+    async fn counted(url: &str) -> Vec<(String, StateCounts)> {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT job_type, state, COUNT(*) FROM jobs GROUP BY job_type, state ORDER BY job_type",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        let mut counted: Vec<(String, StateCounts)> = Vec::new();
+        for (job_type, state, n) in rows {
+            if counted.last().is_none_or(|(t, _)| *t != job_type) {
+                counted.push((job_type, StateCounts::default()));
+            }
+            counted
+                .last_mut()
+                .unwrap()
+                .1
+                .add(state.parse().unwrap(), n as u64);
+        }
+        counted
+    }
+
+    /// PostgreSQL-specific: the counters every write keeps (a trigger on
+    /// `jobs`) match a count of the table after every kind of transition,
+    /// including two stores writing at once.
+    #[tokio::test]
+    async fn kept_counts_match_the_table() {
+        let (store, db) = crate::testing::postgres_store().await;
+        let other = PgStore::open(&db.url, Default::default()).await.unwrap();
+        super::a_claim_sees_every_way_a_job_becomes_ready(&store).await;
+        super::cancel_withdraws_only_waiting_jobs(&other).await;
+        super::retry_schedules_and_dead_records_the_error(&store).await;
+        super::reaper_sends_an_expired_last_attempt_to_the_dlq(&other).await;
+        // Two stores (two hosts) enqueue, claim and complete the same type at
+        // once: their counter updates must neither collide nor be lost.
+        let hammer = |s: Arc<PgStore>, token: i64| async move {
+            for round in 0..20 {
+                let jobs = (0..40).map(|_| super::new_job("z", None)).collect();
+                s.job_insert_batch(jobs, super::T0).await.unwrap();
+                let claimed = s
+                    .job_claim(super::claim_req("z", 30, token * 100 + round, super::T0))
+                    .await
+                    .unwrap();
+                let mut done = tokio::task::JoinSet::new();
+                for (i, job) in claimed.into_iter().enumerate() {
+                    let outcome = match i % 3 {
+                        0 => Outcome::Succeeded { result: None },
+                        1 => Outcome::Retry {
+                            error: "again".into(),
+                            run_at: super::T0.plus(super::SECOND),
+                        },
+                        _ => Outcome::Dead { error: "no".into() },
+                    };
+                    let s = s.clone();
+                    done.spawn(async move {
+                        s.job_complete(super::completion(&job, outcome, super::T0))
+                            .await
+                    });
+                }
+                while let Some(applied) = done.join_next().await {
+                    assert!(applied.unwrap().unwrap());
+                }
+            }
+        };
+        let (store, other) = (Arc::new(store), Arc::new(other));
+        tokio::join!(hammer(store.clone(), 1), hammer(other.clone(), 2));
+        let dead: i64 = {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query_scalar("SELECT MIN(id) FROM jobs WHERE job_type = 'z' AND state = 'dead'")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        };
+        store.job_replay(dead, super::T0).await.unwrap();
+        let kept = store.counts_by_type().await.unwrap();
+        let all = store.counts().await.unwrap();
+        let counted = counted(&db.url).await;
+        assert!(counted.len() >= 2, "the scenarios used several types");
+        assert_eq!(kept, counted);
+        assert_eq!(all, counted.iter().map(|(_, c)| c).sum());
+    }
+
+    /// PostgreSQL-specific: a database whose jobs predate the counters gets
+    /// them counted when it is migrated.
+    #[tokio::test]
+    async fn the_counters_start_from_the_jobs_already_there() {
+        use sqlx::Connection;
+        let db = TestDb::create().await;
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let first = sqlx::migrate::Migrator {
+            migrations: MIGRATOR.migrations[..1].to_vec().into(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        first.run(&mut conn).await.unwrap();
+        sqlx::query(
+            "INSERT INTO jobs (job_type, state, payload, max_attempts, run_at, created_at, updated_at)
+             SELECT t, s, '{}', 3, 0, 0, 0
+             FROM unnest(ARRAY['a', 'a', 'a', 'b'], ARRAY['queued', 'queued', 'succeeded', 'dead'])
+                  AS x(t, s)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let store = PgStore::open(&db.url, Default::default()).await.unwrap();
+        let kept = store.counts_by_type().await.unwrap();
+        assert_eq!(kept, counted(&db.url).await);
+        assert_eq!(
+            (kept[0].1.queued, kept[0].1.succeeded, kept[1].1.dead),
+            (2, 1, 1)
+        );
+    }
 }
 
 mod sqlite {

@@ -49,7 +49,7 @@ use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobId, JobRecord};
 use committer::Cmd;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 /// The channel every host LISTENs on for "jobs may be ready".
 pub const READY_CHANNEL: &str = "jobhost_ready";
