@@ -17,7 +17,7 @@ use crate::config::ServeConfig;
 use crate::dispatch::redis::Redis;
 use crate::dispatch::{self, Dispatch};
 use crate::maintenance::Maintenance;
-use crate::plugins::Registry;
+use crate::plugins::{Loader, Registry};
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::Store;
 use crate::store::postgres::{PgOptions, PgStore};
@@ -52,9 +52,15 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
     })?);
     let registry = Arc::new(Registry::new());
     let plugins_dir = config.plugins_dir();
+    let loader = Arc::new(Loader::new(
+        runtime.clone(),
+        registry.clone(),
+        plugins_dir.clone(),
+        max_memory_bytes,
+    ));
     let loaded = {
-        let (runtime, registry, dir) = (runtime.clone(), registry.clone(), plugins_dir.clone());
-        tokio::task::spawn_blocking(move || registry.load_dir(&runtime, &dir, max_memory_bytes))
+        let loader = loader.clone();
+        tokio::task::spawn_blocking(move || loader.load_all())
             .await
             .context("loading plugins")?
             .with_context(|| format!("loading plugins from {}", plugins_dir.display()))?
@@ -93,10 +99,9 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
     // finish in the shutdown grace are still mirrored.
     let publish_stop = CancellationToken::new();
     let redis_tasks = redis.map(|redis| {
-        let types: Vec<String> = registry.all().iter().map(|p| p.job_type.clone()).collect();
         (
             tokio::spawn(redis.clone().publisher(publish_stop.clone())),
-            tokio::spawn(redis.reader(types, dispatch.clone(), stop.clone())),
+            tokio::spawn(redis.reader(registry.clone(), dispatch.clone(), stop.clone())),
         )
     });
     // Other hosts' writes reach this host's workers as hints.
@@ -143,11 +148,14 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
         promote_interval: Duration::from_secs(1),
     });
     let reaper = tokio::spawn(maintenance.clone().reaper(stop.clone()));
+    // Hot reload: the plugins directory, watched.
+    let watcher = tokio::spawn(loader.clone().watch(stop.clone()));
     let promoter = tokio::spawn(maintenance.promoter(stop.clone()));
 
     let app = api::app(AppState {
         store: store.clone(),
         registry,
+        loader,
         dispatch,
         clock,
         workers: control,
@@ -176,7 +184,7 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
         abort.cancel();
         let _ = worker_task.await;
     }
-    let _ = tokio::join!(reaper, promoter);
+    let _ = tokio::join!(reaper, promoter, watcher);
     if let Some(hints) = hints {
         let _ = hints.await;
     }

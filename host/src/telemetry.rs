@@ -40,6 +40,12 @@ pub const REDIS_UP: &str = "jobhost_redis_up";
 pub const REDIS_ERRORS: &str = "jobhost_redis_errors_total";
 pub const REDIS_HINTS_DROPPED: &str = "jobhost_redis_hints_dropped_total";
 pub const REDIS_HINTS_READ: &str = "jobhost_redis_hints_read_total";
+/// Plugin versions installed (at start, by the watcher or by an upload), per type.
+pub const PLUGIN_LOADS: &str = "jobhost_plugin_loads_total";
+/// Plugin files that did not load (the version before keeps serving), per type.
+pub const PLUGIN_LOAD_ERRORS: &str = "jobhost_plugin_load_errors_total";
+/// Whether a type's latest plugin files loaded (1) or failed (0).
+pub const PLUGIN_OK: &str = "jobhost_plugin_ok";
 
 const SECONDS_BUCKETS: &[f64] = &[
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -111,6 +117,15 @@ fn describe() {
         "1 while Redis answers, 0 after a failed Redis command (hints fall back to polling)"
     );
     describe_counter!(REDIS_ERRORS, "Failed Redis commands, per command");
+    describe_counter!(PLUGIN_LOADS, "Plugin versions installed, per type");
+    describe_counter!(
+        PLUGIN_LOAD_ERRORS,
+        "Plugin files that failed to load (the previous version keeps serving), per type"
+    );
+    describe_gauge!(
+        PLUGIN_OK,
+        "1 if the type's latest plugin files loaded, 0 if they failed"
+    );
     describe_counter!(
         REDIS_HINTS_DROPPED,
         "Ready and dead-letter entries not published to Redis (unreachable, or the queue full)"

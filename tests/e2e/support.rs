@@ -34,6 +34,17 @@ fn compiled_plugins() -> PathBuf {
         .unwrap_or_else(|| root().join("target/jobhost-plugins"))
 }
 
+/// The bytes of a compiled plugin: `group` is `examples` or `testing`.
+pub fn plugin_bytes(group: &str, name: &str) -> Vec<u8> {
+    let path = compiled_plugins().join(group).join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run the tests with `cargo xtask test`",
+            path.display()
+        )
+    })
+}
+
 /// A plugin directory for one test: `(job type, source wasm, manifest)`.
 pub struct Plugins(Vec<(&'static str, &'static str, String)>);
 
@@ -98,6 +109,11 @@ impl Server {
             args,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// The directory the server loads and watches plugins in.
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.data.path().join("plugins")
     }
 
     /// Starts jobhost again on the same data directory (after a stop or kill).
@@ -238,7 +254,7 @@ impl Drop for Server {
     }
 }
 
-async fn decode(resp: reqwest::Response) -> (u16, Value) {
+pub async fn decode(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap();
     let body =

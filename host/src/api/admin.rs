@@ -4,18 +4,26 @@
 //! - `POST /admin/jobs/{id}/cancel`: queued or scheduled → cancelled.
 //! - `GET /admin/metrics/jobs`: jobs per state.
 //! - `GET /admin/metrics/queue`: per type: queued, scheduled, running, dead.
-//! - `GET /admin/plugins`: loaded plugins, their digests and limits.
+//! - `GET /admin/plugins`: every plugin: digest, size, when it loaded, its
+//!   limits, and whether its latest files loaded (`status`, `lastError`).
+//! - `PUT /admin/plugins/{type}`: installs a plugin version: the `.wasm` as
+//!   the body, or `multipart/form-data` with a `wasm` part and an optional
+//!   `manifest` part (TOML). Checked and compiled before anything is
+//!   written; at most [`MAX_PLUGIN_BYTES`].
+//! - `DELETE /admin/plugins/{type}`: deletes its files; its jobs are no
+//!   longer claimed here, queued ones wait.
 //! - `GET /admin/workers`, `POST /admin/workers/pause`, `POST /admin/workers/resume`:
 //!   stop and restart claiming on this host (running attempts go on).
 //!
 //! The token is taken from `Authorization: Bearer <token>` or `X-Admin-Token`
 //! and compared in constant time.
 
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart};
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -24,6 +32,7 @@ use subtle::ConstantTimeEq;
 use super::jobs::render_job;
 use super::{ApiError, AppState, PathParam};
 use crate::job::JobState;
+use crate::plugins::{LoadError, LoadedPlugin};
 use crate::store::{StateCounts, StoreError};
 
 pub fn router(state: AppState) -> Router<AppState> {
@@ -33,6 +42,12 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/metrics/jobs", get(job_counts))
         .route("/metrics/queue", get(queue_counts))
         .route("/plugins", get(plugins))
+        .route(
+            "/plugins/{type}",
+            put(upload_plugin)
+                .delete(delete_plugin)
+                .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES + MULTIPART_SLACK)),
+        )
         .route("/workers", get(workers))
         .route("/workers/pause", post(pause))
         .route("/workers/resume", post(resume))
@@ -176,30 +191,190 @@ async fn queue_counts(State(app): State<AppState>) -> Result<Json<Value>, ApiErr
     Ok(Json(json!({ "types": types })))
 }
 
+/// Largest plugin upload (the `.wasm`), in bytes.
+pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
+/// Room for a multipart upload's boundaries, headers and manifest.
+const MULTIPART_SLACK: usize = 1 << 20;
+
 async fn plugins(State(app): State<AppState>) -> Json<Value> {
-    let plugins: Vec<Value> = app
+    let mut failures = app.registry.failures();
+    let mut plugins: Vec<Value> = app
         .registry
         .all()
         .iter()
         .map(|p| {
-            let m = &p.manifest;
-            json!({
-                "type": p.job_type,
-                "digest": p.compiled.digest,
-                "fuel": m.limits.fuel,
-                "timeoutMs": m.limits.timeout.as_millis() as u64,
-                "memoryMb": m.limits.memory_bytes >> 20,
-                "maxAttempts": m.max_attempts,
-                "concurrency": m.concurrency,
-                "backoff": {
-                    "baseMs": m.backoff.base.as_millis() as u64,
-                    "capMs": m.backoff.cap.as_millis() as u64,
-                    "jitter": m.backoff.jitter,
-                },
-            })
+            let failure = failures.remove(&p.job_type);
+            let mut plugin = render_plugin(p);
+            if let Some(f) = failure {
+                plugin["status"] = json!("failed");
+                plugin["lastError"] = json!(f.error);
+                plugin["lastErrorAt"] = json!(rfc3339(f.at));
+            }
+            plugin
         })
         .collect();
+    // Types whose files never loaded: nothing serves them.
+    for (job_type, f) in failures {
+        plugins.push(json!({
+            "type": job_type,
+            "digest": null,
+            "status": "failed",
+            "lastError": f.error,
+            "lastErrorAt": rfc3339(f.at),
+        }));
+    }
     Json(json!({ "plugins": plugins }))
+}
+
+fn render_plugin(p: &LoadedPlugin) -> Value {
+    let m = &p.manifest;
+    json!({
+        "type": p.job_type,
+        "digest": p.compiled.digest,
+        "sizeBytes": p.size,
+        "loadedAt": rfc3339(p.loaded_at),
+        "status": "loaded",
+        "lastError": null,
+        "fuel": m.limits.fuel,
+        "timeoutMs": m.limits.timeout.as_millis() as u64,
+        "memoryMb": m.limits.memory_bytes >> 20,
+        "maxAttempts": m.max_attempts,
+        "concurrency": m.concurrency,
+        "backoff": {
+            "baseMs": m.backoff.base.as_millis() as u64,
+            "capMs": m.backoff.cap.as_millis() as u64,
+            "jitter": m.backoff.jitter,
+        },
+    })
+}
+
+fn rfc3339(at: std::time::SystemTime) -> String {
+    let micros = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    crate::clock::Timestamp(micros).to_rfc3339()
+}
+
+fn plugin_type(name: String) -> Result<String, ApiError> {
+    if crate::plugins::valid_type_name(&name) {
+        Ok(name)
+    } else {
+        Err(ApiError::InvalidPath(format!(
+            "{name:?} is not a job type name (1-64 of a-z, 0-9, _ and -, starting with a letter)"
+        )))
+    }
+}
+
+fn load_error(e: LoadError) -> ApiError {
+    match e {
+        LoadError::Io { .. } => {
+            tracing::error!(error = %e, "installing a plugin failed");
+            ApiError::Internal
+        }
+        other => ApiError::InvalidPlugin(other.to_string()),
+    }
+}
+
+/// The upload's `.wasm` and optional manifest.
+async fn read_upload(request: Request) -> Result<(Vec<u8>, Option<String>), ApiError> {
+    let too_large = ApiError::PayloadTooLarge {
+        limit: MAX_PLUGIN_BYTES,
+    };
+    let multipart = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    if !multipart {
+        let body = axum::body::to_bytes(request.into_body(), MAX_PLUGIN_BYTES)
+            .await
+            .map_err(|_| too_large)?;
+        return Ok((body.to_vec(), None));
+    }
+    let mut form = Multipart::from_request(request, &())
+        .await
+        .map_err(|e| ApiError::InvalidUpload(e.body_text()))?;
+    let (mut wasm, mut manifest) = (None, None);
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(too_large);
+            }
+            Err(e) => return Err(ApiError::InvalidUpload(e.body_text())),
+        };
+        let name = field.name().unwrap_or_default().to_owned();
+        let bytes = field.bytes().await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge {
+                    limit: MAX_PLUGIN_BYTES,
+                }
+            } else {
+                ApiError::InvalidUpload(e.body_text())
+            }
+        })?;
+        match name.as_str() {
+            "wasm" => wasm = Some(bytes.to_vec()),
+            "manifest" => {
+                let text = String::from_utf8(bytes.to_vec()).map_err(|_| {
+                    ApiError::InvalidUpload("the manifest part is not UTF-8 text".into())
+                })?;
+                manifest = Some(text);
+            }
+            other => {
+                return Err(ApiError::InvalidUpload(format!(
+                    "unknown part {other:?}; the parts are `wasm` and `manifest`"
+                )));
+            }
+        }
+    }
+    let wasm = wasm.ok_or_else(|| ApiError::InvalidUpload("no `wasm` part".into()))?;
+    if wasm.len() > MAX_PLUGIN_BYTES {
+        return Err(too_large);
+    }
+    Ok((wasm, manifest))
+}
+
+async fn upload_plugin(
+    State(app): State<AppState>,
+    PathParam(name): PathParam,
+    request: Request,
+) -> Result<Json<Value>, ApiError> {
+    let job_type = plugin_type(name)?;
+    let (wasm, manifest) = read_upload(request).await?;
+    if wasm.is_empty() {
+        return Err(ApiError::InvalidUpload("the .wasm is empty".into()));
+    }
+    let loader = app.loader.clone();
+    let installed = tokio::task::spawn_blocking(move || loader.install(&job_type, &wasm, manifest))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "installing a plugin panicked");
+            ApiError::Internal
+        })?
+        .map_err(load_error)?;
+    Ok(Json(render_plugin(&installed)))
+}
+
+async fn delete_plugin(
+    State(app): State<AppState>,
+    PathParam(name): PathParam,
+) -> Result<Json<Value>, ApiError> {
+    let job_type = plugin_type(name)?;
+    let loader = app.loader.clone();
+    let name = job_type.clone();
+    let removed = tokio::task::spawn_blocking(move || loader.uninstall(&name))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "deleting a plugin panicked");
+            ApiError::Internal
+        })?
+        .map_err(load_error)?;
+    if !removed {
+        return Err(ApiError::PluginNotFound(job_type));
+    }
+    Ok(Json(json!({ "type": job_type, "deleted": true })))
 }
 
 async fn workers(State(app): State<AppState>) -> Json<Value> {

@@ -37,6 +37,9 @@ pub enum ApiError {
         action: &'static str,
         allowed: &'static str,
     },
+    PluginNotFound(String),
+    InvalidPlugin(String),
+    InvalidUpload(String),
     RouteNotFound,
     MethodNotAllowed,
     Unavailable,
@@ -60,6 +63,9 @@ impl ApiError {
             ApiError::InvalidPath(_) => "invalid_path",
             ApiError::Unauthorized => "unauthorized",
             ApiError::WrongState { .. } => "invalid_job_state",
+            ApiError::PluginNotFound(_) => "plugin_not_found",
+            ApiError::InvalidPlugin(_) => "invalid_plugin",
+            ApiError::InvalidUpload(_) => "invalid_upload",
             ApiError::RouteNotFound => "route_not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unavailable => "unavailable",
@@ -72,14 +78,17 @@ impl ApiError {
         match self {
             ApiError::JobNotFound(_)
             | ApiError::UnknownJobType { .. }
+            | ApiError::PluginNotFound(_)
             | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::InvalidPlugin(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::InvalidJobId(_)
             | ApiError::InvalidJson(_)
             | ApiError::IdempotencyKeyTooLong { .. }
             | ApiError::InvalidIdempotencyKey(_)
             | ApiError::InvalidQuery(_)
             | ApiError::InvalidBatch(_)
-            | ApiError::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            | ApiError::InvalidPath(_)
+            | ApiError::InvalidUpload(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::WrongState { .. } => StatusCode::CONFLICT,
@@ -113,6 +122,9 @@ impl ApiError {
             ApiError::WrongState { id, state, action, allowed } => {
                 format!("job {id} is {state}; only {allowed} jobs can be {action}")
             }
+            ApiError::PluginNotFound(name) => format!("no plugin is installed for job type {name:?}"),
+            ApiError::InvalidPlugin(why) => format!("the plugin was not installed (the version before, if any, keeps serving): {why}"),
+            ApiError::InvalidUpload(why) => format!("invalid plugin upload: {why}"),
             ApiError::RouteNotFound => "no such route; see the README for the API".to_owned(),
             ApiError::MethodNotAllowed => "this route does not take that method".to_owned(),
             ApiError::Unavailable => "jobhost is shutting down; retry against another host or later".to_owned(),

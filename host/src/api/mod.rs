@@ -18,7 +18,7 @@ pub use error::ApiError;
 
 use crate::clock::Clock;
 use crate::dispatch::Dispatch;
-use crate::plugins::Registry;
+use crate::plugins::{Loader, Registry};
 use crate::store::Store;
 use crate::worker::Control;
 
@@ -33,6 +33,8 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 200;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub registry: Arc<Registry>,
+    /// Installs uploaded plugins into the plugins directory.
+    pub loader: Arc<Loader>,
     pub dispatch: Arc<Dispatch>,
     pub clock: Arc<dyn Clock>,
     pub workers: Arc<Control>,

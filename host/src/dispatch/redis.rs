@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Dispatch;
 use crate::job::JobId;
+use crate::plugins::Registry;
 use crate::telemetry;
 
 /// The consumer group every host reads through.
@@ -215,18 +216,18 @@ impl Redis {
         }
     }
 
-    /// Reads the streams of `types` until `stop`, hinting `dispatch` and
-    /// acknowledging what was read once a claim begun after has settled.
+    /// Reads the streams of the types `registry` has plugins for (looked at
+    /// again when a type is added or removed) until `stop`, hinting
+    /// `dispatch` and acknowledging what was read once a claim begun after
+    /// has settled.
     pub async fn reader(
         self: Arc<Self>,
-        types: Vec<String>,
+        registry: Arc<Registry>,
         dispatch: Arc<Dispatch>,
         stop: CancellationToken,
     ) {
-        if types.is_empty() {
-            return;
-        }
-        let streams: Vec<String> = types.iter().map(|t| self.stream(t)).collect();
+        let mut generation = registry.generation();
+        let mut streams: Vec<String> = registry.types().iter().map(|t| self.stream(t)).collect();
         let mut conn = self.reader.clone();
         // Read but not yet acknowledged: (claims started when read, stream, entry id).
         let mut unacked: Vec<(u64, String, String)> = Vec::new();
@@ -247,6 +248,19 @@ impl Redis {
                 // and these too once they have been idle long enough.
                 tokio::select! {
                     () = tokio::time::sleep(UNACKED_RECHECK) => continue,
+                    () = stop.cancelled() => break,
+                }
+            }
+            if registry.generation() != generation {
+                // A plugin was added or removed (hot reload): read its stream
+                // too, or no longer.
+                generation = registry.generation();
+                streams = registry.types().iter().map(|t| self.stream(t)).collect();
+                groups_ready = false;
+            }
+            if streams.is_empty() {
+                tokio::select! {
+                    () = tokio::time::sleep(BLOCK) => continue,
                     () = stop.cancelled() => break,
                 }
             }

@@ -3,13 +3,17 @@
 //! A plugin on disk is `NAME.wasm` (the handler for job type `NAME`) with an
 //! optional `NAME.toml` manifest beside it. The registry maps each job type to
 //! the loaded version behind an `Arc`: an attempt holds its own `Arc`, so a
-//! version swapped out later finishes the attempts it started.
+//! version swapped out later finishes the attempts it started. The
+//! [`Loader`] keeps the registry in step with the directory (hot reload) and
+//! installs uploads.
 
+mod loader;
 mod manifest;
 mod registry;
 
+pub use loader::{Change, Loader};
 pub use manifest::{Manifest, ManifestError};
-pub use registry::{LoadError, LoadedPlugin, Registry};
+pub use registry::{LoadError, LoadFailure, LoadedPlugin, Registry};
 
 /// Longest job type name.
 pub const MAX_TYPE_LEN: usize = 64;

@@ -1,8 +1,11 @@
-//! The registry: which plugin version handles each job type right now.
+//! The registry: which plugin version handles each job type right now, and
+//! which plugin files last failed to load.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use tokio::sync::Semaphore;
 
@@ -15,10 +18,28 @@ use crate::telemetry::TypeMetrics;
 pub struct LoadedPlugin {
     pub job_type: String,
     pub manifest: Manifest,
+    /// The manifest as written (`None`: no manifest, every default): a
+    /// changed file is told from an unchanged one by its text.
+    pub manifest_text: Option<String>,
     pub compiled: CompiledPlugin,
+    /// Size of the `.wasm`, in bytes.
+    pub size: usize,
+    pub loaded_at: SystemTime,
     /// Attempts of this type in flight on this host (`manifest.concurrency`).
     pub slots: Arc<Semaphore>,
     pub metrics: TypeMetrics,
+}
+
+/// The plugin files of one type that did not load. The version before them
+/// (if any) keeps serving.
+#[derive(Debug, Clone)]
+pub struct LoadFailure {
+    pub error: String,
+    pub at: SystemTime,
+    /// What failed: the `.wasm`'s digest and the manifest's text, so the
+    /// same broken files are reported once, not on every look.
+    pub digest: String,
+    pub manifest_text: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +67,10 @@ pub enum LoadError {
 #[derive(Default)]
 pub struct Registry {
     plugins: RwLock<BTreeMap<String, Arc<LoadedPlugin>>>,
+    failures: RwLock<BTreeMap<String, LoadFailure>>,
+    /// Bumped whenever a type is added or removed (not when one is swapped):
+    /// readers of per-type resources (Redis streams) know to look again.
+    generation: AtomicU64,
 }
 
 impl Registry {
@@ -67,97 +92,127 @@ impl Registry {
         self.read().keys().cloned().collect()
     }
 
-    /// Installs `plugin` as the handler of its type, replacing any other version.
-    pub fn insert(&self, plugin: LoadedPlugin) {
-        let mut map = self.plugins.write().unwrap_or_else(|e| e.into_inner());
-        map.insert(plugin.job_type.clone(), Arc::new(plugin));
+    /// Changes each time a type is added or removed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Installs `plugin` as the handler of its type, replacing any other
+    /// version (attempts holding the old one finish on it), and clears the
+    /// type's failure. Returns the version it replaced.
+    pub fn insert(&self, plugin: LoadedPlugin) -> Option<Arc<LoadedPlugin>> {
+        let job_type = plugin.job_type.clone();
+        let old = self
+            .plugins
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(job_type.clone(), Arc::new(plugin));
+        if old.is_none() {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        self.clear_failure(&job_type);
+        metrics::counter!(crate::telemetry::PLUGIN_LOADS, "type" => job_type.clone()).increment(1);
+        metrics::gauge!(crate::telemetry::PLUGIN_OK, "type" => job_type).set(1.0);
+        old
+    }
+
+    /// Stops serving `job_type`: no new attempt starts; attempts in flight
+    /// finish. Returns the version removed.
+    pub fn remove(&self, job_type: &str) -> Option<Arc<LoadedPlugin>> {
+        let old = self
+            .plugins
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(job_type);
+        if old.is_some() {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        self.clear_failure(job_type);
+        old
+    }
+
+    /// Records that `job_type`'s files did not load.
+    pub fn fail(&self, job_type: &str, failure: LoadFailure) {
+        metrics::counter!(crate::telemetry::PLUGIN_LOAD_ERRORS, "type" => job_type.to_owned())
+            .increment(1);
+        metrics::gauge!(crate::telemetry::PLUGIN_OK, "type" => job_type.to_owned()).set(0.0);
+        self.failures
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(job_type.to_owned(), failure);
+    }
+
+    fn clear_failure(&self, job_type: &str) {
+        self.failures
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(job_type);
+    }
+
+    /// The type's last load failure, if its latest files did not load.
+    pub fn failure(&self, job_type: &str) -> Option<LoadFailure> {
+        self.failures
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(job_type)
+            .cloned()
+    }
+
+    /// Every type whose latest files did not load.
+    pub fn failures(&self) -> BTreeMap<String, LoadFailure> {
+        self.failures
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<LoadedPlugin>>> {
         // A panic while holding the lock cannot leave the map half-updated
-        // (insert is one call), so a poisoned lock is still good to read.
+        // (each change is one call), so a poisoned lock is still good to read.
         self.plugins.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Loads every `NAME.wasm` (with its optional `NAME.toml`) in `dir`.
-    /// Fails on the first plugin that does not load, naming it.
-    pub fn load_dir(
-        &self,
-        runtime: &Runtime,
-        dir: &Path,
-        max_memory_bytes: usize,
-    ) -> Result<Vec<String>, LoadError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| LoadError::Io { path, source }
-        };
-        let mut wasm_files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(io(dir))?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|ext| ext == "wasm"))
-            .collect();
-        wasm_files.sort();
-        let mut loaded = Vec::new();
-        for path in wasm_files {
-            let plugin = load_one(runtime, &path, max_memory_bytes)?;
-            tracing::info!(
-                job_type = %plugin.job_type,
-                digest = %plugin.compiled.digest,
-                "loaded plugin"
-            );
-            loaded.push(plugin.job_type.clone());
-            self.insert(plugin);
-        }
-        Ok(loaded)
     }
 }
 
-fn load_one(
+/// Checks and compiles one plugin version: the name, the manifest (`paths`
+/// name the files in errors), the memory cap, and that the component is of
+/// the jobhost world. CPU-heavy on a cache miss: call it off the executor.
+pub fn build(
     runtime: &Runtime,
-    path: &Path,
+    name: &str,
+    wasm: &[u8],
+    manifest_text: Option<String>,
+    paths: (&std::path::Path, &std::path::Path),
     max_memory_bytes: usize,
 ) -> Result<LoadedPlugin, LoadError> {
-    let name = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or_default()
-        .to_owned();
-    if !valid_type_name(&name) {
+    let (wasm_path, manifest_path) = paths;
+    if !valid_type_name(name) {
         return Err(LoadError::BadName {
-            path: path.to_owned(),
-            name,
+            path: wasm_path.to_owned(),
+            name: name.to_owned(),
         });
     }
-    let manifest_path = path.with_extension("toml");
-    let manifest = match std::fs::read_to_string(&manifest_path) {
-        Ok(text) => Manifest::parse(&text).map_err(|source| LoadError::Manifest {
-            path: manifest_path.clone(),
+    let manifest = match &manifest_text {
+        Some(text) => Manifest::parse(text).map_err(|source| LoadError::Manifest {
+            path: manifest_path.to_owned(),
             source,
         })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
-        Err(source) => {
-            return Err(LoadError::Io {
-                path: manifest_path,
-                source,
-            });
-        }
+        None => Manifest::default(),
     };
     if manifest.limits.memory_bytes > max_memory_bytes {
         return Err(LoadError::MemoryOverHostLimit {
-            path: manifest_path,
+            path: manifest_path.to_owned(),
             limit_mb: max_memory_bytes >> 20,
         });
     }
-    let wasm = std::fs::read(path).map_err(|source| LoadError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let compiled = runtime.compile(&name, &wasm)?;
+    let compiled = runtime.compile(name, wasm)?;
     Ok(LoadedPlugin {
         slots: Arc::new(Semaphore::new(manifest.concurrency as usize)),
-        metrics: TypeMetrics::new(&name),
-        job_type: name,
+        metrics: TypeMetrics::new(name),
+        job_type: name.to_owned(),
         manifest,
+        manifest_text,
         compiled,
+        size: wasm.len(),
+        loaded_at: SystemTime::now(),
     })
 }

@@ -239,7 +239,7 @@ impl Runtime {
     /// Compiles (or loads from the cache) and links a plugin. CPU-heavy on a
     /// cache miss: call it off the async executor.
     pub fn compile(&self, name: &str, wasm: &[u8]) -> Result<CompiledPlugin, RuntimeError> {
-        let digest = format!("sha256:{:x}", Sha256::digest(wasm));
+        let digest = digest_of(wasm);
         let compile_err = |e: wasmtime::Error| RuntimeError::Compile {
             name: name.to_owned(),
             reason: format!("{e:#}"),
@@ -369,6 +369,11 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// A plugin's identity: `sha256:<hex>` of its `.wasm` bytes.
+pub fn digest_of(wasm: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(wasm))
 }
 
 /// Cuts text a plugin handed the host (a log line, a failure message) to at

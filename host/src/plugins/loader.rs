@@ -1,0 +1,404 @@
+//! The plugins directory, kept in step with the registry: loaded at start,
+//! watched afterwards (hot reload), and written by uploads.
+//!
+//! A change is found by content, not by timestamps: a type's `.wasm` digest
+//! and manifest text are compared with the version serving, and only a
+//! difference is compiled (off the async executor) and swapped in. Files
+//! that do not load never replace a working version: the failure is logged,
+//! counted and shown by `GET /admin/plugins`, and the version before keeps
+//! serving. A type whose `.wasm` is gone stops being claimed; its queued
+//! jobs wait.
+//!
+//! Events from the file system are debounced, and the directory is also
+//! looked at every [`RESCAN`]: watchers miss changes on some mounts (a
+//! volume shared between containers), and a look that finds nothing new
+//! costs a read and a hash of each `.wasm`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::registry::{LoadFailure, build};
+use super::{LoadError, LoadedPlugin, Registry};
+use crate::runtime::{Runtime, digest_of};
+
+/// File-system events closer together than this are one change.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+/// The longest the directory goes without a look, events or not.
+pub const RESCAN: Duration = Duration::from_secs(10);
+
+/// What a look at one type's files did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Unchanged,
+    /// A new type, or a new version of one: the digest now serving.
+    Loaded(String),
+    /// The files did not load; the version before (if any) keeps serving.
+    Failed(String),
+    /// The `.wasm` is gone: the type is no longer claimed.
+    Removed,
+}
+
+pub struct Loader {
+    runtime: Arc<Runtime>,
+    registry: Arc<Registry>,
+    dir: PathBuf,
+    max_memory_bytes: usize,
+    /// One change at a time: an upload's two files and the watcher's look
+    /// never interleave.
+    lock: Mutex<()>,
+    /// `.wasm` files whose names are not job type names, warned about once.
+    misnamed: Mutex<BTreeSet<PathBuf>>,
+}
+
+impl Loader {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        registry: Arc<Registry>,
+        dir: PathBuf,
+        max_memory_bytes: usize,
+    ) -> Loader {
+        Loader {
+            runtime,
+            registry,
+            dir,
+            max_memory_bytes,
+            lock: Mutex::new(()),
+            misnamed: Mutex::default(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn paths(&self, job_type: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("{job_type}.wasm")),
+            self.dir.join(format!("{job_type}.toml")),
+        )
+    }
+
+    /// Loads every plugin in the directory, at start. Strict: the first
+    /// plugin that does not load fails the start, naming it.
+    pub fn load_all(&self) -> Result<Vec<String>, LoadError> {
+        let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (types, misnamed) = self.types_on_disk()?;
+        if let Some(path) = misnamed.into_iter().next() {
+            return Err(LoadError::BadName {
+                name: path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                path,
+            });
+        }
+        let mut loaded = Vec::new();
+        for job_type in types {
+            let (wasm_path, manifest_path) = self.paths(&job_type);
+            let wasm = std::fs::read(&wasm_path).map_err(|source| LoadError::Io {
+                path: wasm_path.clone(),
+                source,
+            })?;
+            let manifest = read_manifest(&manifest_path)?;
+            let plugin = self.build(&job_type, &wasm, manifest)?;
+            tracing::info!(job_type, digest = %plugin.compiled.digest, "loaded plugin");
+            self.registry.insert(plugin);
+            loaded.push(job_type);
+        }
+        Ok(loaded)
+    }
+
+    /// Brings the registry in step with the directory: every type on disk
+    /// or loaded is looked at. Blocking (it may compile).
+    pub fn sync(&self) -> Vec<(String, Change)> {
+        let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut types: BTreeSet<String> = match self.types_on_disk() {
+            Ok((types, misnamed)) => {
+                let mut warned = self.misnamed.lock().unwrap_or_else(|e| e.into_inner());
+                for path in misnamed {
+                    if !warned.contains(&path) {
+                        tracing::warn!(path = %path.display(), "ignoring a .wasm whose name is not a job type name (1-64 of a-z, 0-9, _ and -, starting with a letter)");
+                        warned.insert(path);
+                    }
+                }
+                types.into_iter().collect()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the plugins directory failed; nothing changed");
+                return Vec::new();
+            }
+        };
+        types.extend(self.registry.types());
+        types.extend(self.registry.failures().into_keys());
+        types
+            .into_iter()
+            .map(|job_type| {
+                let change = self.look(&job_type);
+                (job_type, change)
+            })
+            .filter(|(_, change)| *change != Change::Unchanged)
+            .collect()
+    }
+
+    /// Looks at one type's files (the lock held).
+    fn look(&self, job_type: &str) -> Change {
+        let (wasm_path, manifest_path) = self.paths(job_type);
+        let wasm = match std::fs::read(&wasm_path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return if self.registry.remove(job_type).is_some() {
+                    tracing::warn!(
+                        job_type,
+                        "plugin removed: its jobs are no longer claimed here; queued ones wait"
+                    );
+                    Change::Removed
+                } else {
+                    Change::Unchanged
+                };
+            }
+            Err(source) => {
+                let error = LoadError::Io {
+                    path: wasm_path,
+                    source,
+                };
+                return self.failed(job_type, String::new(), None, &error);
+            }
+            Ok(wasm) => wasm,
+        };
+        let manifest = match read_manifest(&manifest_path) {
+            Ok(text) => text,
+            Err(e) => return self.failed(job_type, digest_of(&wasm), None, &e),
+        };
+        let digest = digest_of(&wasm);
+        let serving = self.registry.get(job_type);
+        if serving
+            .as_ref()
+            .is_some_and(|p| p.compiled.digest == digest && p.manifest_text == manifest)
+        {
+            return Change::Unchanged;
+        }
+        if self
+            .registry
+            .failure(job_type)
+            .is_some_and(|f| f.digest == digest && f.manifest_text == manifest)
+        {
+            return Change::Unchanged; // the same broken files, reported already
+        }
+        match self.build(job_type, &wasm, manifest.clone()) {
+            Ok(plugin) => {
+                let digest = plugin.compiled.digest.clone();
+                let old = self.registry.insert(plugin);
+                tracing::info!(
+                    job_type,
+                    digest,
+                    replaced = old.as_ref().map(|p| p.compiled.digest.as_str()),
+                    "loaded plugin"
+                );
+                Change::Loaded(digest)
+            }
+            Err(e) => self.failed(job_type, digest, manifest, &e),
+        }
+    }
+
+    fn failed(
+        &self,
+        job_type: &str,
+        digest: String,
+        manifest_text: Option<String>,
+        error: &LoadError,
+    ) -> Change {
+        let serving = self.registry.get(job_type);
+        tracing::error!(
+            job_type,
+            error = %error,
+            still_serving = serving.as_ref().map(|p| p.compiled.digest.as_str()),
+            "plugin files did not load; the version before keeps serving"
+        );
+        let error = error.to_string();
+        self.registry.fail(
+            job_type,
+            LoadFailure {
+                error: error.clone(),
+                at: SystemTime::now(),
+                digest,
+                manifest_text,
+            },
+        );
+        Change::Failed(error)
+    }
+
+    fn build(
+        &self,
+        job_type: &str,
+        wasm: &[u8],
+        manifest: Option<String>,
+    ) -> Result<LoadedPlugin, LoadError> {
+        let (wasm_path, manifest_path) = self.paths(job_type);
+        build(
+            &self.runtime,
+            job_type,
+            wasm,
+            manifest,
+            (&wasm_path, &manifest_path),
+            self.max_memory_bytes,
+        )
+    }
+
+    /// Installs an uploaded version: checked and compiled first; only then
+    /// are its files written (each to a temporary name, then renamed) and
+    /// the version swapped in. `manifest` `None` keeps the manifest on disk.
+    /// On an error nothing is written and the version before keeps serving.
+    pub fn install(
+        &self,
+        job_type: &str,
+        wasm: &[u8],
+        manifest: Option<String>,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (wasm_path, manifest_path) = self.paths(job_type);
+        let manifest = match manifest {
+            Some(text) => Some(text),
+            None => read_manifest(&manifest_path)?,
+        };
+        let plugin = self.build(job_type, wasm, manifest.clone())?;
+        if let Some(text) = &manifest {
+            write_atomically(&manifest_path, text.as_bytes())?;
+        }
+        write_atomically(&wasm_path, wasm)?;
+        tracing::info!(job_type, digest = %plugin.compiled.digest, "plugin uploaded");
+        self.registry.insert(plugin);
+        Ok(self.registry.get(job_type).expect("inserted above"))
+    }
+
+    /// Deletes a type's files and stops serving it. False if it had neither.
+    pub fn uninstall(&self, job_type: &str) -> Result<bool, LoadError> {
+        let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (wasm_path, manifest_path) = self.paths(job_type);
+        let mut found = false;
+        for path in [&wasm_path, &manifest_path] {
+            match std::fs::remove_file(path) {
+                Ok(()) => found = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(LoadError::Io {
+                        path: path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        let served = self.registry.remove(job_type).is_some();
+        if served {
+            tracing::warn!(
+                job_type,
+                "plugin deleted: its jobs are no longer claimed here; queued ones wait"
+            );
+        }
+        Ok(found || served)
+    }
+
+    /// The job types the directory has a `.wasm` for, and the `.wasm` files
+    /// whose names are not job type names.
+    fn types_on_disk(&self) -> Result<(Vec<String>, Vec<PathBuf>), LoadError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|source| LoadError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let (mut types, mut misnamed) = (Vec::new(), Vec::new());
+        for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+            if path.extension().is_none_or(|ext| ext != "wasm") {
+                continue;
+            }
+            match path.file_stem().and_then(|s| s.to_str()) {
+                Some(name) if super::valid_type_name(name) => types.push(name.to_owned()),
+                _ => misnamed.push(path),
+            }
+        }
+        types.sort();
+        misnamed.sort();
+        Ok((types, misnamed))
+    }
+
+    /// Watches the directory until `stop`, syncing after each burst of
+    /// changes and every [`RESCAN`].
+    pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
+        use notify_debouncer_mini::notify::RecursiveMode;
+        let changed = Arc::new(Notify::new());
+        let signal = changed.clone();
+        let debouncer = notify_debouncer_mini::new_debouncer(
+            DEBOUNCE,
+            move |events: notify_debouncer_mini::DebounceEventResult| {
+                if events.is_ok_and(|events| !events.is_empty()) {
+                    signal.notify_one();
+                }
+            },
+        );
+        let _watching = match debouncer {
+            Ok(mut debouncer) => match debouncer
+                .watcher()
+                .watch(&self.dir, RecursiveMode::NonRecursive)
+            {
+                Ok(()) => Some(debouncer),
+                Err(e) => {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot watch the plugins directory; looking every {RESCAN:?} instead");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the plugins directory; looking every {RESCAN:?} instead");
+                None
+            }
+        };
+        loop {
+            tokio::select! {
+                () = changed.notified() => {}
+                () = tokio::time::sleep(RESCAN) => {}
+                () = stop.cancelled() => return,
+            }
+            let loader = self.clone();
+            match tokio::task::spawn_blocking(move || loader.sync()).await {
+                Ok(changes) => {
+                    for (job_type, change) in changes {
+                        tracing::debug!(job_type, ?change, "plugins directory changed");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "syncing the plugins directory panicked"),
+            }
+        }
+    }
+}
+
+fn read_manifest(path: &Path) -> Result<Option<String>, LoadError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(LoadError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it over
+/// `path`: a reader (the watcher, another host on a shared volume) sees the
+/// old file or the new one, never half of one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+    let tmp = path.with_extension(format!(
+        "upload-{}-{:08x}.tmp",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|source| {
+            let _ = std::fs::remove_file(&tmp);
+            LoadError::Io {
+                path: path.to_owned(),
+                source,
+            }
+        })
+}

@@ -1,0 +1,356 @@
+//! Plugins as a product: hot reload from the plugins directory, uploads
+//! through the admin API, and broken files that never replace a working
+//! version.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{ADMIN_TOKEN, Plugins, Server, decode, plugin_bytes};
+
+/// The no-op plugin with a custom section added: the same behaviour under
+/// another digest, a second version to swap to.
+fn noop_v2() -> Vec<u8> {
+    let mut wasm = plugin_bytes("examples", "noop");
+    let name = b"jobhost-test-version";
+    let payload = b"2";
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.extend_from_slice(payload);
+    wasm.push(0); // a custom section
+    wasm.push(section.len() as u8); // its size, one LEB128 byte
+    wasm.extend_from_slice(&section);
+    wasm
+}
+
+fn digest(wasm: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{:x}", sha2::Sha256::digest(wasm))
+}
+
+/// Writes a plugin file the way the README tells operators to: to a
+/// temporary name, then renamed into place.
+fn drop_in(dir: &Path, file: &str, bytes: &[u8]) {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, dir.join(file)).unwrap();
+}
+
+async fn put_plugin(
+    host: &Server,
+    job_type: &str,
+    wasm: Vec<u8>,
+    manifest: Option<&str>,
+) -> (u16, Value) {
+    let mut form = reqwest::multipart::Form::new().part(
+        "wasm",
+        reqwest::multipart::Part::bytes(wasm).file_name(format!("{job_type}.wasm")),
+    );
+    if let Some(text) = manifest {
+        form = form.text("manifest", text.to_owned());
+    }
+    let resp = host
+        .http
+        .put(format!("{}/admin/plugins/{job_type}", host.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    decode(resp).await
+}
+
+async fn put_raw(host: &Server, job_type: &str, body: Vec<u8>) -> (u16, Value) {
+    let resp = host
+        .http
+        .put(format!("{}/admin/plugins/{job_type}", host.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/wasm")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    decode(resp).await
+}
+
+async fn delete_plugin(host: &Server, job_type: &str) -> (u16, Value) {
+    let resp = host
+        .http
+        .delete(format!("{}/admin/plugins/{job_type}", host.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    decode(resp).await
+}
+
+/// The type's entry in `GET /admin/plugins`, if listed.
+async fn plugin(host: &Server, job_type: &str) -> Option<Value> {
+    let (status, body) = host.admin_get("/admin/plugins").await;
+    assert_eq!(status, 200, "{body}");
+    body["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["type"] == job_type)
+        .cloned()
+}
+
+/// Polls `GET /admin/plugins` until `ok` holds for the type's entry.
+async fn wait_for_plugin(
+    host: &Server,
+    job_type: &str,
+    what: &str,
+    ok: impl Fn(Option<&Value>) -> bool,
+) -> Option<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let entry = plugin(host, job_type).await;
+        if ok(entry.as_ref()) {
+            return entry;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{job_type}: never {what}: {entry:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn submit_batch(host: &Server, job_type: &str, n: usize) -> Vec<i64> {
+    let payloads: Vec<String> = (0..n).map(|i| format!(r#"{{"ms":2,"i":{i}}}"#)).collect();
+    let (status, body) = host
+        .post(
+            &format!("/jobs/{job_type}/batch"),
+            &format!("[{}]", payloads.join(",")),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    body["jobIds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_i64().unwrap())
+        .collect()
+}
+
+/// Swaps v1 → v2 (an upload) → v1 (a file dropped into the directory)
+/// while thousands of jobs are in flight: no job fails, each attempt
+/// records the digest of the version that ran it, and a job submitted after
+/// a swap completed runs on the new version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_swap_under_load_without_a_failed_job() {
+    let v1 = plugin_bytes("examples", "noop");
+    let v2 = noop_v2();
+    let (d1, d2) = (digest(&v1), digest(&v2));
+    let host = Server::start(
+        Plugins::new().example("noop", "concurrency = 64\n"),
+        &["--paused"],
+    )
+    .await;
+    assert_eq!(plugin(&host, "noop").await.unwrap()["digest"], d1.as_str());
+
+    let in_flight = submit_batch(&host, "noop", 3000).await;
+    host.admin_post("/admin/workers/resume").await;
+    // v2 by upload, while the 3,000 run.
+    let (status, body) = put_plugin(&host, "noop", v2.clone(), Some("concurrency = 64\n")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["digest"], d2.as_str());
+    let after_v2 = submit_batch(&host, "noop", 1000).await;
+    for id in &after_v2 {
+        let job = host.wait_for(*id, "succeeded").await;
+        assert_eq!(
+            job["pluginDigest"],
+            d2.as_str(),
+            "submitted after the swap to v2: {job}"
+        );
+    }
+    // v1 again, by dropping the file in while 3,000 more run: the watcher
+    // swaps it.
+    let mut in_flight = in_flight;
+    in_flight.extend(submit_batch(&host, "noop", 3000).await);
+    drop_in(&host.plugins_dir(), "noop.wasm", &v1);
+    wait_for_plugin(&host, "noop", "back on v1", |p| {
+        p.is_some_and(|p| p["digest"] == d1.as_str())
+    })
+    .await;
+    let after_v1 = submit_batch(&host, "noop", 1000).await;
+
+    let mut seen = HashSet::new();
+    for (batch, want) in [
+        (&in_flight, None),
+        (&after_v2, Some(&d2)),
+        (&after_v1, Some(&d1)),
+    ] {
+        for id in batch {
+            let job = host.wait_for(*id, "succeeded").await;
+            assert_eq!(job["attempts"], 1, "{job}");
+            let ran = job["pluginDigest"].as_str().unwrap().to_owned();
+            if let Some(want) = want {
+                assert_eq!(
+                    &ran, want,
+                    "job {id} was submitted after the swap to {want}"
+                );
+            }
+            // The attempt's own events carry the digest too.
+            assert!(
+                job["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["pluginDigest"] == ran.as_str()),
+                "{job}"
+            );
+            seen.insert(ran);
+        }
+    }
+    assert!(seen.contains(&d1) && seen.contains(&d2), "{seen:?}");
+    let metrics = host.metrics_text().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("jobhost_plugin_loads_total{type=\"noop\"} 3")),
+        "three versions installed (start, upload, drop-in):\n{metrics}"
+    );
+}
+
+/// Files that do not load never replace a working version, whether
+/// uploaded (refused with a clear error, nothing written) or dropped into
+/// the directory (reported, the old version keeps serving); deleting a
+/// plugin stops its claims and its queued jobs wait for it to come back;
+/// a new file adds a type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_plugins_never_replace_a_working_version() {
+    let v1 = plugin_bytes("examples", "noop");
+    let d1 = digest(&v1);
+    let host = Server::start(
+        Plugins::new().example("noop", "").testing("sleeper", ""),
+        &[],
+    )
+    .await;
+    let dir = host.plugins_dir();
+
+    // Uploads that are refused, each with its reason.
+    let empty_component = b"\0asm\x0d\x00\x01\x00".to_vec();
+    let refused = [
+        (
+            put_raw(&host, "noop", b"not wasm at all".to_vec()).await,
+            "compiling plugin noop",
+        ),
+        (
+            put_raw(&host, "noop", empty_component).await,
+            "jobhost:plugin/handler world",
+        ),
+        (
+            put_plugin(&host, "noop", v1.clone(), Some("fuel = 10\nturbo = true\n")).await,
+            "turbo",
+        ),
+        (
+            put_plugin(&host, "noop", v1.clone(), Some("timeout_ms = 0\n")).await,
+            "timeout_ms",
+        ),
+    ];
+    for ((status, body), says) in refused {
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["code"], "invalid_plugin", "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains(says),
+            "{says}: {body}"
+        );
+    }
+    let (status, body) = put_raw(&host, "Bad Name", v1.clone()).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_path")),
+        "{body}"
+    );
+    // Nothing was written, and v1 serves.
+    assert_eq!(std::fs::read(dir.join("noop.wasm")).unwrap(), v1);
+    assert_eq!(std::fs::read_to_string(dir.join("noop.toml")).unwrap(), "");
+    let id = host.submit("noop", "{}").await;
+    assert_eq!(
+        host.wait_for(id, "succeeded").await["pluginDigest"],
+        d1.as_str()
+    );
+
+    // A corrupt file dropped in: reported, v1 keeps serving.
+    drop_in(&dir, "noop.wasm", b"\0asm garbage");
+    let entry = wait_for_plugin(&host, "noop", "reported as failed", |p| {
+        p.is_some_and(|p| p["status"] == "failed")
+    })
+    .await
+    .unwrap();
+    assert_eq!(entry["digest"], d1.as_str(), "{entry}");
+    assert!(
+        entry["lastError"].as_str().unwrap().contains("noop"),
+        "{entry}"
+    );
+    let id = host.submit("noop", "{}").await;
+    assert_eq!(
+        host.wait_for(id, "succeeded").await["pluginDigest"],
+        d1.as_str()
+    );
+    let metrics = host.metrics_text().await;
+    assert!(
+        metrics.contains("jobhost_plugin_load_errors_total{type=\"noop\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("jobhost_plugin_ok{type=\"noop\"} 0"),
+        "{metrics}"
+    );
+    // Fixed: loaded, the failure cleared.
+    let v2 = noop_v2();
+    drop_in(&dir, "noop.wasm", &v2);
+    let entry = wait_for_plugin(&host, "noop", "loaded again", |p| {
+        p.is_some_and(|p| p["status"] == "loaded")
+    })
+    .await
+    .unwrap();
+    assert_eq!(entry["digest"], digest(&v2).as_str());
+    assert!(entry["lastError"].is_null(), "{entry}");
+
+    // Deleted: no longer claimed; its queued jobs wait, and run once it is back.
+    let (status, body) = delete_plugin(&host, "noop").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!dir.join("noop.wasm").exists());
+    let (status, body) = delete_plugin(&host, "noop").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("plugin_not_found")),
+        "{body}"
+    );
+    let (status, body) = host.post("/jobs/noop", "{}").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("unknown_job_type")),
+        "{body}"
+    );
+    assert!(plugin(&host, "noop").await.is_none());
+
+    // A job of a deleted type that was queued before: submitted while the
+    // plugin is back but the workers are paused, then the plugin deleted.
+    host.admin_post("/admin/workers/pause").await;
+    let (status, body) = put_raw(&host, "noop", v1.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let waiting = host.submit("noop", "{}").await;
+    delete_plugin(&host, "noop").await;
+    host.admin_post("/admin/workers/resume").await;
+    // The worker goes round (another type's job runs), and leaves it queued.
+    let other = host.submit("sleeper", r#"{"ms":1}"#).await;
+    host.wait_for(other, "succeeded").await;
+    let other = host.submit("sleeper", r#"{"ms":1}"#).await;
+    host.wait_for(other, "succeeded").await;
+    assert_eq!(host.job(waiting).await["status"], "queued");
+    // Back (a new type appears by dropping its file in): the job runs.
+    drop_in(&dir, "noop.wasm", &v1);
+    host.wait_for(waiting, "succeeded").await;
+
+    // A brand-new type, by file.
+    drop_in(&dir, "fresh.wasm", &v1);
+    wait_for_plugin(&host, "fresh", "listed", |p| p.is_some()).await;
+    let id = host.submit("fresh", "{}").await;
+    host.wait_for(id, "succeeded").await;
+}
