@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{ADMIN_TOKEN, Plugins, Server, decode, plugin_bytes};
+use crate::support::{ADMIN_TOKEN, Plugins, Server, decode, jobhost, plugin_bytes};
 
 /// The no-op plugin with a custom section added: the same behaviour under
 /// another digest, a second version to swap to.
@@ -353,4 +353,69 @@ async fn broken_plugins_never_replace_a_working_version() {
     wait_for_plugin(&host, "fresh", "listed", |p| p.is_some()).await;
     let id = host.submit("fresh", "{}").await;
     host.wait_for(id, "succeeded").await;
+}
+
+/// `jobhost plugin check` tells a plugin it can run from files it cannot,
+/// and says why; `--json` gives the same findings to scripts.
+#[test]
+fn plugin_check_tells_a_runnable_plugin_from_other_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |file: &str, extra: &[&str]| {
+        let out = jobhost()
+            .args(["plugin", "check"])
+            .arg(dir.path().join(file))
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let noop = plugin_bytes("examples", "noop");
+    std::fs::write(dir.path().join("my_job.wasm"), &noop).unwrap();
+    std::fs::write(dir.path().join("my_job.toml"), "timeout_ms = 2_000\n").unwrap();
+    let (code, out, err) = check("my_job.wasm", &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("a jobhost plugin for job type \"my_job\""),
+        "{out}"
+    );
+    assert!(out.contains(&digest(&noop)), "{out}");
+    assert!(
+        out.contains("jobhost:plugin/types"),
+        "imports listed: {out}"
+    );
+    assert!(out.contains("timeout 2000 ms"), "manifest read: {out}");
+
+    // A broken manifest beside it, a file that is not wasm, a component of
+    // another world, a name that is not a job type.
+    std::fs::write(dir.path().join("my_job.toml"), "fuel = 5\n").unwrap();
+    let (code, out, _) = check("my_job.wasm", &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("`fuel` is 5"), "{out}");
+    std::fs::write(dir.path().join("junk.wasm"), b"not wasm").unwrap();
+    let (code, out, _) = check("junk.wasm", &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("NOT a plugin jobhost can run") && out.contains("compiling plugin junk"),
+        "{out}"
+    );
+    std::fs::write(dir.path().join("other.wasm"), b"\0asm\x0d\x00\x01\x00").unwrap();
+    let (code, out, _) = check("other.wasm", &["--json"]);
+    assert_eq!(code, Some(1), "{out}");
+    let found: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(found["valid"], false);
+    assert!(
+        found["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("jobhost:plugin/handler world"),
+        "{found}"
+    );
+    std::fs::write(dir.path().join("Bad Name.wasm"), &noop).unwrap();
+    let (code, out, _) = check("Bad Name.wasm", &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("not a job type name"), "{out}");
 }

@@ -22,6 +22,11 @@ fn root() -> PathBuf {
         .to_owned()
 }
 
+/// The jobhost binary under test, for its other subcommands.
+pub fn jobhost() -> Command {
+    Command::new(binary())
+}
+
 fn binary() -> PathBuf {
     std::env::var_os("JOBHOST_BIN")
         .map(PathBuf::from)

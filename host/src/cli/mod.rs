@@ -1,5 +1,6 @@
 //! Command-line subcommands, one file each.
 
+mod plugin;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -19,11 +20,15 @@ pub struct Cli {
 enum Command {
     /// Serve the HTTP API and run jobs.
     Serve(jobhost::config::ServeConfig),
+    /// Work with plugin files.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(config) => serve::run(config),
+        Command::Plugin(command) => plugin::run(command),
     }
 }
 

@@ -159,6 +159,19 @@ pub enum RuntimeError {
     Link { name: String, reason: String },
 }
 
+/// A plugin file, inspected (see [`Runtime::inspect`]).
+#[derive(Debug)]
+pub struct Inspection {
+    pub digest: String,
+    pub size: usize,
+    /// Interfaces it imports, e.g. `wasi:cli/environment@0.2.6`.
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+    /// Whether the host can run it: linked against what the host provides,
+    /// with the `handle` export of the jobhost world.
+    pub linked: Result<(), RuntimeError>,
+}
+
 pub struct Runtime {
     engine: Engine,
     linker: Linker<AttemptState>,
@@ -248,13 +261,46 @@ impl Runtime {
             Some(path) => self.cached_component(&path, wasm).map_err(compile_err)?,
             None => Component::new(&self.engine, wasm).map_err(compile_err)?,
         };
+        let pre = self.link(name, &component)?;
+        Ok(CompiledPlugin { digest, pre })
+    }
+
+    fn link(
+        &self,
+        name: &str,
+        component: &Component,
+    ) -> Result<HandlerPre<AttemptState>, RuntimeError> {
         let link_err = |e: wasmtime::Error| RuntimeError::Link {
             name: name.to_owned(),
             reason: format!("{e:#}"),
         };
-        let pre = self.linker.instantiate_pre(&component).map_err(link_err)?;
-        let pre = HandlerPre::new(pre).map_err(link_err)?;
-        Ok(CompiledPlugin { digest, pre })
+        let pre = self.linker.instantiate_pre(component).map_err(link_err)?;
+        HandlerPre::new(pre).map_err(link_err)
+    }
+
+    /// What a plugin file is, for `jobhost plugin check`: what it imports
+    /// and exports, and whether it links as a handler of the jobhost world
+    /// (`linked`). An error only if it does not compile at all. Uses no
+    /// cache.
+    pub fn inspect(&self, name: &str, wasm: &[u8]) -> Result<Inspection, RuntimeError> {
+        let component = Component::new(&self.engine, wasm).map_err(|e| RuntimeError::Compile {
+            name: name.to_owned(),
+            reason: format!("{e:#}"),
+        })?;
+        let ty = component.component_type();
+        Ok(Inspection {
+            digest: digest_of(wasm),
+            size: wasm.len(),
+            imports: ty
+                .imports(&self.engine)
+                .map(|(n, _)| n.to_owned())
+                .collect(),
+            exports: ty
+                .exports(&self.engine)
+                .map(|(n, _)| n.to_owned())
+                .collect(),
+            linked: self.link(name, &component).map(drop),
+        })
     }
 
     fn cache_path(&self, digest: &str) -> Option<PathBuf> {
