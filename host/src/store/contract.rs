@@ -785,6 +785,60 @@ pub async fn cancel_withdraws_only_waiting_jobs(s: &dyn Store) {
     );
 }
 
+pub async fn kv_keeps_each_scope_apart_and_sets_once(s: &dyn Store) {
+    assert_eq!(s.kv_get("a", "k").await.unwrap(), None);
+    assert!(
+        s.kv_write("a", "k", KvWrite::SetIfAbsent(b"1".to_vec()))
+            .await
+            .unwrap()
+    );
+    // Set once: a second set-if-absent leaves the first value.
+    assert!(
+        !s.kv_write("a", "k", KvWrite::SetIfAbsent(b"2".to_vec()))
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.kv_get("a", "k").await.unwrap(), Some(b"1".to_vec()));
+    // Another scope (another plugin) sees nothing of it, and has its own.
+    assert_eq!(s.kv_get("b", "k").await.unwrap(), None);
+    assert!(
+        s.kv_write("b", "k", KvWrite::SetIfAbsent(b"b".to_vec()))
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.kv_get("a", "k").await.unwrap(), Some(b"1".to_vec()));
+    // Set overwrites; values are bytes, any bytes.
+    let bytes = vec![0u8, 255, 10, 0];
+    assert!(
+        s.kv_write("a", "k", KvWrite::Set(bytes.clone()))
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.kv_get("a", "k").await.unwrap(), Some(bytes));
+    assert!(s.kv_write("a", "k", KvWrite::Delete).await.unwrap());
+    assert!(!s.kv_write("a", "k", KvWrite::Delete).await.unwrap());
+    assert_eq!(s.kv_get("a", "k").await.unwrap(), None);
+    assert_eq!(s.kv_get("b", "k").await.unwrap(), Some(b"b".to_vec()));
+}
+
+/// Many writers race to set the same key first: exactly one wins.
+pub async fn kv_set_if_absent_has_one_winner(s: Arc<dyn Store>) {
+    let mut racers = tokio::task::JoinSet::new();
+    for i in 0..32u8 {
+        let s = s.clone();
+        racers.spawn(async move {
+            s.kv_write("email", "welcome:42", KvWrite::SetIfAbsent(vec![i]))
+                .await
+                .unwrap()
+        });
+    }
+    let mut winners = 0;
+    while let Some(won) = racers.join_next().await {
+        winners += usize::from(won.unwrap());
+    }
+    assert_eq!(winners, 1);
+}
+
 pub async fn counts_per_state_and_type(s: &dyn Store) {
     insert(s, new_job("email", None)).await;
     insert(s, new_job("email", None)).await;
@@ -1000,6 +1054,8 @@ macro_rules! store_contract_tests {
         scenario!(replay_moves_only_dead_jobs_with_a_fresh_budget);
         scenario!(cancel_withdraws_only_waiting_jobs);
         scenario!(counts_per_state_and_type);
+        scenario!(kv_keeps_each_scope_apart_and_sets_once);
+        scenario!(kv_set_if_absent_has_one_winner, shared);
         scenario!(
             a_waiting_claim_is_served_by_the_enqueue_that_readies_its_type,
             shared

@@ -353,8 +353,25 @@ pub trait Store: Send + Sync + 'static {
     /// Jobs per state, per type, sorted by type.
     async fn counts_by_type(&self) -> StoreResult<Vec<(String, StateCounts)>>;
 
+    /// A plugin's durable key-value store: one write, committed before it
+    /// returns. `scope` keeps each plugin's keys apart (it is the job type).
+    async fn kv_write(&self, scope: &str, key: &str, write: KvWrite) -> StoreResult<bool>;
+
+    /// The value of `key` in `scope`, if set.
+    async fn kv_get(&self, scope: &str, key: &str) -> StoreResult<Option<Vec<u8>>>;
+
     /// Flushes and closes; later calls fail with [`StoreError::Closed`].
     async fn close(&self);
+}
+
+/// A write to a plugin's key-value store. What `kv_write` returns:
+/// `Set` always true; `SetIfAbsent` whether it set the value (false: the key
+/// had one, left as it was); `Delete` whether the key existed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvWrite {
+    Set(Vec<u8>),
+    SetIfAbsent(Vec<u8>),
+    Delete,
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -28,6 +28,7 @@ mod claim;
 mod committer;
 mod complete;
 mod enqueue;
+mod kv;
 mod reads;
 mod upkeep;
 
@@ -42,8 +43,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ClaimRequest, ClaimedJob, Completion, Enqueued, Moved, NewJob, Reaped, StateCounts, Store,
-    StoreError, StoreResult,
+    ClaimRequest, ClaimedJob, Completion, Enqueued, KvWrite, Moved, NewJob, Reaped, StateCounts,
+    Store, StoreError, StoreResult,
 };
 use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobId, JobRecord};
@@ -326,6 +327,15 @@ impl Store for PgStore {
     async fn job_cancel(&self, id: JobId, now: Timestamp) -> StoreResult<JobRecord> {
         self.open_for_work()?;
         upkeep::cancel(&self.pool, id, now).await
+    }
+
+    async fn kv_write(&self, scope: &str, key: &str, write: KvWrite) -> StoreResult<bool> {
+        self.open_for_work()?;
+        kv::write(&self.pool, scope, key, write).await
+    }
+
+    async fn kv_get(&self, scope: &str, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.read(|| kv::get(&self.pool, scope, key)).await
     }
 
     async fn counts(&self) -> StoreResult<StateCounts> {

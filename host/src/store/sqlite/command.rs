@@ -8,7 +8,8 @@ use crate::clock::Timestamp;
 use crate::job::{JobId, JobRecord};
 use crate::store::counts::Moves;
 use crate::store::{
-    ClaimRequest, ClaimWait, ClaimedJob, Completion, Enqueued, Moved, NewJob, Reaped, StoreResult,
+    ClaimRequest, ClaimWait, ClaimedJob, Completion, Enqueued, KvWrite, Moved, NewJob, Reaped,
+    StoreResult,
 };
 
 /// One write, as the writer receives it.
@@ -33,6 +34,11 @@ pub(super) enum Op {
     Promote(Timestamp),
     Replay(JobId, Timestamp),
     Cancel(JobId, Timestamp),
+    Kv {
+        scope: String,
+        key: String,
+        write: KvWrite,
+    },
     /// Stop after this batch.
     Close,
 }

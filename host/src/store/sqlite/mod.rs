@@ -36,6 +36,7 @@ mod complete;
 mod enqueue;
 mod events;
 mod known;
+mod kv;
 mod reads;
 mod tx;
 mod upkeep;
@@ -58,8 +59,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::counts::Counts;
 use super::{
-    ClaimRequest, ClaimWait, ClaimedJob, Completion, Enqueued, Moved, NewJob, Reaped, StateCounts,
-    Store, StoreError, StoreResult,
+    ClaimRequest, ClaimWait, ClaimedJob, Completion, Enqueued, KvWrite, Moved, NewJob, Reaped,
+    StateCounts, Store, StoreError, StoreResult,
 };
 use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobId, JobRecord};
@@ -376,6 +377,23 @@ impl Store for SqliteStore {
             Reply::Record(r) => Ok(*r),
             _ => unreachable!("the writer answers Cancel with Record"),
         }
+    }
+
+    async fn kv_write(&self, scope: &str, key: &str, write: KvWrite) -> StoreResult<bool> {
+        let op = Op::Kv {
+            scope: scope.to_owned(),
+            key: key.to_owned(),
+            write,
+        };
+        match self.send(op).await? {
+            Reply::Applied(done) => Ok(done),
+            _ => unreachable!("the writer answers Kv with Applied"),
+        }
+    }
+
+    async fn kv_get(&self, scope: &str, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        let mut conn = self.readers.acquire().await?;
+        kv::get(&mut conn, scope, key).await
     }
 
     async fn counts(&self) -> StoreResult<StateCounts> {

@@ -334,6 +334,9 @@ pub(super) fn apply(tx: &mut Tx<'_>, op: &Op, events: &mut Events) -> StoreResul
             tx.moves.extend(moves);
             reply
         }
+        Op::Kv { scope, key, write } => {
+            super::kv::write(tx.conn()?, scope, key, write).map(Reply::Applied)
+        }
         Op::Close => Ok(Reply::Closed),
     }
 }
