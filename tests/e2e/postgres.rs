@@ -432,13 +432,16 @@ async fn postgres_redis_hosts_dispatch_through_streams_and_survive_a_flush() {
     for id in &ids {
         hosts[(*id as usize) % 2].wait_for(*id, "succeeded").await;
     }
-    // The stream, its group and both hosts as consumers are back, and every
-    // hint read was acknowledged.
+    // The stream and its group are back, and every hint read was
+    // acknowledged. (Not necessarily both hosts as consumers: Redis 7.0
+    // registers a consumer when a read serves it, and after the flush one
+    // host may take all 300 new entries in one read of up to 512 while the
+    // other is still pausing after its NOGROUP.)
     let deadline = Instant::now() + Duration::from_secs(60);
     let stream = loop {
         let stream = noop_stream(&a).await;
         if stream["length"].as_u64() >= Some(300)
-            && stream["consumers"].as_u64() == Some(2)
+            && stream["consumers"].as_u64() >= Some(1)
             && stream["pending"].as_u64() == Some(0)
         {
             break stream;
