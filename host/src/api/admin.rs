@@ -275,6 +275,19 @@ fn load_error(e: LoadError) -> ApiError {
     }
 }
 
+/// Runs a plugin change (file I/O, perhaps a compile) on a blocking thread.
+async fn off_executor<T: Send + 'static>(
+    change: impl FnOnce() -> Result<T, LoadError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(change)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "a plugin change panicked");
+            ApiError::Internal
+        })?
+        .map_err(load_error)
+}
+
 /// The upload's `.wasm` and optional manifest.
 async fn read_upload(request: Request) -> Result<(Vec<u8>, Option<String>), ApiError> {
     let too_large = ApiError::PayloadTooLarge {
@@ -347,13 +360,7 @@ async fn upload_plugin(
         return Err(ApiError::InvalidUpload("the .wasm is empty".into()));
     }
     let loader = app.loader.clone();
-    let installed = tokio::task::spawn_blocking(move || loader.install(&job_type, &wasm, manifest))
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "installing a plugin panicked");
-            ApiError::Internal
-        })?
-        .map_err(load_error)?;
+    let installed = off_executor(move || loader.install(&job_type, &wasm, manifest)).await?;
     Ok(Json(render_plugin(&installed)))
 }
 
@@ -364,13 +371,7 @@ async fn delete_plugin(
     let job_type = plugin_type(name)?;
     let loader = app.loader.clone();
     let name = job_type.clone();
-    let removed = tokio::task::spawn_blocking(move || loader.uninstall(&name))
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "deleting a plugin panicked");
-            ApiError::Internal
-        })?
-        .map_err(load_error)?;
+    let removed = off_executor(move || loader.uninstall(&name)).await?;
     if !removed {
         return Err(ApiError::PluginNotFound(job_type));
     }

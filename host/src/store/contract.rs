@@ -1083,18 +1083,10 @@ mod postgres {
         .fetch_all(&mut conn)
         .await
         .unwrap();
-        let mut counted: Vec<(String, StateCounts)> = Vec::new();
-        for (job_type, state, n) in rows {
-            if counted.last().is_none_or(|(t, _)| *t != job_type) {
-                counted.push((job_type, StateCounts::default()));
-            }
-            counted
-                .last_mut()
-                .unwrap()
-                .1
-                .add(state.parse().unwrap(), n as u64);
-        }
-        counted
+        crate::store::counts_per_type(
+            rows.into_iter()
+                .map(|(t, state, n)| (t, state.parse().unwrap(), n as u64)),
+        )
     }
 
     /// PostgreSQL-specific: the counters every write keeps (a trigger on
@@ -1264,16 +1256,11 @@ mod sqlite {
         .fetch_all(&mut conn)
         .await
         .unwrap();
-        let mut counted: Vec<(String, StateCounts)> = Vec::new();
-        let mut all = StateCounts::default();
-        for (job_type, state, n) in rows {
-            if counted.last().is_none_or(|(t, _)| *t != job_type) {
-                counted.push((job_type, StateCounts::default()));
-            }
-            let state = state.parse().unwrap();
-            counted.last_mut().unwrap().1.add(state, n as u64);
-            all.add(state, n as u64);
-        }
+        let counted = crate::store::counts_per_type(
+            rows.into_iter()
+                .map(|(t, state, n)| (t, state.parse().unwrap(), n as u64)),
+        );
+        let all: StateCounts = counted.iter().map(|(_, c)| c).sum();
         assert!(counted.len() >= 2, "the scenarios used several types");
         assert!(all.queued + all.running + all.succeeded + all.dead + all.cancelled > 0);
         assert_eq!(kept, counted);

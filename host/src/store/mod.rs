@@ -223,6 +223,21 @@ impl StateCounts {
 }
 
 /// Jobs per state over several types.
+/// Folds `(type, state, n)` rows sorted by type (a `GROUP BY job_type,
+/// state ORDER BY job_type`) into counts per type.
+pub(crate) fn counts_per_type(
+    rows: impl IntoIterator<Item = (String, JobState, u64)>,
+) -> Vec<(String, StateCounts)> {
+    let mut out: Vec<(String, StateCounts)> = Vec::new();
+    for (job_type, state, n) in rows {
+        if out.last().is_none_or(|(t, _)| *t != job_type) {
+            out.push((job_type, StateCounts::default()));
+        }
+        out.last_mut().expect("pushed above").1.add(state, n);
+    }
+    out
+}
+
 impl<'a> std::iter::Sum<&'a StateCounts> for StateCounts {
     fn sum<I: Iterator<Item = &'a StateCounts>>(all: I) -> StateCounts {
         let mut total = StateCounts::default();

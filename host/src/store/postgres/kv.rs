@@ -10,35 +10,24 @@ pub(super) async fn write(
     key: &str,
     write: KvWrite,
 ) -> StoreResult<bool> {
-    let done = match write {
-        KvWrite::Set(value) => sqlx::query(
+    let (statement, value) = match write {
+        KvWrite::Set(value) => (
             "INSERT INTO plugin_kv (scope, key, value) VALUES ($1, $2, $3)
              ON CONFLICT (scope, key) DO UPDATE SET value = EXCLUDED.value",
-        )
-        .bind(scope)
-        .bind(key)
-        .bind(value)
-        .execute(pool)
-        .await?
-        .rows_affected(),
-        KvWrite::SetIfAbsent(value) => sqlx::query(
+            Some(value),
+        ),
+        KvWrite::SetIfAbsent(value) => (
             "INSERT INTO plugin_kv (scope, key, value) VALUES ($1, $2, $3)
              ON CONFLICT (scope, key) DO NOTHING",
-        )
-        .bind(scope)
-        .bind(key)
-        .bind(value)
-        .execute(pool)
-        .await?
-        .rows_affected(),
-        KvWrite::Delete => sqlx::query("DELETE FROM plugin_kv WHERE scope = $1 AND key = $2")
-            .bind(scope)
-            .bind(key)
-            .execute(pool)
-            .await?
-            .rows_affected(),
+            Some(value),
+        ),
+        KvWrite::Delete => ("DELETE FROM plugin_kv WHERE scope = $1 AND key = $2", None),
     };
-    Ok(done > 0)
+    let mut query = sqlx::query(statement).bind(scope).bind(key);
+    if let Some(value) = value {
+        query = query.bind(value);
+    }
+    Ok(query.execute(pool).await?.rows_affected() > 0)
 }
 
 pub(super) async fn get(pool: &PgPool, scope: &str, key: &str) -> StoreResult<Option<Vec<u8>>> {

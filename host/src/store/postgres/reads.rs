@@ -7,7 +7,7 @@ use sqlx::{PgConnection, PgPool, Row as _};
 use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobId, JobRecord};
 use crate::store::rows::{Row, event_of, parse_state, record_of};
-use crate::store::{StateCounts, StoreResult};
+use crate::store::{StateCounts, StoreResult, counts_per_type};
 
 impl Row for PgRow {
     fn int(&self, col: &str) -> StoreResult<Option<i64>> {
@@ -81,13 +81,9 @@ pub(super) async fn counts_by_type(pool: &PgPool) -> StoreResult<Vec<(String, St
     )
     .fetch_all(pool)
     .await?;
-    let mut out: Vec<(String, StateCounts)> = Vec::new();
-    for (job_type, state, n) in rows {
-        if out.last().is_none_or(|(t, _)| *t != job_type) {
-            out.push((job_type, StateCounts::default()));
-        }
-        let (_, counts) = out.last_mut().expect("pushed above");
-        counts.add(parse_state(&state)?, n as u64);
-    }
-    Ok(out)
+    let rows = rows
+        .into_iter()
+        .map(|(job_type, state, n)| Ok((job_type, parse_state(&state)?, n as u64)))
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(counts_per_type(rows))
 }
