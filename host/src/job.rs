@@ -188,6 +188,8 @@ pub struct JobRecord {
     /// when it actually began running once it has finished.
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
+    /// How far the latest attempt got (0-100), as its plugin last reported.
+    pub progress: Option<u8>,
 }
 
 /// One entry of a job's append-only history.

@@ -23,7 +23,7 @@ use crate::store::Store;
 use crate::store::postgres::{PgOptions, PgStore};
 use crate::store::sqlite::SqliteStore;
 use crate::telemetry;
-use crate::worker::{Control, Worker, WorkerConfig};
+use crate::worker::{Control, StoreServices, Worker, WorkerConfig};
 
 /// Runs jobhost until `shutdown` resolves, then stops claiming, lets running
 /// attempts finish within the grace period, and returns.
@@ -127,6 +127,7 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
         store: store.clone(),
         registry: registry.clone(),
         runtime: runtime.clone(),
+        services: Arc::new(StoreServices(store.clone())),
         dispatch: dispatch.clone(),
         clock: clock.clone(),
         control: control.clone(),

@@ -22,7 +22,7 @@ use crate::backoff::Backoff;
 use crate::clock::{Clock, Timestamp};
 use crate::dispatch::Dispatch;
 use crate::plugins::{LoadedPlugin, Registry};
-use crate::runtime::{AttemptInput, AttemptOutcome, Runtime, cap_plugin_text};
+use crate::runtime::{AttemptInput, AttemptOutcome, KvWrite, Runtime, Services, cap_plugin_text};
 use crate::store::{ClaimRequest, ClaimWait, ClaimedJob, Completion, Outcome, Store, StoreError};
 
 #[derive(Debug, Clone)]
@@ -43,6 +43,9 @@ pub struct Worker {
     pub store: Arc<dyn Store>,
     pub registry: Arc<Registry>,
     pub runtime: Arc<Runtime>,
+    /// What attempts' host imports write to (the store, behind
+    /// [`StoreServices`]).
+    pub services: Arc<dyn Services>,
     pub dispatch: Arc<Dispatch>,
     pub clock: Arc<dyn Clock>,
     pub control: Arc<Control>,
@@ -71,6 +74,31 @@ impl Control {
 
     pub fn is_paused(&self) -> bool {
         *self.paused.borrow()
+    }
+}
+
+/// The plugin capabilities that keep state, over the job store.
+pub struct StoreServices(pub Arc<dyn Store>);
+
+#[async_trait::async_trait]
+impl Services for StoreServices {
+    async fn kv_get(&self, scope: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.0.kv_get(scope, key).await.map_err(|e| e.to_string())
+    }
+
+    async fn kv_write(&self, scope: &str, key: &str, write: KvWrite) -> Result<bool, String> {
+        self.0
+            .kv_write(scope, key, write)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn progress(&self, job: i64, token: i64, percent: u8) -> Result<(), String> {
+        self.0
+            .job_progress(job, token, percent)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -304,6 +332,9 @@ impl Worker {
             payload: &job.payload,
             attempt: job.attempt,
             max_attempts: job.max_attempts,
+            token: job.token,
+            grants: &plugin.manifest.grants,
+            services: &self.services,
         };
         let report = tokio::select! {
             report = self.runtime.run(&plugin.compiled, &plugin.manifest.limits, input) => report,

@@ -419,3 +419,55 @@ fn plugin_check_tells_a_runnable_plugin_from_other_files() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("not a job type name"), "{out}");
 }
+
+/// The 0.1.1 capabilities through the real binary: a running job shows the
+/// progress its plugin reports, `config.get` returns the manifest's values
+/// (an environment reference resolved by the host, never by the plugin),
+/// and the key-value store keeps a set-once key across jobs.
+#[tokio::test]
+async fn plugins_report_progress_read_config_and_keep_keys() {
+    let plugins = Plugins::new()
+        .testing("progress", "timeout_ms = 30_000\n")
+        .testing(
+            "config_echo",
+            "[config]\nmail_api_url = \"http://127.0.0.1:9/send\"\nfrom_env = { env = \"PATH\" }\n",
+        )
+        .testing("kv_ops", "");
+    let server = Server::start(plugins, &[]).await;
+
+    let id = server
+        .submit("progress", r#"{"percent": 60, "ms": 20000}"#)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let job = server.job(id).await;
+        if job["progress"] == 60 {
+            assert_eq!(job["status"], "running", "{job:#}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "progress never showed: {job:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let id = server
+        .submit(
+            "config_echo",
+            r#"{"keys": ["mail_api_url", "from_env", "PATH"]}"#,
+        )
+        .await;
+    let job = server.wait_for(id, "succeeded").await;
+    assert_eq!(job["progress"], Value::Null);
+    let path = std::env::var("PATH").unwrap();
+    assert_eq!(
+        job["result"],
+        serde_json::json!({"mail_api_url": "http://127.0.0.1:9/send", "from_env": path, "PATH": null})
+    );
+
+    let ops = r#"{"ops": [["set_if_absent", "welcome:1", "sent"], ["get", "welcome:1"]]}"#;
+    let first = server.submit("kv_ops", ops).await;
+    let first = server.wait_for(first, "succeeded").await;
+    assert_eq!(first["result"], serde_json::json!([true, "sent"]));
+    let second = server.submit("kv_ops", ops).await;
+    let second = server.wait_for(second, "succeeded").await;
+    assert_eq!(second["result"], serde_json::json!([false, "sent"]));
+}

@@ -202,6 +202,7 @@ pub(super) fn render_job(job: &JobRecord, events: &[JobEvent]) -> Value {
         "updatedAt": job.updated_at.to_rfc3339(),
         "startedAt": job.started_at.map(|t| t.to_rfc3339()),
         "finishedAt": job.finished_at.map(|t| t.to_rfc3339()),
+        "progress": job.progress,
         "events": events.iter().map(|e| json!({
             "at": e.at.to_rfc3339(),
             "from": e.from,

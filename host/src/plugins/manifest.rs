@@ -13,14 +13,20 @@
 //! base_ms = 1_000           # delay after the first failed attempt
 //! cap_ms = 60_000           # the delay never grows past this (before jitter)
 //! jitter = 0.2              # ±20%
+//!
+//! [config]                  # what the plugin reads with `config.get`
+//! mail_api_url = "https://mail.example.com/v1/send"
+//! api_key = { env = "MAIL_API_KEY" }   # read from the host's environment at load
 //! ```
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::backoff::Backoff;
-use crate::runtime::Limits;
+use crate::runtime::{Grants, Limits};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
@@ -28,7 +34,14 @@ pub struct Manifest {
     pub max_attempts: u32,
     pub concurrency: u32,
     pub backoff: Backoff,
+    /// What the plugin's attempts may use: its config, resolved.
+    pub grants: Arc<Grants>,
 }
+
+/// Longest config key.
+pub const MAX_CONFIG_KEY: usize = 128;
+/// Largest config value, in bytes.
+pub const MAX_CONFIG_VALUE: usize = 64 * 1024;
 
 impl Default for Manifest {
     fn default() -> Self {
@@ -41,6 +54,7 @@ impl Default for Manifest {
             max_attempts: 5,
             concurrency: 16,
             backoff: Backoff::default(),
+            grants: Arc::default(),
         }
     }
 }
@@ -53,10 +67,7 @@ pub enum ManifestError {
     #[error("{0}")]
     Parse(String),
     #[error("`{field}` {problem}")]
-    Invalid {
-        field: &'static str,
-        problem: String,
-    },
+    Invalid { field: String, problem: String },
 }
 
 #[derive(Deserialize)]
@@ -68,6 +79,7 @@ struct Raw {
     max_attempts: Option<u32>,
     concurrency: Option<u32>,
     backoff: Option<RawBackoff>,
+    config: Option<BTreeMap<String, toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -86,7 +98,7 @@ fn check<T: PartialOrd + std::fmt::Display + Copy>(
 ) -> Result<T, ManifestError> {
     if value < min || value > max {
         return Err(ManifestError::Invalid {
-            field,
+            field: field.to_owned(),
             problem: format!("is {value}; it must be between {min} and {max}"),
         });
     }
@@ -94,7 +106,16 @@ fn check<T: PartialOrd + std::fmt::Display + Copy>(
 }
 
 impl Manifest {
+    /// Parses a manifest, reading `{ env = "VAR" }` config values from this
+    /// process's environment.
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Self::parse_with_env(text, |var| std::env::var(var).ok())
+    }
+
+    pub fn parse_with_env(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Manifest, ManifestError> {
         let raw: Raw = toml::from_str(text).map_err(|e| ManifestError::Parse(e.to_string()))?;
         let mut m = Manifest::default();
         if let Some(v) = raw.fuel {
@@ -124,7 +145,7 @@ impl Manifest {
             }
             if m.backoff.cap < m.backoff.base {
                 return Err(ManifestError::Invalid {
-                    field: "backoff.cap_ms",
+                    field: "backoff.cap_ms".to_owned(),
                     problem: format!(
                         "({} ms) is below backoff.base_ms ({} ms)",
                         m.backoff.cap.as_millis(),
@@ -133,8 +154,64 @@ impl Manifest {
                 });
             }
         }
+        if let Some(config) = raw.config {
+            m.grants = Arc::new(Grants {
+                config: resolve_config(config, env)?,
+            });
+        }
         Ok(m)
     }
+}
+
+/// Checks the `[config]` keys and values, reading environment references.
+fn resolve_config(
+    raw: BTreeMap<String, toml::Value>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, String>, ManifestError> {
+    let mut config = BTreeMap::new();
+    for (key, value) in raw {
+        let field = format!("config.{key}");
+        let key_ok = !key.is_empty()
+            && key.len() <= MAX_CONFIG_KEY
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !key_ok {
+            return Err(ManifestError::Invalid {
+                field,
+                problem: format!(
+                    "is not a valid config key (1-{MAX_CONFIG_KEY} of A-Z, a-z, 0-9, _, - and .)"
+                ),
+            });
+        }
+        let value = match value {
+            toml::Value::String(text) => text,
+            toml::Value::Table(t) if t.len() == 1 && t.get("env").is_some_and(|v| v.is_str()) => {
+                let var = t["env"].as_str().unwrap_or_default();
+                env(var).ok_or_else(|| ManifestError::Invalid {
+                    field: field.clone(),
+                    problem: format!("names environment variable {var}, which is not set"),
+                })?
+            }
+            other => {
+                return Err(ManifestError::Invalid {
+                    field,
+                    problem: format!(
+                        "must be a string or {{ env = \"VAR\" }}, not {}",
+                        other.type_str()
+                    ),
+                });
+            }
+        };
+        if value.len() > MAX_CONFIG_VALUE {
+            return Err(ManifestError::Invalid {
+                field,
+                problem: format!("is {} bytes; at most {MAX_CONFIG_VALUE}", value.len()),
+            });
+        }
+        config.insert(key, value);
+    }
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -178,5 +255,48 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("backoff.jitter"), "{e}");
+    }
+
+    #[test]
+    fn config_takes_text_and_environment_references() {
+        let env = |var: &str| (var == "MAIL_KEY").then(|| "s3cret".to_owned());
+        let m = Manifest::parse_with_env(
+            "[config]\nmail_api_url = \"http://mail/send\"\napi_key = { env = \"MAIL_KEY\" }\n",
+            env,
+        )
+        .unwrap();
+        assert_eq!(
+            m.grants.config,
+            [
+                ("api_key".to_owned(), "s3cret".to_owned()),
+                ("mail_api_url".to_owned(), "http://mail/send".to_owned()),
+            ]
+            .into()
+        );
+        assert!(Manifest::default().grants.config.is_empty());
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let no_env = |_: &str| None;
+        let err = |text: &str| {
+            Manifest::parse_with_env(text, no_env)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("[config]\napi_key = { env = \"MAIL_KEY\" }");
+        assert!(
+            e.contains("config.api_key") && e.contains("MAIL_KEY"),
+            "{e}"
+        );
+        let e = err("[config]\nretries = 3");
+        assert!(e.contains("config.retries") && e.contains("integer"), "{e}");
+        let e = err("[config]\napi_key = { env = \"A\", default = \"x\" }");
+        assert!(e.contains("config.api_key"), "{e}");
+        let e = err("[config]\n\"bad key\" = \"x\"");
+        assert!(e.contains("config.bad key"), "{e}");
+        let big = "x".repeat(MAX_CONFIG_VALUE + 1);
+        let e = err(&format!("[config]\nblob = \"{big}\""));
+        assert!(e.contains("config.blob") && e.contains("65536"), "{e}");
     }
 }

@@ -17,9 +17,15 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::jobhost::plugin::host::{Host, Level};
+use super::jobhost::plugin::{config, kv};
+use super::{Grants, KvWrite, Services};
 
 /// Longest log line kept from a plugin.
 const MAX_LOG_LINE: usize = 4096;
+/// Longest key of the plugin key-value store, in bytes.
+pub const MAX_KV_KEY: usize = 256;
+/// Largest value of the plugin key-value store, in bytes.
+pub const MAX_KV_VALUE: usize = 64 * 1024;
 
 /// Everything one attempt's sandbox holds. Dropped with the attempt.
 pub(super) struct AttemptState {
@@ -27,7 +33,14 @@ pub(super) struct AttemptState {
     pub table: ResourceTable,
     pub memory: MemoryCap,
     pub job_id: i64,
+    /// The lease the attempt runs under (fences its progress writes).
+    pub token: i64,
+    /// The plugin's name: also the scope of its key-value store.
     pub plugin: String,
+    pub grants: Arc<Grants>,
+    pub services: Arc<dyn Services>,
+    /// The last progress written, so only changes are.
+    pub progress: Option<u8>,
 }
 
 impl WasiView for AttemptState {
@@ -50,6 +63,84 @@ impl Host for AttemptState {
             Level::Warn => tracing::warn!(target: "plugin", plugin, job, "{message}"),
             Level::Error => tracing::error!(target: "plugin", plugin, job, "{message}"),
         }
+    }
+
+    async fn progress(&mut self, percent: u8) {
+        let percent = percent.min(100);
+        if self.progress == Some(percent) {
+            return;
+        }
+        self.progress = Some(percent);
+        // Progress is advisory: a failed write is logged, never the
+        // attempt's failure.
+        if let Err(e) = self
+            .services
+            .progress(self.job_id, self.token, percent)
+            .await
+        {
+            tracing::warn!(plugin = %self.plugin, job = self.job_id, error = %e, "could not record progress");
+        }
+    }
+}
+
+impl config::Host for AttemptState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.grants.config.get(&key).cloned()
+    }
+}
+
+impl AttemptState {
+    fn kv_key(key: &str) -> Result<(), kv::Error> {
+        if key.is_empty() || key.len() > MAX_KV_KEY {
+            return Err(kv::Error::Invalid(format!(
+                "a key must be 1 to {MAX_KV_KEY} bytes; this one is {}",
+                key.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn kv_value(value: &[u8]) -> Result<(), kv::Error> {
+        if value.len() > MAX_KV_VALUE {
+            return Err(kv::Error::Invalid(format!(
+                "a value must be at most {MAX_KV_VALUE} bytes; this one is {}",
+                value.len()
+            )));
+        }
+        Ok(())
+    }
+
+    async fn kv_write(&mut self, key: String, write: KvWrite) -> Result<bool, kv::Error> {
+        Self::kv_key(&key)?;
+        if let KvWrite::Set(v) | KvWrite::SetIfAbsent(v) = &write {
+            Self::kv_value(v)?;
+        }
+        self.services
+            .kv_write(&self.plugin, &key, write)
+            .await
+            .map_err(kv::Error::Unavailable)
+    }
+}
+
+impl kv::Host for AttemptState {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv::Error> {
+        Self::kv_key(&key)?;
+        self.services
+            .kv_get(&self.plugin, &key)
+            .await
+            .map_err(kv::Error::Unavailable)
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), kv::Error> {
+        self.kv_write(key, KvWrite::Set(value)).await.map(drop)
+    }
+
+    async fn set_if_absent(&mut self, key: String, value: Vec<u8>) -> Result<bool, kv::Error> {
+        self.kv_write(key, KvWrite::SetIfAbsent(value)).await
+    }
+
+    async fn delete(&mut self, key: String) -> Result<bool, kv::Error> {
+        self.kv_write(key, KvWrite::Delete).await
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod host;
 
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +31,13 @@ use host::{AttemptState, MemoryCap, StderrTail};
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "handler",
+    imports: {
+        "jobhost:plugin/host.progress": async,
+        "jobhost:plugin/kv.get": async,
+        "jobhost:plugin/kv.set": async,
+        "jobhost:plugin/kv.set-if-absent": async,
+        "jobhost:plugin/kv.delete": async,
+    },
     exports: { default: async },
 });
 
@@ -69,14 +77,44 @@ pub struct Limits {
     pub memory_bytes: usize,
 }
 
-/// The job as the plugin sees it.
-#[derive(Debug, Clone)]
+/// What a plugin's attempts may use beyond computing, from its manifest.
+/// Shared by every attempt of one plugin version.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Grants {
+    /// The manifest's `[config]`, with environment references resolved:
+    /// all that `config.get` can return.
+    pub config: BTreeMap<String, String>,
+}
+
+/// A write to a plugin's key-value store.
+pub use crate::store::KvWrite;
+
+/// The durable services behind the plugin capabilities that keep state
+/// (the key-value store, progress). The worker implements it over the job
+/// store; the runtime knows nothing of stores.
+#[async_trait::async_trait]
+pub trait Services: Send + Sync + 'static {
+    /// The value of `key` in the plugin's `scope`.
+    async fn kv_get(&self, scope: &str, key: &str) -> Result<Option<Vec<u8>>, String>;
+    /// One committed write; whether it changed anything.
+    async fn kv_write(&self, scope: &str, key: &str, write: KvWrite) -> Result<bool, String>;
+    /// Records the attempt's progress, fenced by its lease token.
+    async fn progress(&self, job: i64, token: i64, percent: u8) -> Result<(), String>;
+}
+
+/// The job as the plugin sees it, the lease it runs under and what its
+/// host imports reach.
+#[derive(Clone)]
 pub struct AttemptInput<'a> {
     pub id: i64,
     pub job_type: &'a str,
     pub payload: &'a str,
     pub attempt: u32,
     pub max_attempts: u32,
+    /// The lease's fence, for the writes the attempt makes (progress).
+    pub token: i64,
+    pub grants: &'a Arc<Grants>,
+    pub services: &'a Arc<dyn Services>,
 }
 
 /// What one attempt came to.
@@ -360,7 +398,11 @@ impl Runtime {
             table: ResourceTable::new(),
             memory: MemoryCap::new(limits.memory_bytes),
             job_id: job.id,
+            token: job.token,
             plugin: job.job_type.to_owned(),
+            grants: job.grants.clone(),
+            services: job.services.clone(),
+            progress: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory);

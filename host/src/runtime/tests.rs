@@ -1,9 +1,11 @@
 //! The runtime against the real compiled plugins (built by `cargo xtask plugins`).
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use super::*;
-use crate::testing::plugin_wasm;
+use crate::testing::{plugin_wasm, sqlite_store};
+use crate::worker::StoreServices;
 
 fn runtime() -> Runtime {
     Runtime::new(RuntimeConfig {
@@ -22,13 +24,53 @@ fn limits() -> Limits {
     }
 }
 
+/// Services for tests whose plugins use no stateful capability: every call
+/// fails, as it would with the store unreachable.
+struct NoStore;
+
+#[async_trait::async_trait]
+impl Services for NoStore {
+    async fn kv_get(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>, String> {
+        Err("no store in this test".into())
+    }
+    async fn kv_write(&self, _: &str, _: &str, _: KvWrite) -> Result<bool, String> {
+        Err("no store in this test".into())
+    }
+    async fn progress(&self, _: i64, _: i64, _: u8) -> Result<(), String> {
+        Err("no store in this test".into())
+    }
+}
+
+static NO_GRANTS: LazyLock<Arc<Grants>> = LazyLock::new(Arc::default);
+static NO_STORE: LazyLock<Arc<dyn Services>> = LazyLock::new(|| Arc::new(NoStore));
+
 fn input<'a>(job_type: &'a str, payload: &'a str) -> AttemptInput<'a> {
+    input_with(job_type, payload, &NO_GRANTS, &NO_STORE)
+}
+
+fn input_with<'a>(
+    job_type: &'a str,
+    payload: &'a str,
+    grants: &'a Arc<Grants>,
+    services: &'a Arc<dyn Services>,
+) -> AttemptInput<'a> {
     AttemptInput {
         id: 1,
         job_type,
         payload,
         attempt: 1,
         max_attempts: 3,
+        token: 1,
+        grants,
+        services,
+    }
+}
+
+/// The JSON result of an attempt that must succeed.
+fn ok_json(report: AttemptReport) -> serde_json::Value {
+    match report.outcome {
+        AttemptOutcome::Ok(Some(text)) => serde_json::from_str(&text).expect("JSON result"),
+        other => panic!("expected a result, got {other:?}"),
     }
 }
 
@@ -376,4 +418,167 @@ async fn a_component_for_another_world_is_refused_with_a_clear_error() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("compiling plugin junk"), "{err}");
+}
+
+#[tokio::test]
+async fn config_get_sees_only_the_manifest_keys() {
+    let rt = runtime();
+    let plugin = testing(&rt);
+    let grants = Arc::new(Grants {
+        config: [(
+            "mail_api_url".to_owned(),
+            "http://127.0.0.1:9/send".to_owned(),
+        )]
+        .into(),
+    });
+    let seen = ok_json(
+        rt.run(
+            &plugin,
+            &limits(),
+            input_with(
+                "config_echo",
+                r#"{"keys":["mail_api_url","PATH","HOME",""]}"#,
+                &grants,
+                &NO_STORE,
+            ),
+        )
+        .await,
+    );
+    assert_eq!(
+        seen,
+        serde_json::json!({"mail_api_url": "http://127.0.0.1:9/send", "PATH": null, "HOME": null, "": null})
+    );
+}
+
+#[tokio::test]
+async fn kv_is_private_to_each_plugin_and_keeps_its_limits() {
+    let rt = runtime();
+    let plugin = testing(&rt);
+    let (store, _dir) = sqlite_store().await;
+    let services: Arc<dyn Services> = Arc::new(StoreServices(Arc::new(store)));
+    let run = |job_type: &'static str, payload: String| {
+        let (rt, plugin, services) = (&rt, &plugin, &services);
+        async move {
+            ok_json(
+                rt.run(
+                    plugin,
+                    &limits(),
+                    input_with(job_type, &payload, &NO_GRANTS, services),
+                )
+                .await,
+            )
+        }
+    };
+    let ops = |ops: serde_json::Value| serde_json::json!({ "ops": ops }).to_string();
+
+    let first = run(
+        "kv_ops",
+        ops(serde_json::json!([
+            ["get", "welcome:42"],
+            ["set_if_absent", "welcome:42", "sent"],
+            ["set_if_absent", "welcome:42", "again"],
+            ["get", "welcome:42"],
+            ["set", "counter", "1"],
+            ["set", "counter", "2"],
+            ["get", "counter"]
+        ])),
+    )
+    .await;
+    assert_eq!(
+        first,
+        serde_json::json!([null, true, false, "sent", true, true, "2"])
+    );
+
+    // Another plugin names the same keys and sees none of them; its own
+    // set-if-absent wins in its own scope.
+    let other = run(
+        "kv_ops_other",
+        ops(serde_json::json!([
+            ["get", "welcome:42"],
+            ["get", "counter"],
+            ["set_if_absent", "welcome:42", "mine"],
+            ["delete", "counter"]
+        ])),
+    )
+    .await;
+    assert_eq!(other, serde_json::json!([null, null, true, false]));
+
+    // A later attempt of the first plugin still has its keys (durable), and
+    // the other plugin's write did not touch them.
+    let again = run(
+        "kv_ops",
+        ops(serde_json::json!([
+            ["get", "welcome:42"],
+            ["delete", "counter"],
+            ["delete", "counter"],
+            ["get", "counter"]
+        ])),
+    )
+    .await;
+    assert_eq!(again, serde_json::json!(["sent", true, false, null]));
+
+    // Limits: an empty or over-long key and an over-large value are refused
+    // inside the plugin, and nothing is written.
+    let long_key = "k".repeat(host::MAX_KV_KEY + 1);
+    let refused = run(
+        "kv_ops",
+        ops(serde_json::json!([
+            ["set", "", "v"],
+            ["set", long_key, "v"],
+            ["set_big", "big", host::MAX_KV_VALUE + 1],
+            ["get", "big"],
+            ["set_big", "fits", host::MAX_KV_VALUE]
+        ])),
+    )
+    .await;
+    for (i, why) in [
+        (0, "1 to 256 bytes"),
+        (1, "1 to 256 bytes"),
+        (2, "at most 65536 bytes"),
+    ] {
+        let msg = refused[i]["invalid"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{refused}"));
+        assert!(msg.contains(why), "{msg}");
+    }
+    assert_eq!(refused[3], serde_json::Value::Null);
+    assert_eq!(refused[4], true);
+
+    // With the store unreachable, a call fails inside the plugin as
+    // `unavailable`; the attempt itself carries on.
+    let down = ok_json(
+        rt.run(
+            &plugin,
+            &limits(),
+            input_with(
+                "kv_ops",
+                &ops(serde_json::json!([["get", "x"]])),
+                &NO_GRANTS,
+                &NO_STORE,
+            ),
+        )
+        .await,
+    );
+    assert!(down[0]["unavailable"].is_string(), "{down}");
+}
+
+#[tokio::test]
+async fn a_plugin_built_against_0_1_0_still_runs() {
+    let rt = runtime();
+    let wasm = include_bytes!("testdata/noop-wit-0.1.0.wasm");
+    let seen = rt.inspect("noop", wasm).unwrap();
+    assert!(
+        seen.imports
+            .iter()
+            .any(|i| i == "jobhost:plugin/types@0.1.0"),
+        "{:?}",
+        seen.imports
+    );
+    let plugin = rt.compile("noop", wasm).expect("a 0.1.0 plugin links");
+    let report = rt.run(&plugin, &limits(), input("noop", "{}")).await;
+    assert!(
+        matches!(report.outcome, AttemptOutcome::Ok(_)),
+        "{:?}",
+        report.outcome
+    );
 }

@@ -821,6 +821,46 @@ pub async fn kv_keeps_each_scope_apart_and_sets_once(s: &dyn Store) {
     assert_eq!(s.kv_get("b", "k").await.unwrap(), Some(b"b".to_vec()));
 }
 
+/// Progress is written only under the attempt's lease, and each attempt
+/// starts from none.
+pub async fn progress_is_fenced_by_the_lease_and_cleared_by_a_new_attempt(s: &dyn Store) {
+    let id = insert(s, new_job("email", None)).await;
+    // Not running: nothing to report on.
+    assert!(!s.job_progress(id, 7, 10).await.unwrap());
+    let job = s.job_claim(claim_req("email", 1, 7, T0)).await.unwrap()[0].clone();
+    assert_eq!(s.job_get(id).await.unwrap().unwrap().progress, None);
+    assert!(s.job_progress(id, 7, 40).await.unwrap());
+    assert!(
+        !s.job_progress(id, 8, 90).await.unwrap(),
+        "another lease's token"
+    );
+    assert_eq!(s.job_get(id).await.unwrap().unwrap().progress, Some(40));
+    // Progress writes no event.
+    assert_eq!(transitions(s, id).await.len(), 2);
+    let later = T0.plus(SECOND);
+    let retry = Outcome::Retry {
+        error: "try again".into(),
+        run_at: later,
+    };
+    assert!(
+        s.job_complete(completion(&job, retry, later))
+            .await
+            .unwrap()
+    );
+    // The failed attempt's progress stays on view until the next starts...
+    assert!(
+        !s.job_progress(id, 7, 50).await.unwrap(),
+        "the lease is gone"
+    );
+    assert_eq!(s.job_get(id).await.unwrap().unwrap().progress, Some(40));
+    s.job_promote(later).await.unwrap();
+    s.job_claim(claim_req("email", 1, 9, later)).await.unwrap();
+    // ...which starts from none.
+    assert_eq!(s.job_get(id).await.unwrap().unwrap().progress, None);
+    assert!(s.job_progress(id, 9, 100).await.unwrap());
+    assert_eq!(s.job_get(id).await.unwrap().unwrap().progress, Some(100));
+}
+
 /// Many writers race to set the same key first: exactly one wins.
 pub async fn kv_set_if_absent_has_one_winner(s: Arc<dyn Store>) {
     let mut racers = tokio::task::JoinSet::new();
@@ -1056,6 +1096,7 @@ macro_rules! store_contract_tests {
         scenario!(counts_per_state_and_type);
         scenario!(kv_keeps_each_scope_apart_and_sets_once);
         scenario!(kv_set_if_absent_has_one_winner, shared);
+        scenario!(progress_is_fenced_by_the_lease_and_cleared_by_a_new_attempt);
         scenario!(
             a_waiting_claim_is_served_by_the_enqueue_that_readies_its_type,
             shared

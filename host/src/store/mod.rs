@@ -375,6 +375,10 @@ pub trait Store: Send + Sync + 'static {
     /// The value of `key` in `scope`, if set.
     async fn kv_get(&self, scope: &str, key: &str) -> StoreResult<Option<Vec<u8>>>;
 
+    /// Records how far a running attempt has got (0-100), fenced by its
+    /// lease token: false (and nothing written) if that lease is gone.
+    async fn job_progress(&self, id: JobId, token: i64, percent: u8) -> StoreResult<bool>;
+
     /// Flushes and closes; later calls fail with [`StoreError::Closed`].
     async fn close(&self);
 }

@@ -49,6 +49,7 @@ pub(crate) fn record_of(row: &impl Row) -> StoreResult<JobRecord> {
         updated_at: Timestamp(int(row, "updated_at")?),
         started_at: row.int("started_at")?.map(Timestamp),
         finished_at: row.int("finished_at")?.map(Timestamp),
+        progress: row.int("progress")?.map(|p| p.clamp(0, 100) as u8),
     })
 }
 

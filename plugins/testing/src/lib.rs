@@ -6,7 +6,46 @@
 
 wit_bindgen::generate!({ path: "../../wit", world: "handler" });
 
-use jobhost::plugin::host::{Level, log};
+use jobhost::plugin::host::{Level, log, progress};
+use jobhost::plugin::{config, kv};
+use serde_json::{Value, json};
+
+fn payload(job: &Job) -> Result<Value, Failure> {
+    serde_json::from_str(&job.payload).map_err(|e| Failure::Fatal(format!("bad payload: {e}")))
+}
+
+fn kv_error(e: kv::Error) -> Value {
+    match e {
+        kv::Error::Invalid(m) => json!({ "invalid": m }),
+        kv::Error::Unavailable(m) => json!({ "unavailable": m }),
+    }
+}
+
+/// Runs `{"ops": [["set", key, value], ["get", key], ["set_if_absent", key,
+/// value], ["delete", key], ["set_big", key, bytes]]}` against the plugin's
+/// key-value store and returns each op's result.
+fn kv_ops(job: &Job) -> Result<Option<String>, Failure> {
+    let p = payload(job)?;
+    let mut results = Vec::new();
+    for op in p["ops"].as_array().cloned().unwrap_or_default() {
+        let (name, key) = (op[0].as_str().unwrap_or(""), op[1].as_str().unwrap_or(""));
+        let value = op[2].as_str().unwrap_or("").as_bytes().to_vec();
+        let result = match name {
+            "get" => kv::get(key).map(|v| match v {
+                Some(v) => json!(String::from_utf8_lossy(&v)),
+                None => Value::Null,
+            }),
+            "set" => kv::set(key, &value).map(|()| json!(true)),
+            "set_big" => kv::set(key, &vec![b'x'; op[2].as_u64().unwrap_or(0) as usize])
+                .map(|()| json!(true)),
+            "set_if_absent" => kv::set_if_absent(key, &value).map(|b| json!(b)),
+            "delete" => kv::delete(key).map(|b| json!(b)),
+            other => return Err(Failure::Fatal(format!("unknown kv op {other}"))),
+        };
+        results.push(result.unwrap_or_else(kv_error));
+    }
+    Ok(Some(Value::Array(results).to_string()))
+}
 
 struct Testing;
 
@@ -75,6 +114,25 @@ impl Guest for Testing {
                 Ok(Some(format!(
                     "{{\"env\":{env},\"fs\":{fs},\"net\":{net},\"args\":{args}}}"
                 )))
+            }
+            // Returns `config.get` of each key in `{"keys": [...]}`.
+            "config_echo" => {
+                let p = payload(&job)?;
+                let mut out = serde_json::Map::new();
+                for key in p["keys"].as_array().cloned().unwrap_or_default() {
+                    let key = key.as_str().unwrap_or_default().to_owned();
+                    out.insert(key.clone(), json!(config::get(&key)));
+                }
+                Ok(Some(Value::Object(out).to_string()))
+            }
+            "kv_ops" | "kv_ops_other" => kv_ops(&job),
+            // Reports `{"percent": P}` progress, then sleeps `{"ms": N}`
+            // on the WASI clock and succeeds.
+            "progress" => {
+                let p = payload(&job)?;
+                progress(p["percent"].as_u64().unwrap_or(50) as u8);
+                std::thread::sleep(std::time::Duration::from_millis(p["ms"].as_u64().unwrap_or(0)));
+                Ok(None)
             }
             other => Err(Failure::Fatal(format!(
                 "testing plugin has no behaviour for job type {other}"

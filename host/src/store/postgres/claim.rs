@@ -18,7 +18,8 @@ const CLAIM: &str = "
         FOR UPDATE SKIP LOCKED
     ), leased AS (
         UPDATE jobs SET state = 'running', attempt = jobs.attempt + 1, lease_owner = $1,
-               lease_token = $2, lease_expires_at = $3, started_at = $4, updated_at = $4
+               lease_token = $2, lease_expires_at = $3, started_at = $4, updated_at = $4,
+               progress = NULL
         FROM picked WHERE jobs.id = picked.id
         RETURNING jobs.id, jobs.payload, jobs.attempt, jobs.max_attempts, jobs.run_at
     ), events AS (

@@ -1,8 +1,29 @@
-//! Plugins' key-value stores: one statement each, on the durable pool.
+//! What plugins write through their host imports: their key-value stores
+//! and their attempts' progress. One statement each, on the durable pool.
 
 use sqlx::PgPool;
 
+use crate::job::JobId;
 use crate::store::{KvWrite, StoreResult};
+
+/// A running attempt's progress, fenced by its lease.
+pub(super) async fn progress(
+    pool: &PgPool,
+    id: JobId,
+    token: i64,
+    percent: u8,
+) -> StoreResult<bool> {
+    let done = sqlx::query(
+        "UPDATE jobs SET progress = $3
+         WHERE id = $1 AND state = 'running' AND lease_token = $2",
+    )
+    .bind(id)
+    .bind(token)
+    .bind(i64::from(percent))
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
 
 pub(super) async fn write(
     pool: &PgPool,

@@ -338,6 +338,11 @@ impl Store for PgStore {
         self.read(|| kv::get(&self.pool, scope, key)).await
     }
 
+    async fn job_progress(&self, id: JobId, token: i64, percent: u8) -> StoreResult<bool> {
+        self.open_for_work()?;
+        kv::progress(&self.pool, id, token, percent).await
+    }
+
     async fn counts(&self) -> StoreResult<StateCounts> {
         let by_type = self.read(|| reads::counts_by_type(&self.pool)).await?;
         Ok(by_type.iter().map(|(_, counts)| counts).sum())

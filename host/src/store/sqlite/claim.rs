@@ -122,7 +122,8 @@ pub(super) fn claim(
 /// limit either way.
 pub(super) const CLAIM: &str =
     "UPDATE OR FAIL jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?1,
-            lease_token = ?2, lease_expires_at = ?3, started_at = ?4, updated_at = ?4
+            lease_token = ?2, lease_expires_at = ?3, started_at = ?4, updated_at = ?4,
+            progress = NULL
      WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND job_type = ?5
                   ORDER BY run_at, id LIMIT (?6 + 0))
      RETURNING id, payload, attempt, max_attempts, run_at";

@@ -39,6 +39,11 @@ pub(super) enum Op {
         key: String,
         write: KvWrite,
     },
+    Progress {
+        id: JobId,
+        token: i64,
+        percent: u8,
+    },
     /// Stop after this batch.
     Close,
 }

@@ -1,9 +1,22 @@
-//! Plugins' key-value stores: writes go through the writer (one statement,
-//! in its batch's transaction); reads are on the reader pool.
+//! What plugins write through their host imports: their key-value stores
+//! and their attempts' progress. Writes go through the writer (one
+//! statement, in its batch's transaction); reads are on the reader pool.
 
 use rusqlite::{Connection, params};
 
+use crate::job::JobId;
 use crate::store::{KvWrite, StoreResult};
+
+/// A running attempt's progress, fenced by its lease.
+pub(super) fn progress(conn: &Connection, id: JobId, token: i64, percent: u8) -> StoreResult<bool> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE jobs SET progress = ?3
+             WHERE id = ?1 AND state = 'running' AND lease_token = ?2",
+        )?
+        .execute(params![id, token, percent])?;
+    Ok(changed > 0)
+}
 
 pub(super) fn write(
     conn: &Connection,

@@ -396,6 +396,13 @@ impl Store for SqliteStore {
         kv::get(&mut conn, scope, key).await
     }
 
+    async fn job_progress(&self, id: JobId, token: i64, percent: u8) -> StoreResult<bool> {
+        match self.send(Op::Progress { id, token, percent }).await? {
+            Reply::Applied(done) => Ok(done),
+            _ => unreachable!("the writer answers Progress with Applied"),
+        }
+    }
+
     async fn counts(&self) -> StoreResult<StateCounts> {
         Ok(self.counts.total())
     }

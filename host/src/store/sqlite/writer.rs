@@ -337,6 +337,9 @@ pub(super) fn apply(tx: &mut Tx<'_>, op: &Op, events: &mut Events) -> StoreResul
         Op::Kv { scope, key, write } => {
             super::kv::write(tx.conn()?, scope, key, write).map(Reply::Applied)
         }
+        Op::Progress { id, token, percent } => {
+            super::kv::progress(tx.conn()?, *id, *token, *percent).map(Reply::Applied)
+        }
         Op::Close => Ok(Reply::Closed),
     }
 }
