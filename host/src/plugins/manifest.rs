@@ -8,6 +8,8 @@
 //! memory_mb = 64            # linear memory cap per attempt
 //! max_attempts = 5          # attempts before the dead-letter queue
 //! concurrency = 16          # attempts of this type in flight per host
+//! # where wasi:http requests may go; none when empty (the default)
+//! allowed_outbound_hosts = ["https://api.mail.example.com", "http://127.0.0.1:8025"]
 //!
 //! [backoff]
 //! base_ms = 1_000           # delay after the first failed attempt
@@ -26,7 +28,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::backoff::Backoff;
-use crate::runtime::{Grants, Limits};
+use crate::runtime::{Grants, HostPattern, Limits};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
@@ -80,7 +82,11 @@ struct Raw {
     concurrency: Option<u32>,
     backoff: Option<RawBackoff>,
     config: Option<BTreeMap<String, toml::Value>>,
+    allowed_outbound_hosts: Option<Vec<String>>,
 }
+
+/// The most entries `allowed_outbound_hosts` may have.
+pub const MAX_OUTBOUND_HOSTS: usize = 64;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -154,10 +160,28 @@ impl Manifest {
                 });
             }
         }
+        let mut grants = Grants::default();
         if let Some(config) = raw.config {
-            m.grants = Arc::new(Grants {
-                config: resolve_config(config, env)?,
-            });
+            grants.config = resolve_config(config, env)?;
+        }
+        if let Some(hosts) = raw.allowed_outbound_hosts {
+            if hosts.len() > MAX_OUTBOUND_HOSTS {
+                return Err(ManifestError::Invalid {
+                    field: "allowed_outbound_hosts".to_owned(),
+                    problem: format!("has {} entries; at most {MAX_OUTBOUND_HOSTS}", hosts.len()),
+                });
+            }
+            for (i, text) in hosts.iter().enumerate() {
+                let pattern =
+                    HostPattern::parse(text).map_err(|problem| ManifestError::Invalid {
+                        field: format!("allowed_outbound_hosts[{i}]"),
+                        problem: format!("({text:?}) {problem}"),
+                    })?;
+                grants.outbound.push(pattern);
+            }
+        }
+        if grants != Grants::default() {
+            m.grants = Arc::new(grants);
         }
         Ok(m)
     }
@@ -298,5 +322,32 @@ mod tests {
         let big = "x".repeat(MAX_CONFIG_VALUE + 1);
         let e = err(&format!("[config]\nblob = \"{big}\""));
         assert!(e.contains("config.blob") && e.contains("65536"), "{e}");
+    }
+
+    #[test]
+    fn allowed_outbound_hosts_are_checked_entry_by_entry() {
+        let m = Manifest::parse(
+            "allowed_outbound_hosts = [\"https://api.mail.test\", \"http://127.0.0.1:*\"]",
+        )
+        .unwrap();
+        assert_eq!(m.grants.outbound.len(), 2);
+        assert!(m.grants.outbound[1].allows("http", "127.0.0.1", 8025));
+        assert!(Manifest::default().grants.outbound.is_empty());
+        let e = Manifest::parse("allowed_outbound_hosts = [\"https://ok.test\", \"mail.test\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("allowed_outbound_hosts[1]") && e.contains("mail.test"),
+            "{e}"
+        );
+        let e = Manifest::parse("allowed_outbound_hosts = \"https://one.test\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("allowed_outbound_hosts"), "{e}");
+        let many: Vec<String> = (0..65).map(|i| format!("\"https://h{i}.test\"")).collect();
+        let e = Manifest::parse(&format!("allowed_outbound_hosts = [{}]", many.join(",")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 64"), "{e}");
     }
 }

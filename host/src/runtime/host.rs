@@ -15,6 +15,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::jobhost::plugin::host::{Host, Level};
 use super::jobhost::plugin::{config, kv};
@@ -39,6 +40,9 @@ pub(super) struct AttemptState {
     pub plugin: String,
     pub grants: Arc<Grants>,
     pub services: Arc<dyn Services>,
+    pub http: WasiHttpCtx,
+    /// The `wasi:http` hooks: the allow-list check.
+    pub outbound: super::outbound::Outbound,
     /// The last progress written, so only changes are.
     pub progress: Option<u8>,
 }
@@ -48,6 +52,16 @@ impl WasiView for AttemptState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for AttemptState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
         }
     }
 }

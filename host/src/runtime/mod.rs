@@ -10,6 +10,9 @@
 //! into the host.
 
 mod host;
+mod outbound;
+
+pub use outbound::HostPattern;
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -84,6 +87,9 @@ pub struct Grants {
     /// The manifest's `[config]`, with environment references resolved:
     /// all that `config.get` can return.
     pub config: BTreeMap<String, String>,
+    /// `allowed_outbound_hosts`: where `wasi:http` requests may go (nowhere
+    /// when empty).
+    pub outbound: Vec<HostPattern>,
 }
 
 /// A write to a plugin's key-value store.
@@ -256,6 +262,7 @@ impl Runtime {
         let engine = Engine::new(&cfg).map_err(engine_err)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(engine_err)?;
         Handler::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(engine_err)?;
 
@@ -400,6 +407,12 @@ impl Runtime {
             job_id: job.id,
             token: job.token,
             plugin: job.job_type.to_owned(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            outbound: outbound::Outbound {
+                allowed: job.grants.clone(),
+                plugin: job.job_type.to_owned(),
+                job_id: job.id,
+            },
             grants: job.grants.clone(),
             services: job.services.clone(),
             progress: None,

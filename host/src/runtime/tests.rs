@@ -430,6 +430,7 @@ async fn config_get_sees_only_the_manifest_keys() {
             "http://127.0.0.1:9/send".to_owned(),
         )]
         .into(),
+        ..Grants::default()
     });
     let seen = ok_json(
         rt.run(
@@ -581,4 +582,80 @@ async fn a_plugin_built_against_0_1_0_still_runs() {
         "{:?}",
         report.outcome
     );
+}
+
+/// A local HTTP server counting the requests it gets; answers "hello".
+async fn counting_server() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        let hits = counted.clone();
+        async move {
+            hits.fetch_add(1, Ordering::SeqCst);
+            "hello"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_http_reaches_only_the_allowed_hosts() {
+    let rt = runtime();
+    let plugin = testing(&rt);
+    let (addr, hits) = counting_server().await;
+    let allowed = Arc::new(Grants {
+        outbound: vec![HostPattern::parse(&format!("http://127.0.0.1:{}", addr.port())).unwrap()],
+        ..Grants::default()
+    });
+    let get = |url: String, grants: Arc<Grants>| {
+        let (rt, plugin) = (&rt, &plugin);
+        async move {
+            let payload = serde_json::json!({ "url": url }).to_string();
+            ok_json(
+                rt.run(
+                    plugin,
+                    &limits(),
+                    input_with("http_get", &payload, &grants, &NO_STORE),
+                )
+                .await,
+            )
+        }
+    };
+
+    let ok = get(
+        format!("http://127.0.0.1:{}/hi", addr.port()),
+        allowed.clone(),
+    )
+    .await;
+    assert_eq!(ok, serde_json::json!({"status": 200, "body": "hello"}));
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    // The same server by another name, on another port, over another
+    // scheme, or with no allow-list at all: denied inside the plugin, and
+    // nothing reaches the server.
+    for (url, grants) in [
+        (
+            format!("http://localhost:{}/hi", addr.port()),
+            allowed.clone(),
+        ),
+        (
+            format!("http://127.0.0.1:{}/hi", addr.port() + 1),
+            allowed.clone(),
+        ),
+        (
+            format!("https://127.0.0.1:{}/hi", addr.port()),
+            allowed.clone(),
+        ),
+        (
+            format!("http://127.0.0.1:{}/hi", addr.port()),
+            NO_GRANTS.clone(),
+        ),
+    ] {
+        let seen = get(url.clone(), grants).await;
+        assert_eq!(seen, serde_json::json!({ "denied": url }), "{url}");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
 }

@@ -131,8 +131,24 @@ impl Guest for Testing {
             "progress" => {
                 let p = payload(&job)?;
                 progress(p["percent"].as_u64().unwrap_or(50) as u8);
-                std::thread::sleep(std::time::Duration::from_millis(p["ms"].as_u64().unwrap_or(0)));
+                std::thread::sleep(std::time::Duration::from_millis(
+                    p["ms"].as_u64().unwrap_or(0),
+                ));
                 Ok(None)
+            }
+            // `{"url": U}`: GETs U through wasi:http; returns the status and
+            // body, or the error (`denied` when the allow-list refuses it).
+            "http_get" => {
+                let p = payload(&job)?;
+                let url = p["url"].as_str().unwrap_or_default();
+                Ok(Some(
+                    match jobhost_plugin::http::get(url, &[]) {
+                        Ok(r) => json!({ "status": r.status, "body": r.text() }),
+                        Err(jobhost_plugin::http::Error::Denied(u)) => json!({ "denied": u }),
+                        Err(e) => json!({ "error": e.to_string() }),
+                    }
+                    .to_string(),
+                ))
             }
             other => Err(Failure::Fatal(format!(
                 "testing plugin has no behaviour for job type {other}"
