@@ -1,18 +1,22 @@
 //! End-to-end tests: the real `jobhost` binary, real compiled plugins, a real
 //! SQLite file, over real HTTP. Run with `cargo xtask test`.
 
+mod email;
+mod mail;
 mod plugins;
 mod postgres;
 mod support;
 
+use mail::MailServer;
 use serde_json::Value;
 use support::{ADMIN_TOKEN, Plugins, Server};
 
 /// email_welcome with fast retries, so the DLQ path takes milliseconds.
 const EMAIL_FAST_RETRY: &str = "max_attempts = 3\n[backoff]\nbase_ms = 20\ncap_ms = 50\n";
 
-fn email_plugins() -> Plugins {
-    Plugins::new().example("email_welcome", EMAIL_FAST_RETRY)
+/// email_welcome (fast retries) sending to `mail`.
+fn email_plugins(mail: &MailServer) -> Plugins {
+    Plugins::new().example("email_welcome", &mail.manifest(EMAIL_FAST_RETRY))
 }
 
 fn transitions(job: &Value) -> Vec<String> {
@@ -32,7 +36,8 @@ fn transitions(job: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn happy_path_runs_the_job_in_its_plugin() {
-    let server = Server::start(email_plugins(), &[]).await;
+    let mail = MailServer::start();
+    let server = Server::start(email_plugins(&mail), &[]).await;
     let (status, health) = server.get("/healthz").await;
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
 
@@ -80,7 +85,8 @@ async fn happy_path_runs_the_job_in_its_plugin() {
 #[tokio::test]
 async fn a_form_encoded_body_is_still_read_as_json() {
     // `curl -d` sends application/x-www-form-urlencoded.
-    let server = Server::start(email_plugins(), &[]).await;
+    let mail = MailServer::start();
+    let server = Server::start(email_plugins(&mail), &[]).await;
     let resp = server
         .http
         .post(format!("{}/jobs/email_welcome", server.url))
@@ -98,7 +104,8 @@ async fn a_form_encoded_body_is_still_read_as_json() {
 
 #[tokio::test]
 async fn a_repeated_idempotency_key_returns_the_same_job_and_runs_it_once() {
-    let server = Server::start(email_plugins(), &[]).await;
+    let mail = MailServer::start();
+    let server = Server::start(email_plugins(&mail), &[]).await;
     let body = r#"{"userId":42,"idempotencyKey":"user#42#welcome"}"#;
     let id = server.submit("email_welcome", body).await;
     let (status, again) = server.post("/jobs/email_welcome", body).await;
@@ -144,7 +151,8 @@ async fn a_repeated_idempotency_key_returns_the_same_job_and_runs_it_once() {
 
 #[tokio::test]
 async fn a_job_that_always_fails_goes_dead_and_replay_runs_it_again() {
-    let server = Server::start(email_plugins(), &[]).await;
+    let mail = MailServer::start();
+    let server = Server::start(email_plugins(&mail), &[]).await;
     let id = server.submit("email_welcome", r#"{"userId":777}"#).await;
     let job = server.wait_for(id, "dead").await;
     assert_eq!(job["attempts"], 3);
@@ -235,8 +243,8 @@ async fn a_job_that_fails_once_succeeds_on_its_retry() {
 
 #[tokio::test]
 async fn misbehaving_plugins_fail_their_own_jobs_only() {
-    let plugins = Plugins::new()
-        .example("email_welcome", EMAIL_FAST_RETRY)
+    let mail = MailServer::start();
+    let plugins = email_plugins(&mail)
         .testing("loop_forever", "fuel = 5_000_000\nmax_attempts = 1\n")
         .testing("memory_hog", "memory_mb = 8\nmax_attempts = 1\n")
         .testing("panicker", "max_attempts = 1\n")
@@ -265,7 +273,8 @@ async fn misbehaving_plugins_fail_their_own_jobs_only() {
 
 #[tokio::test]
 async fn admin_routes_need_the_token() {
-    let server = Server::start(email_plugins(), &[]).await;
+    let mail = MailServer::start();
+    let server = Server::start(email_plugins(&mail), &[]).await;
     let url = format!("{}/admin/metrics/jobs", server.url);
     for request in [
         server.http.get(&url),
@@ -295,7 +304,8 @@ async fn admin_routes_need_the_token() {
 
 #[tokio::test]
 async fn bad_input_gets_a_clear_error_and_changes_nothing() {
-    let server = Server::start(email_plugins(), &["--body-limit", "4096"]).await;
+    let mail = MailServer::start();
+    let server = Server::start(email_plugins(&mail), &["--body-limit", "4096"]).await;
     let long_key = "k".repeat(201);
     let key_body = format!(r#"{{"userId":1,"idempotencyKey":"{long_key}"}}"#);
     let big_body = format!(r#"{{"userId":1,"pad":"{}"}}"#, "x".repeat(5000));
@@ -382,7 +392,8 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
 
 #[tokio::test]
 async fn a_delayed_job_waits_then_runs() {
-    let server = Server::start(email_plugins(), &[]).await;
+    let mail = MailServer::start();
+    let server = Server::start(email_plugins(&mail), &[]).await;
     let (status, body) = server
         .post("/jobs/email_welcome?delay_ms=300", r#"{"userId":9}"#)
         .await;
@@ -472,7 +483,8 @@ async fn after_kill_9_the_job_completes_once_its_lease_expires() {
 
 #[tokio::test]
 async fn a_batch_is_committed_whole_and_paused_workers_hold_it() {
-    let server = Server::start(email_plugins(), &["--paused"]).await;
+    let mail = MailServer::start();
+    let server = Server::start(email_plugins(&mail), &["--paused"]).await;
     let (_, workers) = server.admin_get("/admin/workers").await;
     assert_eq!(workers["paused"], true);
     let batch =

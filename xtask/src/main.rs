@@ -3,7 +3,8 @@
 //! - `plugins`: builds every plugin for wasm32-wasip2 (adding the target if it
 //!   is missing) and lays them out under `target/jobhost-plugins/`.
 //! - `run [--release] [-- <serve flags>]`: builds the plugins and starts
-//!   `jobhost serve` with the example plugins on the embedded store (`./data`).
+//!   `jobhost serve` with the example plugins on the embedded store (`./data`),
+//!   and a development mail sink for `email_welcome` on 127.0.0.1:8025.
 //! - `test [-- <cargo test args>]`: builds everything and runs the whole test suite.
 //! - `bench [<scenario>] [--quick] [flags]`: builds in release mode and runs
 //!   the benchmark suite against the real binary (`jobhost-bench --help`).
@@ -12,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
+
+mod mail_sink;
 
 const WASM_TARGET: &str = "wasm32-wasip2";
 /// Example plugins served by `cargo xtask run`.
@@ -163,6 +166,7 @@ fn run(args: &[String]) -> Result<()> {
             token.trim()
         );
     }
+    mail_sink::start();
     let mut cmd = cargo();
     cmd.current_dir(root())
         .args(["run", "--package", "jobhost"]);

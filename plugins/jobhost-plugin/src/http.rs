@@ -129,10 +129,14 @@ pub fn request(
     body: Option<&[u8]>,
 ) -> Result<Response, Error> {
     let (scheme, authority, path) = split_url(url)?;
-    let fields: Vec<(String, Vec<u8>)> = headers
+    let mut fields: Vec<(String, Vec<u8>)> = headers
         .iter()
         .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
         .collect();
+    // A known length, so the body is not sent chunked.
+    if let Some(body) = body {
+        fields.push(("content-length".into(), body.len().to_string().into_bytes()));
+    }
     let fields =
         Fields::from_list(&fields).map_err(|e| Error::Invalid(format!("headers: {e:?}")))?;
     let req = OutgoingRequest::new(fields);
@@ -160,15 +164,21 @@ pub fn request(
         ErrorCode::HttpRequestDenied => Error::Denied(url.to_owned()),
         e => transport(e),
     })?;
+    // If the host refused the request (the allow-list), the body's stream is
+    // closed: the response below says why, so that is the error reported.
+    let mut written = Ok(());
     {
         let stream = outgoing.write().map_err(|()| bad("the body"))?;
         for chunk in body.unwrap_or_default().chunks(4096) {
-            stream
-                .blocking_write_and_flush(chunk)
-                .map_err(|e| Error::Transport(format!("writing the body: {e:?}")))?;
+            if let Err(e) = stream.blocking_write_and_flush(chunk) {
+                written = Err(Error::Transport(format!("writing the body: {e:?}")));
+                break;
+            }
         }
     }
-    OutgoingBody::finish(outgoing, None).map_err(transport)?;
+    if written.is_ok() {
+        written = OutgoingBody::finish(outgoing, None).map_err(transport);
+    }
 
     let response = loop {
         match pending.get() {
@@ -182,6 +192,7 @@ pub fn request(
             ErrorCode::HttpRequestDenied => Error::Denied(url.to_owned()),
             e => transport(e),
         })?;
+    written?;
     let status = response.status();
     let headers = response.headers().entries();
     let incoming = response
