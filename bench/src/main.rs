@@ -11,11 +11,15 @@
 //! - `submit`: 64 connections posting single jobs as fast as they can.
 //! - `batch`: jobs/s through `POST /jobs/{type}/batch` (workers paused).
 //! - `seed`: the seed project's k6 shape: ramp to 20 then 40 virtual users,
-//!   each posting to /jobs/email_welcome and sleeping 0.2 s.
+//!   each posting to /jobs/email_welcome and sleeping 0.2 s (the mails go
+//!   to a local mail API on 127.0.0.1:8025 that accepts them all).
 //! - `overhead`: per-attempt host cost split into claim, sandbox and complete,
 //!   from the host's own histograms.
+//! - `kv`: a burn-down of jobs that each make one key-value set-if-absent;
+//!   the calls' mean and p99 from the host's histogram.
 
 mod http;
+mod mail_sink;
 mod report;
 mod server;
 
@@ -136,6 +140,12 @@ enum Scenario {
         #[arg(long)]
         seconds: Option<u64>,
     },
+    /// Jobs that each make one key-value set-if-absent: the cost of a call.
+    Kv {
+        /// Jobs (default 100,000; 20,000 with --quick).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
     Overhead {
         /// Jobs (default 50,000; 10,000 with --quick).
         #[arg(long)]
@@ -158,6 +168,7 @@ fn main() -> Result<()> {
                 submit(c, 64, if q { 3 } else { 10 }).await?;
                 batch(c, 1000, 4, if q { 3 } else { 10 }).await?;
                 seed(c, if q { 10 } else { 60 }).await?;
+                kv(c, if q { 20_000 } else { 100_000 }).await?;
                 burn_down(c, if q { 10_000 } else { 50_000 }, "overhead", 1).await
             }
             Scenario::BurnDown { jobs, hosts } => {
@@ -190,6 +201,7 @@ fn main() -> Result<()> {
                 .await
             }
             Scenario::Seed { seconds } => seed(c, seconds.unwrap_or(if q { 10 } else { 60 })).await,
+            Scenario::Kv { jobs } => kv(c, jobs.unwrap_or(if q { 20_000 } else { 100_000 })).await,
             Scenario::Overhead { jobs } => {
                 burn_down(
                     c,
@@ -342,17 +354,37 @@ async fn submit_batches(
     size: usize,
     connections: usize,
 ) -> Result<Vec<i64>> {
-    let body = Bytes::from(format!("[{}]", vec!["{}"; size].join(",")));
+    submit_batches_of(server, "noop", |_| "{}".into(), total, size, connections).await
+}
+
+/// Submits `total` jobs of `job_type` in batches of `size`, the n-th job
+/// (from 0) with payload `payload(n)`.
+async fn submit_batches_of(
+    server: &Server,
+    job_type: &str,
+    payload: fn(u64) -> String,
+    total: usize,
+    size: usize,
+    connections: usize,
+) -> Result<Vec<i64>> {
     let next = Arc::new(AtomicU64::new(0));
     let batches = total.div_ceil(size) as u64;
+    let path = format!("/jobs/{job_type}/batch");
     let mut tasks = Vec::new();
     for _ in 0..connections {
-        let (next, body, addr) = (next.clone(), body.clone(), server.addr);
+        let (next, addr, path) = (next.clone(), server.addr, path.clone());
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::connect(addr, None).await?;
             let mut ids = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < batches {
-                let (status, resp) = conn.post("/jobs/noop/batch", body.clone()).await?;
+            loop {
+                let batch = next.fetch_add(1, Ordering::Relaxed);
+                if batch >= batches {
+                    break;
+                }
+                let first = batch * size as u64;
+                let jobs: Vec<String> = (first..first + size as u64).map(payload).collect();
+                let body = Bytes::from(format!("[{}]", jobs.join(",")));
+                let (status, resp) = conn.post(&path, body).await?;
                 anyhow::ensure!(
                     status == 202,
                     "batch submit: {status} {}",
@@ -544,6 +576,88 @@ async fn burn_down(c: &Common, jobs: usize, scenario: &str, hosts: usize) -> Res
     report.finish(&c.out)
 }
 
+/// A burn-down of jobs that each make one key-value `set-if-absent` (a key
+/// of their own), as an idempotent handler does: the cost of a kv call
+/// under load, from the host's histogram of them.
+async fn kv(c: &Common, jobs: usize) -> Result<()> {
+    // The testing plugin's `kv_ops` behaviour, installed beside noop.
+    let plugins = c.out.join("plugins-kv");
+    std::fs::create_dir_all(&plugins)?;
+    let testing = c.plugins.join("../testing/testing.wasm");
+    std::fs::copy(&testing, plugins.join("kv_ops.wasm"))
+        .with_context(|| format!("{}: build it with `cargo xtask plugins`", testing.display()))?;
+    std::fs::write(
+        plugins.join("kv_ops.toml"),
+        "fuel = 10_000_000\ntimeout_ms = 5_000\nmemory_mb = 16\nmax_attempts = 1\nconcurrency = 1024\n",
+    )?;
+    let c = &Common {
+        plugins,
+        ..c.clone()
+    };
+    const FLAGS: &[&str] = &["--paused", "--concurrency", "1024", "--claim-batch", "512"];
+    let server = start(c, "kv", FLAGS).await?;
+    let mut report = Report::new("kv");
+    report.param("jobs", jobs);
+    report.param("serve_flags", "--concurrency 1024 --claim-batch 512");
+    report.param("job", "one kv set-if-absent of a key of its own");
+    let payload = |n| format!(r#"{{"ops":[["set_if_absent","job-{n}","sent"]]}}"#);
+    let ids = submit_batches_of(&server, "kv_ops", payload, jobs, 5000, 2).await?;
+    let cpu_before = server.cpu_secs();
+    let (status, _) = admin(&server)
+        .await?
+        .post("/admin/workers/resume", Bytes::new())
+        .await?;
+    anyhow::ensure!(status == 200, "resume: {status}");
+    wait_done(&server, ids.len() as u64, Duration::from_secs(1800)).await?;
+    let cpu_us = (server.cpu_secs() - cpu_before) / ids.len() as f64 * 1e6;
+    let rows = server.jobs().await?;
+    let verified = verify(&ids, &rows)?;
+    let first_start = rows.iter().filter_map(|r| r.started_at).min().unwrap_or(0);
+    let last_finish = rows.iter().filter_map(|r| r.finished_at).max().unwrap_or(0);
+    let span = (last_finish - first_start) as f64 / 1e6;
+    let metrics =
+        String::from_utf8_lossy(&admin(&server).await?.get("/metrics").await?.1).into_owned();
+    let series = r#"jobhost_plugin_kv_duration_seconds_bucket{op="set_if_absent""#;
+    let buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    let calls = buckets.last().map_or(0.0, |b| b.1);
+    let at_most = |limit: f64| buckets.iter().find(|b| b.0 >= limit).map_or(0.0, |b| b.1);
+    let p99 = buckets
+        .iter()
+        .find(|b| b.1 >= 0.99 * calls)
+        .map_or(f64::NAN, |b| b.0);
+    let (sum, _) = prom_sum_count(&metrics, "jobhost_plugin_kv_duration_seconds");
+    report.figure(
+        "jobs/s (first start → last finish)",
+        ids.len() as f64 / span,
+        "jobs/s",
+    );
+    report.figure("kv set-if-absent calls", calls, "");
+    report.figure("kv set-if-absent mean", sum / calls * 1e6, "µs");
+    report.figure("kv set-if-absent p99 (bucket bound)", p99 * 1e6, "µs");
+    report.figure(
+        "kv set-if-absent calls ≤ 50 µs",
+        at_most(0.000_05) / calls * 100.0,
+        "%",
+    );
+    report.figure("server CPU per job, all threads", cpu_us, "µs");
+    report.note(format!("verified: {verified}"));
+    report.note("A call is timed in the host import: checks, then the writer's queue, its transaction and commit (group-committed with the claims and completions of the other jobs), as the plugin waits for it. Bucket bounds: 5, 10, 25, 50, 100, 250 µs, ...");
+    server.stop()?;
+    report.finish(&c.out)
+}
+
 async fn latency(c: &Common, rates: &[u64], seconds: u64) -> Result<()> {
     let server = start(c, "latency", &["--concurrency", "256"]).await?;
     let mut report = Report::new("latency");
@@ -722,6 +836,8 @@ async fn batch(c: &Common, size: usize, connections: usize, seconds: u64) -> Res
 }
 
 async fn seed(c: &Common, seconds: u64) -> Result<()> {
+    // email_welcome's example manifest sends to this mail API.
+    mail_sink::start().await?;
     let server = start(c, "seed", &[]).await?;
     let mut report = Report::new("seed");
     report.param("seconds", seconds);

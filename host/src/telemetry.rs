@@ -46,12 +46,20 @@ pub const PLUGIN_LOADS: &str = "jobhost_plugin_loads_total";
 pub const PLUGIN_LOAD_ERRORS: &str = "jobhost_plugin_load_errors_total";
 /// Whether a type's latest plugin files loaded (1) or failed (0).
 pub const PLUGIN_OK: &str = "jobhost_plugin_ok";
+/// One call of a plugin's key-value store, per operation (as the plugin
+/// sees it: checks, the store's read or committed write).
+pub const PLUGIN_KV_DURATION: &str = "jobhost_plugin_kv_duration_seconds";
 
 const SECONDS_BUCKETS: &[f64] = &[
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 30.0, 60.0,
 ];
 const FUEL_BUCKETS: &[f64] = &[1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10];
+/// Finer at the bottom: a key-value call is tens of microseconds.
+const KV_BUCKETS: &[f64] = &[
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.01,
+    0.1, 1.0,
+];
 
 /// The metric handles of one job type, registered once (when its plugin
 /// loads) so the hot path neither formats labels nor looks them up.
@@ -96,6 +104,9 @@ pub fn prometheus() -> Result<PrometheusHandle, String> {
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(ATTEMPT_FUEL.into()), FUEL_BUCKETS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(PLUGIN_KV_DURATION.into()), KV_BUCKETS)
+        })
         .map_err(|e| e.to_string())?
         .build_recorder();
     let handle = recorder.handle();
@@ -147,6 +158,11 @@ fn describe() {
         "Time to instantiate and run one attempt"
     );
     describe_histogram!(ATTEMPT_FUEL, "Wasm fuel consumed by one attempt");
+    describe_histogram!(
+        PLUGIN_KV_DURATION,
+        Unit::Seconds,
+        "One call of a plugin's key-value store, per operation"
+    );
     describe_counter!(
         STORE_TRANSACTIONS,
         "Transactions committed by the store's writer (one fsync each at full durability)"

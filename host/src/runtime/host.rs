@@ -7,6 +7,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
@@ -125,6 +126,22 @@ impl AttemptState {
     }
 
     async fn kv_write(&mut self, key: String, write: KvWrite) -> Result<bool, kv::Error> {
+        let started = Instant::now();
+        let op = match &write {
+            KvWrite::Set(_) => "set",
+            KvWrite::SetIfAbsent(_) => "set_if_absent",
+            KvWrite::Delete => "delete",
+        };
+        let done = self.kv_write_unmeasured(key, write).await;
+        kv_timed(op, started);
+        done
+    }
+
+    async fn kv_write_unmeasured(
+        &mut self,
+        key: String,
+        write: KvWrite,
+    ) -> Result<bool, kv::Error> {
         Self::kv_key(&key)?;
         if let KvWrite::Set(v) | KvWrite::SetIfAbsent(v) = &write {
             Self::kv_value(v)?;
@@ -136,13 +153,22 @@ impl AttemptState {
     }
 }
 
+fn kv_timed(op: &'static str, started: Instant) {
+    metrics::histogram!(crate::telemetry::PLUGIN_KV_DURATION, "op" => op)
+        .record(started.elapsed().as_secs_f64());
+}
+
 impl kv::Host for AttemptState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv::Error> {
+        let started = Instant::now();
         Self::kv_key(&key)?;
-        self.services
+        let value = self
+            .services
             .kv_get(&self.plugin, &key)
             .await
-            .map_err(kv::Error::Unavailable)
+            .map_err(kv::Error::Unavailable);
+        kv_timed("get", started);
+        value
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), kv::Error> {
