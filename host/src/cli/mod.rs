@@ -1,6 +1,7 @@
 //! Command-line subcommands, one file each.
 
 mod plugin;
+mod scaffold;
 mod serve;
 
 use clap::{Parser, Subcommand};

@@ -1,5 +1,6 @@
 //! `jobhost plugin check FILE.wasm`: says whether a file is a plugin jobhost
-//! can run, and what it imports, without starting a server.
+//! can run, and what it imports, without starting a server. `jobhost plugin
+//! new NAME`: a new plugin crate (see [`super::scaffold`]).
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +12,20 @@ use serde_json::json;
 
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
+    /// Creates a plugin crate NAME/ (NAME is its job type) with a handler,
+    /// a manifest and the SDK as its dependency. Build it with
+    /// `cargo build --release --target wasm32-wasip2`.
+    New {
+        /// The job type the plugin handles.
+        name: String,
+        /// Where to create the crate.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The SDK crate (plugins/jobhost-plugin of a jobhost checkout);
+        /// by default the one this binary was built from.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Checks that FILE is a component of the jobhost:plugin/handler world
     /// that this host can run, and that its manifest (NAME.toml beside it,
     /// or --manifest) is valid. Prints its digest, imports and exports.
@@ -29,6 +44,20 @@ pub enum PluginCommand {
 
 pub fn run(command: PluginCommand) -> anyhow::Result<()> {
     match command {
+        PluginCommand::New { name, dir, sdk } => {
+            let sdk = sdk.unwrap_or_else(super::scaffold::default_sdk);
+            let root = super::scaffold::new_plugin(&name, &dir, &sdk)?;
+            let lib = name.replace('-', "_");
+            println!("created {}\n", root.display());
+            println!("next:");
+            println!("  cd {}", root.display());
+            println!("  cargo build --release --target wasm32-wasip2");
+            println!(
+                "  cp target/wasm32-wasip2/release/{lib}.wasm PLUGINS_DIR/{name}.wasm && cp {name}.toml PLUGINS_DIR/"
+            );
+            println!("  curl -X POST localhost:8080/jobs/{name} -d '{{\"name\":\"Ada\"}}'");
+            Ok(())
+        }
         PluginCommand::Check {
             file,
             manifest,
