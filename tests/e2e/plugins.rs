@@ -591,3 +591,38 @@ async fn a_new_author_follows_the_guide() {
         "{greetings:?}"
     );
 }
+
+/// A second language: `plugins/py_counter` is Python, built with
+/// componentize-py against the same WIT. It runs in the same sandbox, with
+/// the same host imports (its key-value store, its log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_plugin_runs_with_the_same_contract() {
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/py_counter/py_counter.toml"),
+    )
+    .unwrap();
+    let host = Server::start(Plugins::new().python("py_counter", &manifest), &[]).await;
+    for seen in 1..=3 {
+        let id = host.submit("py_counter", r#"{"word": "hello"}"#).await;
+        let job = host.wait_for(id, "succeeded").await;
+        assert_eq!(
+            job["result"],
+            serde_json::json!({"word": "hello", "seen": seen}),
+            "{job:#}"
+        );
+    }
+    let id = host.submit("py_counter", r#"{"word": "world"}"#).await;
+    let job = host.wait_for(id, "succeeded").await;
+    assert_eq!(job["result"]["seen"], 1, "{job:#}");
+    // A payload it cannot read is fatal, as the plugin says.
+    let id = host.submit("py_counter", r#"{"nothing": 1}"#).await;
+    let job = host.wait_for(id, "dead").await;
+    assert_eq!(job["attempts"], 1, "{job:#}");
+    assert!(
+        job["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("payload must be"),
+        "{job:#}"
+    );
+}

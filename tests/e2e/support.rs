@@ -64,6 +64,12 @@ impl Plugins {
         self
     }
 
+    /// `python/NAME.wasm` (built with componentize-py) under its own name.
+    pub fn python(mut self, name: &'static str, manifest: &str) -> Self {
+        self.0.push((name, "python", manifest.to_owned()));
+        self
+    }
+
     /// The testing plugin installed as job type `name` (it picks its
     /// behaviour from the type).
     pub fn testing(mut self, name: &'static str, manifest: &str) -> Self {
@@ -74,10 +80,10 @@ impl Plugins {
     fn install(&self, dir: &Path) {
         std::fs::create_dir_all(dir).unwrap();
         for (name, group, manifest) in &self.0 {
-            let file = if *group == "examples" {
-                *name
-            } else {
+            let file = if *group == "testing" {
                 "testing"
+            } else {
+                *name
             };
             let src = compiled_plugins().join(group).join(format!("{file}.wasm"));
             std::fs::copy(&src, dir.join(format!("{name}.wasm"))).unwrap_or_else(|e| {

@@ -21,6 +21,11 @@ const WASM_TARGET: &str = "wasm32-wasip2";
 const EXAMPLES: &[&str] = &["email_welcome", "noop"];
 /// Plugins only the test suite loads.
 const TEST_PLUGINS: &[&str] = &["testing"];
+/// Python plugins (built with componentize-py), under `python/`.
+const PYTHON_PLUGINS: &[&str] = &["py_counter"];
+/// The componentize-py the Python plugins are built with (from PyPI, into
+/// `target/pyenv`).
+const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -116,7 +121,56 @@ fn plugins() -> Result<PathBuf> {
             }
         }
     }
+    python_plugins(&root, &out.join("python"))?;
     Ok(out)
+}
+
+/// Builds the Python plugins with componentize-py, installed from PyPI into
+/// a virtualenv under `target/` the first time. A plugin is rebuilt only
+/// when its source or the WIT changed.
+fn python_plugins(root: &Path, out: &Path) -> Result<()> {
+    let venv = root.join("target").join("pyenv");
+    let tool = venv.join("bin").join("componentize-py");
+    if !tool.exists() {
+        eprintln!(
+            "xtask: installing {COMPONENTIZE_PY} into {}",
+            venv.display()
+        );
+        status(Command::new("python3").args(["-m", "venv"]).arg(&venv)).context(
+            "the Python plugins need python3 with venv (Debian: apt-get install python3-venv)",
+        )?;
+        status(Command::new(venv.join("bin").join("pip")).args([
+            "install",
+            "--quiet",
+            COMPONENTIZE_PY,
+        ]))?;
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let wit = root.join("wit").join("jobhost.wit");
+    for name in PYTHON_PLUGINS {
+        let src = root.join("plugins").join(name);
+        let wasm = out.join(format!("{name}.wasm"));
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let newest_input = [src.join("app.py"), wit.clone()]
+            .iter()
+            .filter_map(|p| modified(p))
+            .max();
+        if modified(&wasm).is_none_or(|built| newest_input.is_some_and(|i| i > built)) {
+            status(
+                Command::new(&tool)
+                    .arg("-d")
+                    .arg(root.join("wit"))
+                    .args(["-w", "handler", "componentize", "app", "-p"])
+                    .arg(&src)
+                    .arg("-o")
+                    .arg(&wasm),
+            )?;
+        }
+        let manifest = src.join(format!("{name}.toml"));
+        std::fs::copy(&manifest, out.join(format!("{name}.toml")))
+            .with_context(|| format!("copying {}", manifest.display()))?;
+    }
+    Ok(())
 }
 
 /// The PostgreSQL server the scale-out suite uses unless told otherwise:
