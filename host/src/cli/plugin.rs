@@ -135,6 +135,9 @@ fn check(file: &Path, manifest: Option<&Path>, as_json: bool) -> anyhow::Result<
                 "memoryMb": m.limits.memory_bytes >> 20,
                 "maxAttempts": m.max_attempts,
                 "concurrency": m.concurrency,
+                "allowedOutboundHosts": hosts(m),
+                // Keys only: values may be secrets from the environment.
+                "configKeys": m.grants.config.keys().collect::<Vec<_>>(),
             })
         });
         let out = json!({
@@ -178,8 +181,16 @@ fn check(file: &Path, manifest: Option<&Path>, as_json: bool) -> anyhow::Result<
             m.max_attempts,
             m.concurrency
         );
+        println!("  outbound {}", list(&hosts(m)));
+        let keys: Vec<String> = m.grants.config.keys().cloned().collect();
+        println!("  config   {}", list(&keys));
     }
     Ok(ok)
+}
+
+/// The manifest's `allowed_outbound_hosts`, as written.
+fn hosts(m: &Manifest) -> Vec<String> {
+    m.grants.outbound.iter().map(ToString::to_string).collect()
 }
 
 fn list(items: &[String]) -> String {
