@@ -17,10 +17,10 @@ use crate::config::ServeConfig;
 use crate::dispatch::redis::Redis;
 use crate::dispatch::{self, Dispatch};
 use crate::maintenance::Maintenance;
-use crate::plugins::{Loader, Registry};
+use crate::plugins::{Catalog, Loader, Registry};
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::store::Store;
-use crate::store::postgres::{PgOptions, PgStore};
+use crate::store::postgres::{PgCatalog, PgOptions, PgStore};
 use crate::store::sqlite::SqliteStore;
 use crate::telemetry;
 use crate::worker::{Control, StoreServices, Worker, WorkerConfig};
@@ -105,6 +105,11 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
         )
     });
     // Other hosts' writes reach this host's workers as hints.
+    // In scale-out, uploads are published in the database and every host
+    // follows them (see plugins::catalog).
+    let catalog = shared
+        .as_ref()
+        .map(|pool| Arc::new(PgCatalog(pool.clone())) as Arc<dyn Catalog>);
     let hints = shared.map(|pool| {
         tokio::spawn(dispatch::pg_notify::listen(
             pool,
@@ -151,12 +156,20 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
     let reaper = tokio::spawn(maintenance.clone().reaper(stop.clone()));
     // Hot reload: the plugins directory, watched.
     let watcher = tokio::spawn(loader.clone().watch(stop.clone()));
+    let follower = catalog.clone().map(|catalog| {
+        tokio::spawn(crate::plugins::catalog::follow(
+            loader.clone(),
+            catalog,
+            stop.clone(),
+        ))
+    });
     let promoter = tokio::spawn(maintenance.promoter(stop.clone()));
 
     let app = api::app(AppState {
         store: store.clone(),
         registry,
         loader,
+        catalog,
         dispatch,
         clock,
         workers: control,
@@ -186,6 +199,9 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
         let _ = worker_task.await;
     }
     let _ = tokio::join!(reaper, promoter, watcher);
+    if let Some(follower) = follower {
+        let _ = follower.await;
+    }
     if let Some(hints) = hints {
         let _ = hints.await;
     }

@@ -12,7 +12,7 @@ use crate::support::{ADMIN_TOKEN, Plugins, Server, decode, jobhost, plugin_bytes
 
 /// The no-op plugin with a custom section added: the same behaviour under
 /// another digest, a second version to swap to.
-fn noop_v2() -> Vec<u8> {
+pub(crate) fn noop_v2() -> Vec<u8> {
     let mut wasm = plugin_bytes("examples", "noop");
     let name = b"jobhost-test-version";
     let payload = b"2";
@@ -25,7 +25,7 @@ fn noop_v2() -> Vec<u8> {
     wasm
 }
 
-fn digest(wasm: &[u8]) -> String {
+pub(crate) fn digest(wasm: &[u8]) -> String {
     use sha2::Digest;
     format!("sha256:{:x}", sha2::Sha256::digest(wasm))
 }
@@ -38,7 +38,7 @@ fn drop_in(dir: &Path, file: &str, bytes: &[u8]) {
     std::fs::rename(&tmp, dir.join(file)).unwrap();
 }
 
-async fn put_plugin(
+pub(crate) async fn put_plugin(
     host: &Server,
     job_type: &str,
     wasm: Vec<u8>,
@@ -75,7 +75,7 @@ async fn put_raw(host: &Server, job_type: &str, body: Vec<u8>) -> (u16, Value) {
     decode(resp).await
 }
 
-async fn delete_plugin(host: &Server, job_type: &str) -> (u16, Value) {
+pub(crate) async fn delete_plugin(host: &Server, job_type: &str) -> (u16, Value) {
     let resp = host
         .http
         .delete(format!("{}/admin/plugins/{job_type}", host.url))
@@ -87,7 +87,7 @@ async fn delete_plugin(host: &Server, job_type: &str) -> (u16, Value) {
 }
 
 /// The type's entry in `GET /admin/plugins`, if listed.
-async fn plugin(host: &Server, job_type: &str) -> Option<Value> {
+pub(crate) async fn plugin(host: &Server, job_type: &str) -> Option<Value> {
     let (status, body) = host.admin_get("/admin/plugins").await;
     assert_eq!(status, 200, "{body}");
     body["plugins"]
@@ -99,7 +99,7 @@ async fn plugin(host: &Server, job_type: &str) -> Option<Value> {
 }
 
 /// Polls `GET /admin/plugins` until `ok` holds for the type's entry.
-async fn wait_for_plugin(
+pub(crate) async fn wait_for_plugin(
     host: &Server,
     job_type: &str,
     what: &str,

@@ -652,3 +652,79 @@ async fn postgres_redis_the_promoter_and_the_reaper_publish() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// In scale-out, a plugin uploaded to one host is published in the
+/// database and every host converges on it: a new version, a new type, a
+/// deletion, with the manifest as uploaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_uploaded_plugins_reach_every_host() {
+    use crate::plugins::{delete_plugin, digest, noop_v2, plugin, put_plugin, wait_for_plugin};
+    use crate::support::plugin_bytes;
+
+    let db = TestDb::create().await;
+    let flags = [
+        "--database-url",
+        db.url.as_str(),
+        "--poll-interval-ms",
+        "200",
+    ];
+    let a = Server::start(noop(), &flags).await;
+    let mut b = Server::start(noop(), &flags).await;
+    let v1 = digest(&plugin_bytes("examples", "noop"));
+    assert_eq!(plugin(&b, "noop").await.unwrap()["digest"], v1.as_str());
+
+    // A new version, uploaded to A, reaches B with its manifest.
+    let v2 = noop_v2();
+    let manifest = "timeout_ms = 1_000\nconcurrency = 8\n";
+    let (status, body) = put_plugin(&a, "noop", v2.clone(), Some(manifest)).await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_plugin(&b, "noop", "on v2", |p| {
+        p.is_some_and(|p| p["digest"] == digest(&v2).as_str())
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(b.plugins_dir().join("noop.toml")).unwrap(),
+        manifest
+    );
+    assert_eq!(
+        std::fs::read(b.plugins_dir().join("noop.wasm")).unwrap(),
+        v2
+    );
+    let id = b.submit("noop", "{}").await;
+    let job = b.wait_for(id, "succeeded").await;
+    assert_eq!(job["pluginDigest"], digest(&v2).as_str());
+
+    // A new type, uploaded to B, reaches A; deleted on A, it leaves B.
+    let sleeper = plugin_bytes("testing", "testing");
+    let (status, body) = put_plugin(&b, "sleeper", sleeper.clone(), None).await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_plugin(&a, "sleeper", "added", |p| {
+        p.is_some_and(|p| p["digest"] == digest(&sleeper).as_str())
+    })
+    .await;
+    let id = a.submit("sleeper", r#"{"ms": 1}"#).await;
+    a.wait_for(id, "succeeded").await;
+    let (status, body) = delete_plugin(&a, "sleeper").await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_plugin(&b, "sleeper", "removed", |p| p.is_none()).await;
+    assert!(!b.plugins_dir().join("sleeper.wasm").exists());
+    // Deleted everywhere: deleting again finds nothing.
+    let (status, _) = delete_plugin(&b, "sleeper").await;
+    assert_eq!(status, 404);
+
+    // A host that was down during an upload catches up when it starts,
+    // whatever its own directory holds.
+    b.signal_and_wait(libc::SIGTERM);
+    let v1_bytes = plugin_bytes("examples", "noop");
+    let (status, body) = put_plugin(&a, "noop", v1_bytes.clone(), Some(manifest)).await;
+    assert_eq!(status, 200, "{body}");
+    b.restart();
+    wait_for_plugin(&b, "noop", "back on v1", |p| {
+        p.is_some_and(|p| p["digest"] == v1.as_str())
+    })
+    .await;
+    assert_eq!(
+        std::fs::read(b.plugins_dir().join("noop.wasm")).unwrap(),
+        v1_bytes
+    );
+}

@@ -360,7 +360,14 @@ async fn upload_plugin(
         return Err(ApiError::InvalidUpload("the .wasm is empty".into()));
     }
     let loader = app.loader.clone();
-    let installed = off_executor(move || loader.install(&job_type, &wasm, manifest)).await?;
+    let (name, bytes) = (job_type.clone(), wasm.clone());
+    let installed = off_executor(move || loader.install(&name, &bytes, manifest)).await?;
+    // Installed here; published so that every other host follows.
+    if let Some(catalog) = &app.catalog {
+        catalog
+            .publish(&job_type, &wasm, installed.manifest_text.as_deref())
+            .await?;
+    }
     Ok(Json(render_plugin(&installed)))
 }
 
@@ -371,7 +378,10 @@ async fn delete_plugin(
     let job_type = plugin_type(name)?;
     let loader = app.loader.clone();
     let name = job_type.clone();
-    let removed = off_executor(move || loader.uninstall(&name)).await?;
+    let mut removed = off_executor(move || loader.uninstall(&name)).await?;
+    if let Some(catalog) = &app.catalog {
+        removed |= catalog.unpublish(&job_type).await?;
+    }
     if !removed {
         return Err(ApiError::PluginNotFound(job_type));
     }

@@ -35,6 +35,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Installs uploaded plugins into the plugins directory.
     pub loader: Arc<Loader>,
+    /// In scale-out, where uploads are published for the other hosts.
+    pub catalog: Option<Arc<dyn crate::plugins::Catalog>>,
     pub dispatch: Arc<Dispatch>,
     pub clock: Arc<dyn Clock>,
     pub workers: Arc<Control>,

@@ -274,6 +274,50 @@ impl Loader {
         Ok(self.registry.get(job_type).expect("inserted above"))
     }
 
+    /// Whether `job_type` is served by exactly this digest and manifest.
+    pub fn serves(&self, job_type: &str, digest: &str, manifest: Option<&str>) -> bool {
+        self.registry
+            .get(job_type)
+            .is_some_and(|p| p.compiled.digest == digest && p.manifest_text.as_deref() == manifest)
+    }
+
+    /// Installs a version from the plugin catalog: like [`Loader::install`],
+    /// but the files become exactly these (`manifest` `None` removes the
+    /// manifest), and a version that does not load is recorded as the
+    /// type's failure, as a broken file in the directory would be.
+    pub fn follow(
+        &self,
+        job_type: &str,
+        wasm: &[u8],
+        manifest: Option<String>,
+    ) -> Result<(), LoadError> {
+        let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (wasm_path, manifest_path) = self.paths(job_type);
+        let plugin = match self.build(job_type, wasm, manifest.clone()) {
+            Ok(plugin) => plugin,
+            Err(e) => {
+                self.failed(job_type, digest_of(wasm), manifest, &e);
+                return Err(e);
+            }
+        };
+        match &manifest {
+            Some(text) => write_atomically(&manifest_path, text.as_bytes())?,
+            None => match std::fs::remove_file(&manifest_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(LoadError::Io {
+                        path: manifest_path,
+                        source,
+                    });
+                }
+            },
+        }
+        write_atomically(&wasm_path, wasm)?;
+        self.registry.insert(plugin);
+        Ok(())
+    }
+
     /// Deletes a type's files and stops serving it. False if it had neither.
     pub fn uninstall(&self, job_type: &str) -> Result<bool, LoadError> {
         let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());

@@ -7,10 +7,12 @@
 //! [`Loader`] keeps the registry in step with the directory (hot reload) and
 //! installs uploads.
 
+pub mod catalog;
 mod loader;
 mod manifest;
 mod registry;
 
+pub use catalog::{Catalog, Published};
 pub use loader::{Change, Loader};
 pub use manifest::{Manifest, ManifestError};
 pub use registry::{LoadError, LoadFailure, LoadedPlugin, Registry};

@@ -24,6 +24,7 @@
 //! [`enqueue`], [`claim`], [`complete`], [`upkeep`] hold the statements of
 //! each transition beside the function that runs it; [`reads`] the reads.
 
+mod catalog;
 mod claim;
 mod committer;
 mod complete;
@@ -31,6 +32,8 @@ mod enqueue;
 mod kv;
 mod reads;
 mod upkeep;
+
+pub use catalog::PgCatalog;
 
 use std::future::Future;
 use std::str::FromStr;
