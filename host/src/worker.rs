@@ -109,6 +109,8 @@ struct Round {
     plugins: Vec<Arc<LoadedPlugin>>,
     /// Some type was left out because its own slots were all busy.
     saturated: bool,
+    /// Some type was left out by its rate limit: when it may start again.
+    refill: Option<Duration>,
 }
 
 /// Permits an executor holds while its attempt runs; dropping them frees the slots.
@@ -138,11 +140,16 @@ impl Worker {
                 }
                 continue;
             }
-            let Some(round) = self.next_claim(&host_slots) else {
-                // Every slot is busy: an attempt finishing signals.
+            let (round, refill) = self.next_claim(&host_slots);
+            let Some(round) = round else {
+                // Every slot is busy (an attempt finishing signals), or every
+                // type is at its rate limit.
+                let wait = refill.map_or(self.config.poll_interval, |r| {
+                    r.min(self.config.poll_interval)
+                });
                 tokio::select! {
                     () = self.dispatch.wait_freed() => {}
-                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                    () = tokio::time::sleep(wait) => {}
                     _ = paused.changed() => {}
                     () = stop.cancelled() => {}
                 }
@@ -171,11 +178,13 @@ impl Worker {
     /// The next claim: every loaded plugin with a free slot, starting at the
     /// next one in turn (so a type with a backlog cannot take every freed
     /// slot from the types after it), at most as many jobs as there are free
-    /// slots. None if there is no free slot.
-    fn next_claim(&self, host_slots: &Semaphore) -> Option<Round> {
+    /// slots (and, for a rate-limited type, as many as its rate allows now).
+    /// None if there is no free slot; then also when a type left out by its
+    /// rate may start again.
+    fn next_claim(&self, host_slots: &Semaphore) -> (Option<Round>, Option<Duration>) {
         let host_free = host_slots.available_permits().min(self.config.claim_batch);
         if host_free == 0 {
-            return None;
+            return (None, None);
         }
         let mut plugins = self.registry.all();
         if !plugins.is_empty() {
@@ -183,11 +192,20 @@ impl Worker {
             plugins.rotate_left(first);
         }
         let now = self.clock.now();
+        let instant = std::time::Instant::now();
         let mut saturated = false;
+        let mut refill: Option<Duration> = None;
         let mut requests = Vec::with_capacity(plugins.len());
         let mut included = Vec::with_capacity(plugins.len());
         for plugin in plugins {
-            let free = host_free.min(plugin.slots.available_permits());
+            let mut free = host_free.min(plugin.slots.available_permits());
+            if let Some(rate) = &plugin.rate {
+                let (allowed, wait) = rate.available(instant);
+                free = free.min(allowed);
+                if let Some(wait) = wait {
+                    refill = Some(refill.map_or(wait, |r| r.min(wait)));
+                }
+            }
             if free == 0 {
                 saturated = true;
                 continue;
@@ -205,9 +223,9 @@ impl Worker {
             included.push(plugin);
         }
         if requests.is_empty() {
-            return None;
+            return (None, refill);
         }
-        Some(Round {
+        let round = Round {
             wait: ClaimWait {
                 owner: self.config.owner.clone(),
                 requests,
@@ -215,7 +233,9 @@ impl Worker {
             },
             plugins: included,
             saturated,
-        })
+            refill,
+        };
+        (Some(round), None)
     }
 
     /// Leases jobs for `round`. A parked claim is ended (and returns what it
@@ -232,6 +252,7 @@ impl Worker {
             wait,
             plugins,
             saturated,
+            refill,
         } = round;
         // A claim parked for only a few slots while many more come free
         // would hold those back: end it when a slot frees, and claim again
@@ -247,6 +268,8 @@ impl Worker {
                 _ = paused.changed() => {}
                 () = stop.cancelled() => {}
                 () = self.dispatch.wait_freed(), if rescope => {}
+                // A rate-limited type left out may start again.
+                () = tokio::time::sleep(refill.unwrap_or_default()), if refill.is_some() => {}
             }
         };
         let claimed = tokio::select! {
@@ -272,7 +295,8 @@ impl Worker {
                 return Vec::new();
             }
         };
-        jobs.into_iter()
+        let claimed: Vec<_> = jobs
+            .into_iter()
             .map(|job| {
                 let plugin = plugins
                     .iter()
@@ -281,7 +305,19 @@ impl Worker {
                     .clone();
                 (job, plugin)
             })
-            .collect()
+            .collect();
+        // Rate-limited types pay for what they leased.
+        let now = std::time::Instant::now();
+        for plugin in plugins.iter().filter(|p| p.rate.is_some()) {
+            let n = claimed
+                .iter()
+                .filter(|(_, p)| Arc::ptr_eq(p, plugin))
+                .count();
+            if let (Some(rate), true) = (&plugin.rate, n > 0) {
+                rate.take(n, now);
+            }
+        }
+        claimed
     }
 
     fn spawn_executors(

@@ -626,3 +626,58 @@ async fn a_python_plugin_runs_with_the_same_contract() {
         "{job:#}"
     );
 }
+
+/// Microseconds since the epoch of an RFC 3339 UTC timestamp
+/// (`2026-12-03T14:01:35.979954Z`), as the API writes them.
+fn micros(text: &str) -> i64 {
+    let (date, time) = text.trim_end_matches('Z').split_once('T').unwrap();
+    let d: Vec<i64> = date.split('-').map(|p| p.parse().unwrap()).collect();
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1] + 9)
+    } else {
+        (d[0], d[1] - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let t: Vec<f64> = time.split(':').map(|p| p.parse().unwrap()).collect();
+    days * 86_400_000_000 + ((t[0] * 3600.0 + t[1] * 60.0 + t[2]) * 1e6).round() as i64
+}
+
+/// `rate_per_second` caps the attempts of a type started per second on a
+/// host: 60 jobs ready at once at 20/s (a second's worth may start at once)
+/// start over at least two seconds, never more than 40 in any second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_type_starts_no_faster_than_its_rate() {
+    assert_eq!(micros("1970-01-01T00:00:01.5Z"), 1_500_000);
+    assert_eq!(micros("2000-03-01T00:00:00Z"), 951_868_800_000_000);
+    let host = Server::start(
+        Plugins::new().example("noop", "concurrency = 64\nrate_per_second = 20\n"),
+        &["--paused"],
+    )
+    .await;
+    let ids = submit_batch(&host, "noop", 60).await;
+    host.admin_post("/admin/workers/resume").await;
+    let mut starts = Vec::new();
+    for id in ids {
+        let job = host.wait_for(id, "succeeded").await;
+        starts.push(micros(job["startedAt"].as_str().unwrap()));
+    }
+    starts.sort();
+    for (i, &from) in starts.iter().enumerate() {
+        let in_a_second = starts[i..]
+            .iter()
+            .take_while(|&&t| t < from + 1_000_000)
+            .count();
+        assert!(
+            in_a_second <= 41,
+            "{in_a_second} attempts started within a second of {from}"
+        );
+    }
+    let span = starts.last().unwrap() - starts.first().unwrap();
+    assert!(
+        span >= 1_500_000,
+        "60 attempts at 20/s started within {span} µs"
+    );
+}

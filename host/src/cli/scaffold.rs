@@ -123,6 +123,7 @@ timeout_ms = 30_000       # wall-clock deadline per attempt
 memory_mb = 64            # linear memory cap per attempt
 max_attempts = 5          # attempts before the dead-letter queue
 concurrency = 16          # attempts of this type in flight per host
+# rate_per_second = 50    # attempts started per second per host (default: no limit)
 # Where outbound HTTP (wasi:http) may go; none when empty.
 allowed_outbound_hosts = []
 

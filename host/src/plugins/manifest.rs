@@ -8,6 +8,7 @@
 //! memory_mb = 64            # linear memory cap per attempt
 //! max_attempts = 5          # attempts before the dead-letter queue
 //! concurrency = 16          # attempts of this type in flight per host
+//! rate_per_second = 50      # attempts of this type started per second per host (default: no limit)
 //! # where wasi:http requests may go; none when empty (the default)
 //! allowed_outbound_hosts = ["https://api.mail.example.com", "http://127.0.0.1:8025"]
 //!
@@ -35,6 +36,8 @@ pub struct Manifest {
     pub limits: Limits,
     pub max_attempts: u32,
     pub concurrency: u32,
+    /// Attempts started per second per host (`None`: no limit).
+    pub rate_per_second: Option<f64>,
     pub backoff: Backoff,
     /// What the plugin's attempts may use: its config, resolved.
     pub grants: Arc<Grants>,
@@ -55,6 +58,7 @@ impl Default for Manifest {
             },
             max_attempts: 5,
             concurrency: 16,
+            rate_per_second: None,
             backoff: Backoff::default(),
             grants: Arc::default(),
         }
@@ -80,6 +84,7 @@ struct Raw {
     memory_mb: Option<u64>,
     max_attempts: Option<u32>,
     concurrency: Option<u32>,
+    rate_per_second: Option<f64>,
     backoff: Option<RawBackoff>,
     config: Option<BTreeMap<String, toml::Value>>,
     allowed_outbound_hosts: Option<Vec<String>>,
@@ -138,6 +143,9 @@ impl Manifest {
         }
         if let Some(v) = raw.concurrency {
             m.concurrency = check("concurrency", v, 1, 10_000)?;
+        }
+        if let Some(v) = raw.rate_per_second {
+            m.rate_per_second = Some(check("rate_per_second", v, 0.01, 1_000_000.0)?);
         }
         if let Some(b) = raw.backoff {
             if let Some(v) = b.base_ms {
@@ -275,6 +283,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("backoff.cap_ms"), "{e}");
+        let e = Manifest::parse("rate_per_second = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rate_per_second") && e.contains("0.01"), "{e}");
+        assert_eq!(
+            Manifest::parse("rate_per_second = 2.5")
+                .unwrap()
+                .rate_per_second,
+            Some(2.5)
+        );
         let e = Manifest::parse("[backoff]\njitter = 1.5")
             .unwrap_err()
             .to_string();

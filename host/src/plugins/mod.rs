@@ -10,11 +10,13 @@
 pub mod catalog;
 mod loader;
 mod manifest;
+mod rate;
 mod registry;
 
 pub use catalog::{Catalog, Published};
 pub use loader::{Change, Loader};
 pub use manifest::{Manifest, ManifestError};
+pub use rate::RateLimit;
 pub use registry::{LoadError, LoadFailure, LoadedPlugin, Registry};
 
 /// Longest job type name.

@@ -27,6 +27,8 @@ pub struct LoadedPlugin {
     pub loaded_at: SystemTime,
     /// Attempts of this type in flight on this host (`manifest.concurrency`).
     pub slots: Arc<Semaphore>,
+    /// Attempts started per second on this host (`manifest.rate_per_second`).
+    pub rate: Option<super::RateLimit>,
     pub metrics: TypeMetrics,
 }
 
@@ -207,6 +209,9 @@ pub fn build(
     let compiled = runtime.compile(name, wasm)?;
     Ok(LoadedPlugin {
         slots: Arc::new(Semaphore::new(manifest.concurrency as usize)),
+        rate: manifest
+            .rate_per_second
+            .map(|r| super::RateLimit::new(r, std::time::Instant::now())),
         metrics: TypeMetrics::new(name),
         job_type: name.to_owned(),
         manifest,
