@@ -35,6 +35,10 @@ impl Conn {
         self.send("POST", path, body).await
     }
 
+    pub async fn put(&mut self, path: &str, body: Bytes) -> Result<(u16, Bytes)> {
+        self.send("PUT", path, body).await
+    }
+
     pub async fn get(&mut self, path: &str) -> Result<(u16, Bytes)> {
         self.send("GET", path, Bytes::new()).await
     }

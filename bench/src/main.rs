@@ -15,6 +15,8 @@
 //!   to a local mail API on 127.0.0.1:8025 that accepts them all).
 //! - `overhead`: per-attempt host cost split into claim, sandbox and complete,
 //!   from the host's own histograms.
+//! - `swap`: no-op jobs at 500/s; through the second half a new version of
+//!   their plugin is uploaded every 500 ms; submit → start before and during.
 //! - `kv`: a burn-down of jobs that each make one key-value set-if-absent;
 //!   the calls' mean and p99 from the host's histogram.
 
@@ -140,6 +142,15 @@ enum Scenario {
         #[arg(long)]
         seconds: Option<u64>,
     },
+    /// No-op jobs at a fixed rate while a new version of their plugin is
+    /// uploaded every 500 ms through the second half.
+    Swap {
+        #[arg(long, default_value_t = 500)]
+        rate: u64,
+        /// Seconds (default 20; 6 with --quick).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
     /// Jobs that each make one key-value set-if-absent: the cost of a call.
     Kv {
         /// Jobs (default 100,000; 20,000 with --quick).
@@ -169,6 +180,7 @@ fn main() -> Result<()> {
                 batch(c, 1000, 4, if q { 3 } else { 10 }).await?;
                 seed(c, if q { 10 } else { 60 }).await?;
                 kv(c, if q { 20_000 } else { 100_000 }).await?;
+                swap(c, 500, if q { 6 } else { 20 }).await?;
                 burn_down(c, if q { 10_000 } else { 50_000 }, "overhead", 1).await
             }
             Scenario::BurnDown { jobs, hosts } => {
@@ -201,6 +213,9 @@ fn main() -> Result<()> {
                 .await
             }
             Scenario::Seed { seconds } => seed(c, seconds.unwrap_or(if q { 10 } else { 60 })).await,
+            Scenario::Swap { rate, seconds } => {
+                swap(c, rate, seconds.unwrap_or(if q { 6 } else { 20 })).await
+            }
             Scenario::Kv { jobs } => kv(c, jobs.unwrap_or(if q { 20_000 } else { 100_000 })).await,
             Scenario::Overhead { jobs } => {
                 burn_down(
@@ -658,6 +673,158 @@ async fn kv(c: &Common, jobs: usize) -> Result<()> {
     report.finish(&c.out)
 }
 
+/// Open-loop arrival of single no-op jobs at `rate` per second for
+/// `seconds`: connection i sends at t0 + (i + k·conns)/rate, whether or not
+/// earlier requests were slow. If the connection was still waiting for the
+/// server at that time, latency counts from the intended time, so a stall is
+/// not hidden (no coordinated omission); otherwise from the actual send, so
+/// the generator's own timer (tokio's is 1 ms granular, and fires up to 1 ms
+/// late) is not counted as the server's latency. Returns each accepted job
+/// with the wall-clock µs its latency counts from, the HTTP histogram and
+/// the errors.
+async fn open_loop(
+    server: &Server,
+    rate: u64,
+    seconds: u64,
+) -> Result<(Vec<(i64, i64)>, Histogram<u64>, u64)> {
+    let conns = 64u64.min(rate.max(1));
+    let total = rate * seconds;
+    let t0 = Instant::now() + Duration::from_millis(100);
+    let t0_wall = now_micros() + 100_000;
+    let mut tasks = Vec::new();
+    for i in 0..conns {
+        let addr = server.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::connect(addr, None).await?;
+            let mut sent = Vec::new();
+            let mut http = histogram();
+            let mut errors = 0u64;
+            let mut k = i;
+            let mut previous_done = Instant::now();
+            while k < total {
+                let offset = Duration::from_nanos(k * 1_000_000_000 / rate);
+                let due = t0 + offset;
+                tokio::time::sleep_until(due.into()).await;
+                let stalled = previous_done > due;
+                let began = Instant::now();
+                let from = if stalled {
+                    t0_wall + offset.as_micros() as i64
+                } else {
+                    now_micros()
+                };
+                let (status, body) = conn.post("/jobs/noop", Bytes::from_static(b"{}")).await?;
+                previous_done = Instant::now();
+                http.record(began.elapsed().as_micros().max(1) as u64)?;
+                if status == 202 {
+                    let v: Value = serde_json::from_slice(&body)?;
+                    sent.push((v["jobId"].as_i64().context("jobId")?, from));
+                } else {
+                    errors += 1;
+                }
+                k += conns;
+            }
+            Ok::<_, anyhow::Error>((sent, http, errors))
+        }));
+    }
+    let mut sent = Vec::new();
+    let mut http = histogram();
+    let mut errors = 0;
+    for t in tasks {
+        let (s, h, e) = t.await??;
+        sent.extend(s);
+        http.add(&h)?;
+        errors += e;
+    }
+    Ok((sent, http, errors))
+}
+
+/// Submit → start latency of the jobs `sent` whose latency counts from
+/// within `window` (wall-clock µs).
+fn start_latency(
+    sent: &[(i64, i64)],
+    rows: &[server::JobRow],
+    window: std::ops::Range<i64>,
+) -> Result<Histogram<u64>> {
+    let started: std::collections::HashMap<i64, i64> = rows
+        .iter()
+        .filter_map(|r| Some((r.id, r.started_at?)))
+        .collect();
+    let mut h = histogram();
+    for (id, from) in sent.iter().filter(|(_, from)| window.contains(from)) {
+        let at = started
+            .get(id)
+            .copied()
+            .context("a submitted job never started")?;
+        h.record((at - from).max(1) as u64)?;
+    }
+    Ok(h)
+}
+
+/// Hot swap under load: no-op jobs at `rate`/s for `seconds`; through the
+/// second half, a new version of the no-op plugin is uploaded every 500 ms.
+/// Submit → start latency before the swaps and while they happen.
+async fn swap(c: &Common, rate: u64, seconds: u64) -> Result<()> {
+    let server = start(c, "swap", &["--concurrency", "256"]).await?;
+    let mut report = Report::new("swap");
+    report.param("rate", rate);
+    report.param("seconds", seconds);
+    report.param(
+        "swaps",
+        "a new noop version uploaded every 500 ms through the second half",
+    );
+    let original = std::fs::read(c.plugins.join("noop.wasm"))?;
+    let half = Duration::from_secs(seconds) / 2;
+    let swap_from = now_micros() + half.as_micros() as i64 + 100_000;
+    let addr = server.addr;
+    let swapper = tokio::spawn(async move {
+        tokio::time::sleep(half + Duration::from_millis(100)).await;
+        let mut conn = Conn::connect(addr, Some(server::TOKEN)).await?;
+        let mut swaps = 0u32;
+        let until = Instant::now() + half;
+        while Instant::now() < until {
+            // The same code under a new digest: a custom section numbered
+            // by the swap.
+            let mut wasm = original.clone();
+            let name = b"jobhost-bench-swap";
+            let payload = swaps.to_string();
+            wasm.push(0);
+            wasm.push((1 + name.len() + payload.len()) as u8);
+            wasm.push(name.len() as u8);
+            wasm.extend_from_slice(name);
+            wasm.extend_from_slice(payload.as_bytes());
+            let (status, body) = conn.put("/admin/plugins/noop", Bytes::from(wasm)).await?;
+            anyhow::ensure!(
+                status == 200,
+                "upload: {status} {}",
+                String::from_utf8_lossy(&body)
+            );
+            swaps += 1;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok::<_, anyhow::Error>(swaps)
+    });
+    let (sent, http, errors) = open_loop(&server, rate, seconds).await?;
+    let swaps = swapper.await??;
+    wait_done(&server, sent.len() as u64, Duration::from_secs(300)).await?;
+    let rows = server.jobs().await?;
+    let before = start_latency(&sent, &rows, i64::MIN..swap_from)?;
+    let during = start_latency(&sent, &rows, swap_from..i64::MAX)?;
+    report.latency("before the swaps: submit→start", &before);
+    report.latency("during the swaps: submit→start", &during);
+    report.figure(
+        "p99 during / p99 before",
+        during.value_at_quantile(0.99) as f64 / before.value_at_quantile(0.99).max(1) as f64,
+        "×",
+    );
+    report.figure("swaps", swaps as f64, "");
+    report.latency("HTTP", &http);
+    report.figure("errors", errors as f64, "");
+    let ids: Vec<i64> = sent.iter().map(|(id, _)| *id).collect();
+    report.note(format!("verified: {}", verify(&ids, &rows)?));
+    server.stop()?;
+    report.finish(&c.out)
+}
+
 async fn latency(c: &Common, rates: &[u64], seconds: u64) -> Result<()> {
     let server = start(c, "latency", &["--concurrency", "256"]).await?;
     let mut report = Report::new("latency");
@@ -666,61 +833,7 @@ async fn latency(c: &Common, rates: &[u64], seconds: u64) -> Result<()> {
     report.param("seconds_per_rate", seconds);
     let mut all_ids = Vec::new();
     for &rate in rates {
-        // Open loop: connection i sends at t0 + (i + k·conns)/rate, whether
-        // or not earlier requests were slow. If the connection was still
-        // waiting for the server at that time, latency counts from the
-        // intended time, so a stall is not hidden (no coordinated omission);
-        // otherwise from the actual send, so the generator's own timer
-        // (tokio's is 1 ms granular, and fires up to 1 ms late) is not
-        // counted as the server's latency.
-        let conns = 64u64.min(rate.max(1));
-        let total = rate * seconds;
-        let t0 = Instant::now() + Duration::from_millis(100);
-        let t0_wall = now_micros() + 100_000;
-        let mut tasks = Vec::new();
-        for i in 0..conns {
-            let addr = server.addr;
-            tasks.push(tokio::spawn(async move {
-                let mut conn = Conn::connect(addr, None).await?;
-                let mut sent = Vec::new();
-                let mut http = histogram();
-                let mut errors = 0u64;
-                let mut k = i;
-                let mut previous_done = Instant::now();
-                while k < total {
-                    let offset = Duration::from_nanos(k * 1_000_000_000 / rate);
-                    let due = t0 + offset;
-                    tokio::time::sleep_until(due.into()).await;
-                    let stalled = previous_done > due;
-                    let began = Instant::now();
-                    let from = if stalled {
-                        t0_wall + offset.as_micros() as i64
-                    } else {
-                        now_micros()
-                    };
-                    let (status, body) = conn.post("/jobs/noop", Bytes::from_static(b"{}")).await?;
-                    previous_done = Instant::now();
-                    http.record(began.elapsed().as_micros().max(1) as u64)?;
-                    if status == 202 {
-                        let v: Value = serde_json::from_slice(&body)?;
-                        sent.push((v["jobId"].as_i64().context("jobId")?, from));
-                    } else {
-                        errors += 1;
-                    }
-                    k += conns;
-                }
-                Ok::<_, anyhow::Error>((sent, http, errors))
-            }));
-        }
-        let mut sent = Vec::new();
-        let mut http = histogram();
-        let mut errors = 0;
-        for t in tasks {
-            let (s, h, e) = t.await??;
-            sent.extend(s);
-            http.add(&h)?;
-            errors += e;
-        }
+        let (sent, http, errors) = open_loop(&server, rate, seconds).await?;
         wait_done(
             &server,
             (all_ids.len() + sent.len()) as u64,
@@ -728,19 +841,8 @@ async fn latency(c: &Common, rates: &[u64], seconds: u64) -> Result<()> {
         )
         .await?;
         let rows = server.jobs().await?;
-        let started: std::collections::HashMap<i64, i64> = rows
-            .iter()
-            .filter_map(|r| Some((r.id, r.started_at?)))
-            .collect();
-        let mut start_latency = histogram();
-        for (id, from) in &sent {
-            let at = started
-                .get(id)
-                .copied()
-                .context("a submitted job never started")?;
-            start_latency.record((at - from).max(1) as u64)?;
-        }
-        report.latency(&format!("{rate}/s submit→start"), &start_latency);
+        let latency = start_latency(&sent, &rows, i64::MIN..i64::MAX)?;
+        report.latency(&format!("{rate}/s submit→start"), &latency);
         report.latency(&format!("{rate}/s HTTP"), &http);
         report.figure(format!("{rate}/s errors"), errors as f64, "");
         all_ids.extend(sent.iter().map(|(id, _)| *id));
