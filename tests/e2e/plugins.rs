@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{ADMIN_TOKEN, Plugins, Server, decode, jobhost, plugin_bytes};
+use crate::support::{ADMIN_TOKEN, PLUGIN_SECRET, Plugins, Server, decode, jobhost, plugin_bytes};
 
 /// The no-op plugin with a custom section added: the same behaviour under
 /// another digest, a second version to swap to.
@@ -430,7 +430,7 @@ async fn plugins_report_progress_read_config_and_keep_keys() {
         .testing("progress", "timeout_ms = 30_000\n")
         .testing(
             "config_echo",
-            "[config]\nmail_api_url = \"http://127.0.0.1:9/send\"\nfrom_env = { env = \"PATH\" }\n",
+            "[config]\nmail_api_url = \"http://127.0.0.1:9/send\"\nfrom_env = { env = \"JOBHOST_PLUGIN_TEST_SECRET\" }\n",
         )
         .testing("kv_ops", "");
     let server = Server::start(plugins, &[]).await;
@@ -457,10 +457,9 @@ async fn plugins_report_progress_read_config_and_keep_keys() {
         .await;
     let job = server.wait_for(id, "succeeded").await;
     assert_eq!(job["progress"], Value::Null);
-    let path = std::env::var("PATH").unwrap();
     assert_eq!(
         job["result"],
-        serde_json::json!({"mail_api_url": "http://127.0.0.1:9/send", "from_env": path, "PATH": null})
+        serde_json::json!({"mail_api_url": "http://127.0.0.1:9/send", "from_env": PLUGIN_SECRET, "PATH": null})
     );
 
     let ops = r#"{"ops": [["set_if_absent", "welcome:1", "sent"], ["get", "welcome:1"]]}"#;

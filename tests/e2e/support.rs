@@ -274,6 +274,9 @@ pub async fn decode(resp: reqwest::Response) -> (u16, Value) {
 }
 
 /// Starts the binary and reads its banner for the bound address.
+/// The value of `JOBHOST_PLUGIN_TEST_SECRET` in every server's environment.
+pub const PLUGIN_SECRET: &str = "s3cret-from-the-environment";
+
 fn spawn(data: &Path, args: &[String]) -> (Child, String) {
     let mut child = Command::new(binary())
         .arg("serve")
@@ -285,6 +288,8 @@ fn spawn(data: &Path, args: &[String]) -> (Child, String) {
             "JOBHOST_LOG",
             std::env::var("JOBHOST_TEST_LOG").unwrap_or_else(|_| "warn".into()),
         )
+        // For manifests' `{ env = "..." }` config values.
+        .env("JOBHOST_PLUGIN_TEST_SECRET", PLUGIN_SECRET)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -359,15 +359,22 @@ async fn upload_plugin(
     if wasm.is_empty() {
         return Err(ApiError::InvalidUpload("the .wasm is empty".into()));
     }
+    // In scale-out: checked, then published (every host follows the
+    // catalog), then installed here; a refused file publishes nothing, and
+    // an unreachable catalog changes nothing anywhere.
+    let manifest = match &app.catalog {
+        None => manifest,
+        Some(catalog) => {
+            let (loader, name, bytes) = (app.loader.clone(), job_type.clone(), wasm.clone());
+            let manifest = off_executor(move || loader.check(&name, &bytes, manifest)).await?;
+            catalog
+                .publish(&job_type, &wasm, manifest.as_deref())
+                .await?;
+            manifest
+        }
+    };
     let loader = app.loader.clone();
-    let (name, bytes) = (job_type.clone(), wasm.clone());
-    let installed = off_executor(move || loader.install(&name, &bytes, manifest)).await?;
-    // Installed here; published so that every other host follows.
-    if let Some(catalog) = &app.catalog {
-        catalog
-            .publish(&job_type, &wasm, installed.manifest_text.as_deref())
-            .await?;
-    }
+    let installed = off_executor(move || loader.install(&job_type, &wasm, manifest)).await?;
     Ok(Json(render_plugin(&installed)))
 }
 
@@ -378,10 +385,13 @@ async fn delete_plugin(
     let job_type = plugin_type(name)?;
     let loader = app.loader.clone();
     let name = job_type.clone();
-    let mut removed = off_executor(move || loader.uninstall(&name)).await?;
-    if let Some(catalog) = &app.catalog {
-        removed |= catalog.unpublish(&job_type).await?;
-    }
+    // In scale-out the deletion is published first, so an unreachable
+    // catalog changes nothing.
+    let published = match &app.catalog {
+        Some(catalog) => catalog.unpublish(&job_type).await?,
+        None => false,
+    };
+    let removed = off_executor(move || loader.uninstall(&name)).await? || published;
     if !removed {
         return Err(ApiError::PluginNotFound(job_type));
     }

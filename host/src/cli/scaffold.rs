@@ -134,5 +134,5 @@ jitter = 0.2              # ±20%
 
 [config]                  # what the plugin reads with config::get
 # api_url = "https://api.example.com"
-# api_key = { env = "EXAMPLE_API_KEY" }   # from the host's environment
+# api_key = { env = "JOBHOST_PLUGIN_API_KEY" }   # from the host's environment
 "#;

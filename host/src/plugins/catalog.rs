@@ -4,11 +4,14 @@
 //! hosts converge on the same versions within [`FOLLOW_EVERY`].
 //!
 //! The catalog names, per job type, the version to run (or that the type
-//! was deleted), numbered from one sequence: a host applies an entry only if
-//! it is newer than the last it applied for that type. So an upload to any
-//! host reaches every host, the latest upload wins everywhere, and a host
-//! restarted with stale files catches up on its first look. Types that are
-//! only on a host's disk (dropped in by hand) are left alone.
+//! was deleted), numbered from one sequence (drawn under the row's lock, so
+//! the later of two racing uploads has the greater number): a host applies
+//! an entry whenever its version is not the last it applied for that type.
+//! So an upload to any host reaches every host, the latest upload wins
+//! everywhere, and a host restarted with stale files catches up on its
+//! first look. Types that are only on a host's disk (dropped in by hand)
+//! are left alone, unless the API deleted that type: then the deletion
+//! reaches every host.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -68,7 +71,9 @@ pub async fn follow(loader: Arc<Loader>, catalog: Arc<dyn Catalog>, stop: Cancel
                     unreachable = false;
                 }
                 for entry in entries {
-                    if applied.get(&entry.job_type) >= Some(&entry.version) {
+                    // The catalog is the truth: any other version than the
+                    // one applied last is applied.
+                    if applied.get(&entry.job_type) == Some(&entry.version) {
                         continue;
                     }
                     match apply(&loader, &*catalog, &entry).await {
@@ -133,8 +138,14 @@ async fn apply(
     let done = tokio::task::spawn_blocking(move || loader.follow(&job_type, &wasm, manifest))
         .await
         .map_err(|e| e.to_string())?;
-    if done.is_ok() {
-        tracing::info!(job_type = %entry.job_type, digest, "plugin from the catalog installed");
+    match done {
+        Ok(()) => {
+            tracing::info!(job_type = %entry.job_type, digest, "plugin from the catalog installed")
+        }
+        // Writing the files failed: try again next time.
+        Err(e @ super::LoadError::Io { .. }) => return Err(e.to_string()),
+        // It does not load here: recorded as the type's failure.
+        Err(_) => {}
     }
     Ok(())
 }

@@ -248,6 +248,23 @@ impl Loader {
         )
     }
 
+    /// Checks an uploaded version as [`Loader::install`] would, writing
+    /// nothing; returns the manifest it would run with (`manifest` `None`:
+    /// the one on disk, if any).
+    pub fn check(
+        &self,
+        job_type: &str,
+        wasm: &[u8],
+        manifest: Option<String>,
+    ) -> Result<Option<String>, LoadError> {
+        let manifest = match manifest {
+            Some(text) => Some(text),
+            None => read_manifest(&self.paths(job_type).1)?,
+        };
+        self.build(job_type, wasm, manifest.clone())?;
+        Ok(manifest)
+    }
+
     /// Installs an uploaded version: checked and compiled first; only then
     /// are its files written (each to a temporary name, then renamed) and
     /// the version swapped in. `manifest` `None` keeps the manifest on disk.

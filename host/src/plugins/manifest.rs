@@ -19,7 +19,7 @@
 //!
 //! [config]                  # what the plugin reads with `config.get`
 //! mail_api_url = "https://mail.example.com/v1/send"
-//! api_key = { env = "MAIL_API_KEY" }   # read from the host's environment at load
+//! api_key = { env = "JOBHOST_PLUGIN_MAIL_API_KEY" }   # from the host's environment, at load
 //! ```
 
 use std::collections::BTreeMap;
@@ -42,6 +42,10 @@ pub struct Manifest {
     /// What the plugin's attempts may use: its config, resolved.
     pub grants: Arc<Grants>,
 }
+
+/// The only environment variables a manifest may read: a manifest (which
+/// an admin can upload) must not be a way to read the host's own secrets.
+pub const ENV_PREFIX: &str = "JOBHOST_PLUGIN_";
 
 /// Longest config key.
 pub const MAX_CONFIG_KEY: usize = 128;
@@ -220,6 +224,14 @@ fn resolve_config(
             toml::Value::String(text) => text,
             toml::Value::Table(t) if t.len() == 1 && t.get("env").is_some_and(|v| v.is_str()) => {
                 let var = t["env"].as_str().unwrap_or_default();
+                if !var.starts_with(ENV_PREFIX) {
+                    return Err(ManifestError::Invalid {
+                        field,
+                        problem: format!(
+                            "names environment variable {var:?}; a manifest may read only variables named {ENV_PREFIX}*"
+                        ),
+                    });
+                }
                 env(var).ok_or_else(|| ManifestError::Invalid {
                     field: field.clone(),
                     problem: format!("names environment variable {var}, which is not set"),
@@ -301,9 +313,9 @@ mod tests {
 
     #[test]
     fn config_takes_text_and_environment_references() {
-        let env = |var: &str| (var == "MAIL_KEY").then(|| "s3cret".to_owned());
+        let env = |var: &str| (var == "JOBHOST_PLUGIN_MAIL_KEY").then(|| "s3cret".to_owned());
         let m = Manifest::parse_with_env(
-            "[config]\nmail_api_url = \"http://mail/send\"\napi_key = { env = \"MAIL_KEY\" }\n",
+            "[config]\nmail_api_url = \"http://mail/send\"\napi_key = { env = \"JOBHOST_PLUGIN_MAIL_KEY\" }\n",
             env,
         )
         .unwrap();
@@ -326,9 +338,21 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        let e = err("[config]\napi_key = { env = \"MAIL_KEY\" }");
+        let e = err("[config]\napi_key = { env = \"JOBHOST_PLUGIN_MAIL_KEY\" }");
         assert!(
-            e.contains("config.api_key") && e.contains("MAIL_KEY"),
+            e.contains("config.api_key")
+                && e.contains("JOBHOST_PLUGIN_MAIL_KEY")
+                && e.contains("not set"),
+            "{e}"
+        );
+        // The host's own variables are out of reach, set or not.
+        let e = Manifest::parse_with_env("[config]\ndb = { env = \"DATABASE_URL\" }", |_| {
+            Some("postgres://secret".into())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("config.db") && e.contains("JOBHOST_PLUGIN_*"),
             "{e}"
         );
         let e = err("[config]\nretries = 3");

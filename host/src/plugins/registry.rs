@@ -28,7 +28,9 @@ pub struct LoadedPlugin {
     /// Attempts of this type in flight on this host (`manifest.concurrency`).
     pub slots: Arc<Semaphore>,
     /// Attempts started per second on this host (`manifest.rate_per_second`).
-    pub rate: Option<super::RateLimit>,
+    /// Shared with the versions before and after it while the rate stays
+    /// the same, so a swap does not refill the bucket.
+    pub rate: Option<Arc<super::RateLimit>>,
     pub metrics: TypeMetrics,
 }
 
@@ -102,13 +104,16 @@ impl Registry {
     /// Installs `plugin` as the handler of its type, replacing any other
     /// version (attempts holding the old one finish on it), and clears the
     /// type's failure. Returns the version it replaced.
-    pub fn insert(&self, plugin: LoadedPlugin) -> Option<Arc<LoadedPlugin>> {
+    pub fn insert(&self, mut plugin: LoadedPlugin) -> Option<Arc<LoadedPlugin>> {
         let job_type = plugin.job_type.clone();
-        let old = self
-            .plugins
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(job_type.clone(), Arc::new(plugin));
+        let mut plugins = self.plugins.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = plugins.get(&job_type)
+            && old.manifest.rate_per_second == plugin.manifest.rate_per_second
+        {
+            plugin.rate.clone_from(&old.rate);
+        }
+        let old = plugins.insert(job_type.clone(), Arc::new(plugin));
+        drop(plugins);
         if old.is_none() {
             self.generation.fetch_add(1, Ordering::AcqRel);
         }
@@ -211,7 +216,7 @@ pub fn build(
         slots: Arc::new(Semaphore::new(manifest.concurrency as usize)),
         rate: manifest
             .rate_per_second
-            .map(|r| super::RateLimit::new(r, std::time::Instant::now())),
+            .map(|r| Arc::new(super::RateLimit::new(r, std::time::Instant::now()))),
         metrics: TypeMetrics::new(name),
         job_type: name.to_owned(),
         manifest,
@@ -220,4 +225,43 @@ pub fn build(
         size: wasm.len(),
         loaded_at: SystemTime::now(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::{Registry, build};
+    use crate::runtime::{Runtime, RuntimeConfig};
+    use crate::testing::plugin_wasm;
+
+    #[test]
+    fn a_new_version_keeps_the_rate_limit_bucket_while_the_rate_is_the_same() {
+        let rt = Runtime::new(RuntimeConfig {
+            max_instances: 4,
+            max_memory_bytes: 64 << 20,
+            cache_dir: None,
+        })
+        .unwrap();
+        let wasm = plugin_wasm("examples", "noop");
+        let load = |manifest: &str| {
+            let paths = (Path::new("noop.wasm"), Path::new("noop.toml"));
+            build(&rt, "noop", &wasm, Some(manifest.into()), paths, 64 << 20).unwrap()
+        };
+        let registry = Registry::new();
+        registry.insert(load("rate_per_second = 5\n"));
+        let first = registry.get("noop").unwrap().rate.clone().unwrap();
+        first.take(5, Instant::now());
+        // A swap with the same rate: the same (emptied) bucket.
+        registry.insert(load("rate_per_second = 5\nfuel = 2_000_000\n"));
+        let second = registry.get("noop").unwrap().rate.clone().unwrap();
+        assert!(Arc::ptr_eq(&first, &second));
+        assert_eq!(second.available(Instant::now()).0, 0);
+        // A new rate: a new bucket.
+        registry.insert(load("rate_per_second = 7\n"));
+        let third = registry.get("noop").unwrap().rate.clone().unwrap();
+        assert!(!Arc::ptr_eq(&first, &third));
+    }
 }

@@ -112,6 +112,9 @@ impl AttemptState {
                 key.len()
             )));
         }
+        if key.contains('\0') {
+            return Err(kv::Error::Invalid("a key must not contain NUL".into()));
+        }
         Ok(())
     }
 

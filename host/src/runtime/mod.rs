@@ -60,6 +60,12 @@ const EPOCH_TICK: Duration = Duration::from_millis(5);
 const STDERR_CAPTURE: usize = 8 * 1024;
 /// The most of that stderr quoted in a job's error.
 const STDERR_IN_ERROR: usize = 500;
+/// Host-side objects an attempt may hold at once (WASI streams, HTTP
+/// requests, headers, ...): they live outside its memory cap, so they are
+/// capped here.
+const MAX_RESOURCES: usize = 10_000;
+/// Largest set of HTTP headers an attempt may build, in bytes.
+const MAX_HTTP_FIELDS: usize = 64 * 1024;
 
 /// Process-wide sandbox settings.
 #[derive(Debug, Clone)]
@@ -400,14 +406,18 @@ impl Runtime {
         let stderr = StderrTail::new(STDERR_CAPTURE);
         let mut wasi = WasiCtx::builder();
         wasi.stderr(stderr.clone());
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
+        let mut http = wasmtime_wasi_http::WasiHttpCtx::new();
+        http.set_field_size_limit(MAX_HTTP_FIELDS);
         let state = AttemptState {
             wasi: wasi.build(),
-            table: ResourceTable::new(),
+            table,
             memory: MemoryCap::new(limits.memory_bytes),
             job_id: job.id,
             token: job.token,
             plugin: job.job_type.to_owned(),
-            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http,
             outbound: outbound::Outbound {
                 allowed: job.grants.clone(),
                 plugin: job.job_type.to_owned(),

@@ -123,6 +123,11 @@ impl Outbound {
         let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
             return false;
         };
+        // The client connects to the authority as written: with user info
+        // in it, the host checked would not be the host reached.
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return false;
+        }
         let Some(port) = uri.port_u16().or_else(|| default_port(scheme)) else {
             return false;
         };

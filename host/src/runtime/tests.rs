@@ -505,6 +505,7 @@ async fn kv_is_private_to_each_plugin_and_keeps_its_limits() {
             ["set", "", "v"],
             ["set", long_key, "v"],
             ["set_big", "big", host::MAX_KV_VALUE + 1],
+            ["set", "nul\u{0}key", "v"],
             ["get", "big"],
             ["set_big", "fits", host::MAX_KV_VALUE]
         ])),
@@ -520,8 +521,14 @@ async fn kv_is_private_to_each_plugin_and_keeps_its_limits() {
             .unwrap_or_else(|| panic!("{refused}"));
         assert!(msg.contains(why), "{msg}");
     }
-    assert_eq!(refused[3], serde_json::Value::Null);
-    assert_eq!(refused[4], true);
+    assert!(
+        refused[3]["invalid"]
+            .as_str()
+            .is_some_and(|m| m.contains("NUL")),
+        "{refused}"
+    );
+    assert_eq!(refused[4], serde_json::Value::Null);
+    assert_eq!(refused[5], true);
 
     // With the store unreachable, a call fails inside the plugin as
     // `unavailable`; the attempt itself carries on.
@@ -631,9 +638,27 @@ async fn outbound_http_reaches_only_the_allowed_hosts() {
             format!("http://127.0.0.1:{}/hi", addr.port()),
             NO_GRANTS.clone(),
         ),
+        (
+            format!("http://user@127.0.0.1:{}/hi", addr.port()),
+            allowed.clone(),
+        ),
     ] {
         let seen = get(url.clone(), grants).await;
         assert_eq!(seen, serde_json::json!({ "denied": url }), "{url}");
     }
     assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn host_side_objects_are_capped_outside_the_memory_limit() {
+    let rt = runtime();
+    let plugin = testing(&rt);
+    let report = rt
+        .run(&plugin, &limits(), input("resource_hog", "{}"))
+        .await;
+    let AttemptOutcome::Trapped(TrapReason::Crashed(why)) = &report.outcome else {
+        panic!("expected the cap to stop it, got {:?}", report.outcome);
+    };
+    assert!(why.contains("resource table"), "{why}");
+    still_serving(&rt).await;
 }

@@ -5,8 +5,9 @@
 //! The mail is posted as JSON `{from, to, subject, body}` to the manifest's
 //! `mail_api_url` (with `authorization: Bearer <api_key>` if `api_key` is
 //! configured); the provider answers `{"id": "<message id>"}`, which becomes
-//! the job's result. A 429 or 5xx, or a failed connection, is retried; any
-//! other 4xx is fatal.
+//! the job's result (`"unknown"` if a 2xx answer has none). A 408, 409, 425,
+//! 429 or 5xx, or a failed connection, is retried; any other status is a
+//! refusal: fatal.
 //!
 //! Exactly once, whatever happens to the host:
 //! - The key `welcome:<userId>` in the plugin's store names the job that owns
@@ -17,8 +18,9 @@
 //!   so a provider that already accepted the mail answers with the same
 //!   message instead of sending another. Once the provider has answered,
 //!   the key records the message id and later runs send nothing.
-//! - If the provider refuses the mail for good (a fatal 4xx), nothing was
-//!   sent: the key is released so a later job may try again.
+//! - If the provider refuses the mail for good (a 4xx other than those
+//!   retried), nothing was sent: the key is released so a later job may
+//!   try again. A 2xx never releases it.
 //!
 //! User 777 stands for a user whose provider always rejects the mail: every
 //! attempt fails with `retry`, so the job ends in the dead-letter queue.
@@ -50,7 +52,7 @@ struct Welcome {
 
 #[derive(Deserialize)]
 struct Accepted {
-    id: String,
+    id: Option<String>,
 }
 
 /// The user whose mail provider rejects every message (the seed's failure case).
@@ -140,8 +142,15 @@ fn send(to: &str, user: u64) -> Result<String, Failure> {
     }
     let response = http::post_json(&url, &mail, &headers)?;
     match response.status {
-        200..=299 => Ok(response.json::<Accepted>()?.id),
-        429 | 500..=599 => Err(retry(format!(
+        // Accepted: sent, whatever the body says (an answer without an id
+        // must not free the key and let another job send again).
+        200..=299 => Ok(serde_json::from_slice::<Accepted>(&response.body)
+            .ok()
+            .and_then(|a| a.id)
+            .unwrap_or_else(|| "unknown".into())),
+        // Not now: a timeout, the idempotency key in use by a concurrent
+        // request, too early, a rate limit, the provider's trouble.
+        408 | 409 | 425 | 429 | 500..=599 => Err(retry(format!(
             "mail API answered {}: {}",
             response.status,
             response.text()

@@ -126,6 +126,12 @@ impl Guest for Testing {
                 Ok(Some(Value::Object(out).to_string()))
             }
             "kv_ops" | "kv_ops_other" => kv_ops(&job),
+            // Creates host-side objects (HTTP header sets) and never drops
+            // them, until the host's cap on them stops the attempt.
+            "resource_hog" => loop {
+                let fields = wasi::http::types::Fields::new();
+                std::mem::forget(fields);
+            },
             // Reports `{"percent": P}` progress, then sleeps `{"ms": N}`
             // on the WASI clock and succeeds.
             "progress" => {

@@ -34,7 +34,9 @@ impl Catalog for PgCatalog {
              VALUES ($1, $2, $3, nextval('plugin_versions'), {NOW})
              ON CONFLICT (job_type) DO UPDATE
              SET digest = EXCLUDED.digest, manifest = EXCLUDED.manifest,
-                 version = EXCLUDED.version, updated_at = EXCLUDED.updated_at
+                 -- drawn again under the row's lock, so the later of two
+                 -- racing uploads also has the greater version
+                 version = nextval('plugin_versions'), updated_at = EXCLUDED.updated_at
              RETURNING version"
         )))
         .bind(job_type)
