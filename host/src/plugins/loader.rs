@@ -453,7 +453,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
         std::process::id(),
         rand::random::<u32>()
     ));
-    std::fs::write(&tmp, bytes)
+    crate::runtime::write_synced(&tmp, bytes)
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(|source| {
             let _ = std::fs::remove_file(&tmp);

@@ -384,7 +384,7 @@ impl Runtime {
                     std::process::id(),
                     rand::random::<u32>()
                 ));
-                std::fs::write(&tmp, &bytes)?;
+                write_synced(&tmp, &bytes)?;
                 std::fs::rename(&tmp, path)
             });
             if let Err(e) = written {
@@ -480,6 +480,17 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Writes a file and flushes it to disk before returning. Plugin files are
+/// written beside the store's database: flushed here, on the thread that
+/// writes them, their data is not left for the store's next commit (its
+/// fsync) to wait on.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 /// A plugin's identity: `sha256:<hex>` of its `.wasm` bytes.
