@@ -727,4 +727,13 @@ async fn postgres_uploaded_plugins_reach_every_host() {
         std::fs::read(b.plugins_dir().join("noop.wasm")).unwrap(),
         v1_bytes
     );
+
+    // The catalog keeps only the .wasm files a type runs: v2's and the
+    // deleted type's are gone.
+    let mut conn = db.connect().await;
+    let kept: Vec<String> = sqlx::query_scalar("SELECT digest FROM plugin_blobs")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kept, vec![v1.clone()]);
 }

@@ -9,6 +9,18 @@ use crate::store::StoreResult;
 
 pub struct PgCatalog(pub PgPool);
 
+/// Drops the `.wasm` files no type runs any more. A host still fetching one
+/// finds it gone, and takes the newer entry on its next look.
+async fn prune(tx: &mut sqlx::PgConnection) -> StoreResult<()> {
+    sqlx::query(
+        "DELETE FROM plugin_blobs b
+         WHERE NOT EXISTS (SELECT 1 FROM plugins p WHERE p.digest = b.digest)",
+    )
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
 /// `updated_at` is informational: the database's clock.
 const NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint";
 
@@ -44,19 +56,23 @@ impl Catalog for PgCatalog {
         .bind(manifest)
         .fetch_one(&mut *tx)
         .await?;
+        prune(&mut tx).await?;
         tx.commit().await?;
         Ok(version)
     }
 
     async fn unpublish(&self, job_type: &str) -> StoreResult<bool> {
+        let mut tx = self.0.begin().await?;
         let done = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE plugins SET digest = NULL, manifest = NULL,
                     version = nextval('plugin_versions'), updated_at = {NOW}
              WHERE job_type = $1 AND digest IS NOT NULL"
         )))
         .bind(job_type)
-        .execute(&self.0)
+        .execute(&mut *tx)
         .await?;
+        prune(&mut tx).await?;
+        tx.commit().await?;
         Ok(done.rows_affected() > 0)
     }
 
