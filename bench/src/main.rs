@@ -12,7 +12,7 @@
 //! - `batch`: jobs/s through `POST /jobs/{type}/batch` (workers paused).
 //! - `seed`: the seed project's k6 shape: ramp to 20 then 40 virtual users,
 //!   each posting to /jobs/email_welcome and sleeping 0.2 s (the mails go
-//!   to a local mail API on 127.0.0.1:8025 that accepts them all).
+//!   to the mail API `cargo xtask bench` serves on 127.0.0.1:8025).
 //! - `overhead`: per-attempt host cost split into claim, sandbox and complete,
 //!   from the host's own histograms.
 //! - `swap`: no-op jobs at 500/s; through the second half a new version of
@@ -21,7 +21,6 @@
 //!   the calls' mean and p99 from the host's histogram.
 
 mod http;
-mod mail_sink;
 mod report;
 mod server;
 
@@ -443,6 +442,13 @@ async fn wait_done(server: &Server, n: u64, patience: Duration) -> Result<()> {
     }
 }
 
+/// Seconds from the first attempt's start to the last one's finish.
+fn drain_secs(rows: &[server::JobRow]) -> f64 {
+    let first_start = rows.iter().filter_map(|r| r.started_at).min().unwrap_or(0);
+    let last_finish = rows.iter().filter_map(|r| r.finished_at).max().unwrap_or(0);
+    (last_finish - first_start) as f64 / 1e6
+}
+
 /// Sum and count of a Prometheus histogram, over all label sets.
 fn prom_sum_count(text: &str, name: &str) -> (f64, f64) {
     (
@@ -534,9 +540,7 @@ async fn burn_down(c: &Common, jobs: usize, scenario: &str, hosts: usize) -> Res
     let cpu_us = (cpu() - cpu_before) / jobs as f64 * 1e6;
     let rows = server.jobs().await?;
     let verified = verify(&ids, &rows)?;
-    let first_start = rows.iter().filter_map(|r| r.started_at).min().unwrap_or(0);
-    let last_finish = rows.iter().filter_map(|r| r.finished_at).max().unwrap_or(0);
-    let span = (last_finish - first_start) as f64 / 1e6;
+    let span = drain_secs(&rows);
     let metrics = String::from_utf8_lossy(&conn.get("/metrics").await?.1).into_owned();
     let per_job = |name: &str, jobs: f64| prom_sum_count(&metrics, name).0 / jobs * 1e6;
     let (_, attempts) = prom_sum_count(&metrics, "jobhost_attempt_duration_seconds");
@@ -627,9 +631,7 @@ async fn kv(c: &Common, jobs: usize) -> Result<()> {
     let cpu_us = (server.cpu_secs() - cpu_before) / ids.len() as f64 * 1e6;
     let rows = server.jobs().await?;
     let verified = verify(&ids, &rows)?;
-    let first_start = rows.iter().filter_map(|r| r.started_at).min().unwrap_or(0);
-    let last_finish = rows.iter().filter_map(|r| r.finished_at).max().unwrap_or(0);
-    let span = (last_finish - first_start) as f64 / 1e6;
+    let span = drain_secs(&rows);
     let metrics =
         String::from_utf8_lossy(&admin(&server).await?.get("/metrics").await?.1).into_owned();
     let series = r#"jobhost_plugin_kv_duration_seconds_bucket{op="set_if_absent""#;
@@ -938,8 +940,12 @@ async fn batch(c: &Common, size: usize, connections: usize, seconds: u64) -> Res
 }
 
 async fn seed(c: &Common, seconds: u64) -> Result<()> {
-    // email_welcome's example manifest sends to this mail API.
-    mail_sink::start().await?;
+    // email_welcome's example manifest sends its mails here; `cargo xtask
+    // bench` serves a mail API there.
+    const MAIL_API: &str = "127.0.0.1:8025";
+    tokio::net::TcpStream::connect(MAIL_API).await.with_context(|| {
+        format!("the seed scenario's email_welcome jobs post to http://{MAIL_API}/send, where nothing answers: run it through `cargo xtask bench`, which serves a mail API there")
+    })?;
     let server = start(c, "seed", &[]).await?;
     let mut report = Report::new("seed");
     report.param("seconds", seconds);

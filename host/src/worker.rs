@@ -140,20 +140,22 @@ impl Worker {
                 }
                 continue;
             }
-            let (round, refill) = self.next_claim(&host_slots);
-            let Some(round) = round else {
+            let round = match self.next_claim(&host_slots) {
+                Ok(round) => round,
                 // Every slot is busy (an attempt finishing signals), or every
                 // type is at its rate limit.
-                let wait = refill.map_or(self.config.poll_interval, |r| {
-                    r.min(self.config.poll_interval)
-                });
-                tokio::select! {
-                    () = self.dispatch.wait_freed() => {}
-                    () = tokio::time::sleep(wait) => {}
-                    _ = paused.changed() => {}
-                    () = stop.cancelled() => {}
+                Err(refill) => {
+                    let wait = refill.map_or(self.config.poll_interval, |r| {
+                        r.min(self.config.poll_interval)
+                    });
+                    tokio::select! {
+                        () = self.dispatch.wait_freed() => {}
+                        () = tokio::time::sleep(wait) => {}
+                        _ = paused.changed() => {}
+                        () = stop.cancelled() => {}
+                    }
+                    continue;
                 }
-                continue;
             };
             let claimed = self.claim(round, &mut paused, &stop).await;
             if !claimed.is_empty() {
@@ -179,12 +181,12 @@ impl Worker {
     /// next one in turn (so a type with a backlog cannot take every freed
     /// slot from the types after it), at most as many jobs as there are free
     /// slots (and, for a rate-limited type, as many as its rate allows now).
-    /// None if there is no free slot; then also when a type left out by its
-    /// rate may start again.
-    fn next_claim(&self, host_slots: &Semaphore) -> (Option<Round>, Option<Duration>) {
+    /// Nothing to claim: `Err` with when a type left out by its rate may
+    /// start again, if one was.
+    fn next_claim(&self, host_slots: &Semaphore) -> Result<Round, Option<Duration>> {
         let host_free = host_slots.available_permits().min(self.config.claim_batch);
         if host_free == 0 {
-            return (None, None);
+            return Err(None);
         }
         let mut plugins = self.registry.all();
         if !plugins.is_empty() {
@@ -223,9 +225,9 @@ impl Worker {
             included.push(plugin);
         }
         if requests.is_empty() {
-            return (None, refill);
+            return Err(refill);
         }
-        let round = Round {
+        Ok(Round {
             wait: ClaimWait {
                 owner: self.config.owner.clone(),
                 requests,
@@ -234,8 +236,7 @@ impl Worker {
             plugins: included,
             saturated,
             refill,
-        };
-        (Some(round), None)
+        })
     }
 
     /// Leases jobs for `round`. A parked claim is ended (and returns what it
@@ -308,12 +309,12 @@ impl Worker {
             .collect();
         // Rate-limited types pay for what they leased.
         let now = std::time::Instant::now();
-        for plugin in plugins.iter().filter(|p| p.rate.is_some()) {
-            let n = claimed
-                .iter()
-                .filter(|(_, p)| Arc::ptr_eq(p, plugin))
-                .count();
-            if let (Some(rate), true) = (&plugin.rate, n > 0) {
+        for plugin in &plugins {
+            if let Some(rate) = &plugin.rate {
+                let n = claimed
+                    .iter()
+                    .filter(|(_, p)| Arc::ptr_eq(p, plugin))
+                    .count();
                 rate.take(n, now);
             }
         }

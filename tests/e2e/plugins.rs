@@ -120,20 +120,8 @@ pub(crate) async fn wait_for_plugin(
 }
 
 async fn submit_batch(host: &Server, job_type: &str, n: usize) -> Vec<i64> {
-    let payloads: Vec<String> = (0..n).map(|i| format!(r#"{{"ms":2,"i":{i}}}"#)).collect();
-    let (status, body) = host
-        .post(
-            &format!("/jobs/{job_type}/batch"),
-            &format!("[{}]", payloads.join(",")),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    body["jobIds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|id| id.as_i64().unwrap())
-        .collect()
+    let payloads = (0..n).map(|i| format!(r#"{{"ms":2,"i":{i}}}"#));
+    host.submit_batch(job_type, payloads).await
 }
 
 /// Swaps v1 → v2 (an upload) → v1 (a file dropped into the directory)
@@ -554,17 +542,8 @@ async fn a_new_author_follows_the_guide() {
     build();
     let v2 = std::fs::read(&wasm_path).unwrap();
     assert_ne!(digest(&v1), digest(&v2));
-    let payloads: Vec<String> = (0..2000).map(|i| format!(r#"{{"name":"n{i}"}}"#)).collect();
-    let (status, body) = host
-        .post("/jobs/hello/batch", &format!("[{}]", payloads.join(",")))
-        .await;
-    assert_eq!(status, 202, "{body}");
-    let in_flight: Vec<i64> = body["jobIds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|id| id.as_i64().unwrap())
-        .collect();
+    let payloads = (0..2000).map(|i| format!(r#"{{"name":"n{i}"}}"#));
+    let in_flight = host.submit_batch("hello", payloads).await;
     let manifest = std::fs::read_to_string(crate_dir.join("hello.toml")).unwrap();
     let (status, body) = put_plugin(&host, "hello", v2.clone(), Some(&manifest)).await;
     assert_eq!(status, 200, "{body}");

@@ -210,16 +210,7 @@ async fn postgres_a_host_rides_out_killed_connections_and_an_outage() {
 
     // Every connection of the test's database killed, jobs in flight.
     let batch: Vec<String> = (0..500).map(|b| format!(r#"{{"b":{b}}}"#)).collect();
-    let (status, body) = host
-        .post("/jobs/noop/batch", &format!("[{}]", batch.join(",")))
-        .await;
-    assert_eq!(status, 202, "{body}");
-    let batch_ids: Vec<i64> = body["jobIds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect();
+    let batch_ids = host.submit_batch("noop", batch.iter().cloned()).await;
     accepted.extend(&batch_ids);
     let mut admin = db.connect().await;
     let killed: i64 = sqlx::query_scalar(

@@ -206,6 +206,28 @@ impl Server {
         body["jobId"].as_i64().expect("jobId")
     }
 
+    /// Submits one batch that must be accepted; returns its jobs' ids.
+    pub async fn submit_batch(
+        &self,
+        job_type: &str,
+        payloads: impl IntoIterator<Item = String>,
+    ) -> Vec<i64> {
+        let payloads: Vec<String> = payloads.into_iter().collect();
+        let (status, body) = self
+            .post(
+                &format!("/jobs/{job_type}/batch"),
+                &format!("[{}]", payloads.join(",")),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        body["jobIds"]
+            .as_array()
+            .expect("jobIds")
+            .iter()
+            .map(|id| id.as_i64().expect("a job id"))
+            .collect()
+    }
+
     pub async fn job(&self, id: i64) -> Value {
         let (status, body) = self.get(&format!("/jobs/{id}")).await;
         assert_eq!(status, 200, "{body}");

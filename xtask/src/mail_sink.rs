@@ -1,7 +1,7 @@
-//! A development stand-in for a mail provider, for `cargo xtask run`: the
-//! example `email_welcome` manifest posts its mails to
-//! `http://127.0.0.1:8025/send`, and this prints each one instead of
-//! sending it. Like real providers it honours `idempotency-key`: a key it
+//! A development stand-in for a mail provider, for `cargo xtask run` and
+//! `cargo xtask bench`: the example `email_welcome` manifest posts its mails
+//! to `http://127.0.0.1:8025/send`, and this accepts each one (printing it,
+//! for `run`) instead of sending it. Like real providers it honours `idempotency-key`: a key it
 //! has seen gets the first answer again and prints nothing. Development
 //! only: one thread, HTTP/1.1 with `Connection: close`, no TLS.
 
@@ -12,7 +12,8 @@ use std::net::{TcpListener, TcpStream};
 pub const ADDR: &str = "127.0.0.1:8025";
 
 /// Starts the sink in the background; says so (or why not) on stderr.
-pub fn start() {
+/// `print`: each new mail too.
+pub fn start(print: bool) {
     let listener = match TcpListener::bind(ADDR) {
         Ok(l) => l,
         Err(e) => {
@@ -23,22 +24,24 @@ pub fn start() {
         }
     };
     eprintln!(
-        "xtask: development mail sink on http://{ADDR}/send prints the mails email_welcome sends"
+        "xtask: development mail sink on http://{ADDR}/send takes the mails email_welcome sends"
     );
     std::thread::spawn(move || {
         let mut ids: HashMap<String, String> = HashMap::new();
         for stream in listener.incoming().flatten() {
-            if let Err(e) = serve(stream, &mut ids) {
+            if let Err(e) = serve(stream, &mut ids, print) {
                 eprintln!("xtask mail sink: {e}");
             }
         }
     });
 }
 
-fn serve(stream: TcpStream, ids: &mut HashMap<String, String>) -> std::io::Result<()> {
+fn serve(stream: TcpStream, ids: &mut HashMap<String, String>, print: bool) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
+    if reader.read_line(&mut request_line)? == 0 {
+        return Ok(()); // connected and closed: a probe
+    }
     let (mut length, mut key) = (0usize, None);
     loop {
         let mut line = String::new();
@@ -63,7 +66,7 @@ fn serve(stream: TcpStream, ids: &mut HashMap<String, String>) -> std::io::Resul
             Some(k) => ids.entry(k).or_insert_with(|| next.clone()).clone(),
             None => next.clone(),
         };
-        if id == next {
+        if print && id == next {
             eprintln!("xtask mail sink: {id}: {}", String::from_utf8_lossy(&body));
         }
         ("200 OK", format!(r#"{{"id":"{id}"}}"#))

@@ -359,22 +359,18 @@ async fn upload_plugin(
     if wasm.is_empty() {
         return Err(ApiError::InvalidUpload("the .wasm is empty".into()));
     }
-    // In scale-out: checked, then published (every host follows the
-    // catalog), then installed here; a refused file publishes nothing, and
-    // an unreachable catalog changes nothing anywhere.
-    let manifest = match &app.catalog {
-        None => manifest,
-        Some(catalog) => {
-            let (loader, name, bytes) = (app.loader.clone(), job_type.clone(), wasm.clone());
-            let manifest = off_executor(move || loader.check(&name, &bytes, manifest)).await?;
-            catalog
-                .publish(&job_type, &wasm, manifest.as_deref())
-                .await?;
-            manifest
-        }
-    };
+    // Checked (compiled once), then in scale-out published (every host
+    // follows the catalog), then installed here: a refused file changes
+    // nothing, and neither does an unreachable catalog.
+    let (loader, name, bytes) = (app.loader.clone(), job_type.clone(), wasm.clone());
+    let checked = off_executor(move || loader.check(&name, &bytes, manifest)).await?;
+    if let Some(catalog) = &app.catalog {
+        catalog
+            .publish(&job_type, &wasm, checked.manifest())
+            .await?;
+    }
     let loader = app.loader.clone();
-    let installed = off_executor(move || loader.install(&job_type, &wasm, manifest)).await?;
+    let installed = off_executor(move || loader.install(checked, &wasm)).await?;
     Ok(Json(render_plugin(&installed)))
 }
 

@@ -43,6 +43,20 @@ pub enum Change {
     Removed,
 }
 
+/// An uploaded version, checked and compiled ([`Loader::check`]), ready to
+/// [install](Loader::install).
+pub struct Checked {
+    plugin: LoadedPlugin,
+    manifest: Option<String>,
+}
+
+impl Checked {
+    /// The manifest it runs with.
+    pub fn manifest(&self) -> Option<&str> {
+        self.manifest.as_deref()
+    }
+}
+
 pub struct Loader {
     runtime: Arc<Runtime>,
     registry: Arc<Registry>,
@@ -248,47 +262,29 @@ impl Loader {
         )
     }
 
-    /// Checks an uploaded version as [`Loader::install`] would, writing
-    /// nothing; returns the manifest it would run with (`manifest` `None`:
-    /// the one on disk, if any).
+    /// Checks and compiles an uploaded version, writing nothing. `manifest`
+    /// `None` keeps the manifest on disk, if any.
     pub fn check(
         &self,
         job_type: &str,
         wasm: &[u8],
         manifest: Option<String>,
-    ) -> Result<Option<String>, LoadError> {
+    ) -> Result<Checked, LoadError> {
         let manifest = match manifest {
             Some(text) => Some(text),
             None => read_manifest(&self.paths(job_type).1)?,
         };
-        self.build(job_type, wasm, manifest.clone())?;
-        Ok(manifest)
+        let plugin = self.build(job_type, wasm, manifest.clone())?;
+        Ok(Checked { plugin, manifest })
     }
 
-    /// Installs an uploaded version: checked and compiled first; only then
-    /// are its files written (each to a temporary name, then renamed) and
-    /// the version swapped in. `manifest` `None` keeps the manifest on disk.
-    /// On an error nothing is written and the version before keeps serving.
-    pub fn install(
-        &self,
-        job_type: &str,
-        wasm: &[u8],
-        manifest: Option<String>,
-    ) -> Result<Arc<LoadedPlugin>, LoadError> {
-        let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let (wasm_path, manifest_path) = self.paths(job_type);
-        let manifest = match manifest {
-            Some(text) => Some(text),
-            None => read_manifest(&manifest_path)?,
-        };
-        let plugin = self.build(job_type, wasm, manifest.clone())?;
-        if let Some(text) = &manifest {
-            write_atomically(&manifest_path, text.as_bytes())?;
-        }
-        write_atomically(&wasm_path, wasm)?;
-        tracing::info!(job_type, digest = %plugin.compiled.digest, "plugin uploaded");
-        self.registry.insert(plugin);
-        Ok(self.registry.get(job_type).expect("inserted above"))
+    /// Installs a checked version: its files written (each to a temporary
+    /// name, then renamed), then swapped in. On an error the version before
+    /// keeps serving.
+    pub fn install(&self, checked: Checked, wasm: &[u8]) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let installed = self.commit(checked.plugin, wasm, checked.manifest.as_deref())?;
+        tracing::info!(job_type = %installed.job_type, digest = %installed.compiled.digest, "plugin uploaded");
+        Ok(installed)
     }
 
     /// Whether `job_type` is served by exactly this digest and manifest.
@@ -298,26 +294,36 @@ impl Loader {
             .is_some_and(|p| p.compiled.digest == digest && p.manifest_text.as_deref() == manifest)
     }
 
-    /// Installs a version from the plugin catalog: like [`Loader::install`],
-    /// but the files become exactly these (`manifest` `None` removes the
-    /// manifest), and a version that does not load is recorded as the
-    /// type's failure, as a broken file in the directory would be.
+    /// Installs a version from the plugin catalog (`manifest` `None`: no
+    /// manifest). A version that does not load is recorded as the type's
+    /// failure, as a broken file in the directory would be.
     pub fn follow(
         &self,
         job_type: &str,
         wasm: &[u8],
         manifest: Option<String>,
     ) -> Result<(), LoadError> {
+        let plugin = self
+            .build(job_type, wasm, manifest.clone())
+            .inspect_err(|e| {
+                let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+                self.failed(job_type, digest_of(wasm), manifest.clone(), e);
+            })?;
+        self.commit(plugin, wasm, manifest.as_deref()).map(drop)
+    }
+
+    /// Makes the type's files exactly `wasm` and `manifest` (`None`: none)
+    /// and swaps in `plugin`, built from them.
+    fn commit(
+        &self,
+        plugin: LoadedPlugin,
+        wasm: &[u8],
+        manifest: Option<&str>,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
         let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let (wasm_path, manifest_path) = self.paths(job_type);
-        let plugin = match self.build(job_type, wasm, manifest.clone()) {
-            Ok(plugin) => plugin,
-            Err(e) => {
-                self.failed(job_type, digest_of(wasm), manifest, &e);
-                return Err(e);
-            }
-        };
-        match &manifest {
+        let job_type = plugin.job_type.clone();
+        let (wasm_path, manifest_path) = self.paths(&job_type);
+        match manifest {
             Some(text) => write_atomically(&manifest_path, text.as_bytes())?,
             None => match std::fs::remove_file(&manifest_path) {
                 Ok(()) => {}
@@ -332,7 +338,7 @@ impl Loader {
         }
         write_atomically(&wasm_path, wasm)?;
         self.registry.insert(plugin);
-        Ok(())
+        Ok(self.registry.get(&job_type).expect("inserted above"))
     }
 
     /// Deletes a type's files and stops serving it. False if it had neither.

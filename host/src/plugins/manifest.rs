@@ -192,9 +192,7 @@ impl Manifest {
                 grants.outbound.push(pattern);
             }
         }
-        if grants != Grants::default() {
-            m.grants = Arc::new(grants);
-        }
+        m.grants = Arc::new(grants);
         Ok(m)
     }
 }

@@ -14,7 +14,7 @@ mod rate;
 mod registry;
 
 pub use catalog::{Catalog, Published};
-pub use loader::{Change, Loader};
+pub use loader::{Change, Checked, Loader};
 pub use manifest::{Manifest, ManifestError};
 pub use rate::RateLimit;
 pub use registry::{LoadError, LoadFailure, LoadedPlugin, Registry};

@@ -20,7 +20,8 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::jobhost::plugin::host::{Host, Level};
 use super::jobhost::plugin::{config, kv};
-use super::{Grants, KvWrite, Services};
+use super::outbound::Caller;
+use super::{KvWrite, Services};
 
 /// Longest log line kept from a plugin.
 const MAX_LOG_LINE: usize = 4096;
@@ -34,16 +35,12 @@ pub(super) struct AttemptState {
     pub wasi: WasiCtx,
     pub table: ResourceTable,
     pub memory: MemoryCap,
-    pub job_id: i64,
     /// The lease the attempt runs under (fences its progress writes).
     pub token: i64,
-    /// The plugin's name: also the scope of its key-value store.
-    pub plugin: String,
-    pub grants: Arc<Grants>,
+    /// The plugin, the job and the grants; also the `wasi:http` hooks.
+    pub caller: Caller,
     pub services: Arc<dyn Services>,
     pub http: WasiHttpCtx,
-    /// The `wasi:http` hooks: the allow-list check.
-    pub outbound: super::outbound::Outbound,
     /// The last progress written, so only changes are.
     pub progress: Option<u8>,
 }
@@ -62,7 +59,7 @@ impl WasiHttpView for AttemptState {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: &mut self.outbound,
+            hooks: &mut self.caller,
         }
     }
 }
@@ -70,7 +67,7 @@ impl WasiHttpView for AttemptState {
 impl Host for AttemptState {
     fn log(&mut self, level: Level, message: String) {
         let message = super::cap_plugin_text(message, MAX_LOG_LINE);
-        let (job, plugin) = (self.job_id, self.plugin.as_str());
+        let (job, plugin) = (self.caller.job_id, self.caller.plugin.as_str());
         match level {
             Level::Trace => tracing::trace!(target: "plugin", plugin, job, "{message}"),
             Level::Debug => tracing::debug!(target: "plugin", plugin, job, "{message}"),
@@ -90,17 +87,18 @@ impl Host for AttemptState {
         // attempt's failure.
         if let Err(e) = self
             .services
-            .progress(self.job_id, self.token, percent)
+            .progress(self.caller.job_id, self.token, percent)
             .await
         {
-            tracing::warn!(plugin = %self.plugin, job = self.job_id, error = %e, "could not record progress");
+            let Caller { plugin, job_id, .. } = &self.caller;
+            tracing::warn!(plugin = %plugin, job = job_id, error = %e, "could not record progress");
         }
     }
 }
 
 impl config::Host for AttemptState {
     fn get(&mut self, key: String) -> Option<String> {
-        self.grants.config.get(&key).cloned()
+        self.caller.grants.config.get(&key).cloned()
     }
 }
 
@@ -129,49 +127,34 @@ impl AttemptState {
     }
 
     async fn kv_write(&mut self, key: String, write: KvWrite) -> Result<bool, kv::Error> {
-        let started = Instant::now();
+        Self::kv_key(&key)?;
         let op = match &write {
-            KvWrite::Set(_) => "set",
-            KvWrite::SetIfAbsent(_) => "set_if_absent",
+            KvWrite::Set(v) => Self::kv_value(v).map(|()| "set")?,
+            KvWrite::SetIfAbsent(v) => Self::kv_value(v).map(|()| "set_if_absent")?,
             KvWrite::Delete => "delete",
         };
-        let done = self.kv_write_unmeasured(key, write).await;
-        kv_timed(op, started);
-        done
-    }
-
-    async fn kv_write_unmeasured(
-        &mut self,
-        key: String,
-        write: KvWrite,
-    ) -> Result<bool, kv::Error> {
-        Self::kv_key(&key)?;
-        if let KvWrite::Set(v) | KvWrite::SetIfAbsent(v) = &write {
-            Self::kv_value(v)?;
-        }
-        self.services
-            .kv_write(&self.plugin, &key, write)
+        let scope = &self.caller.plugin;
+        timed(op, self.services.kv_write(scope, &key, write))
             .await
             .map_err(kv::Error::Unavailable)
     }
 }
 
-fn kv_timed(op: &'static str, started: Instant) {
+/// Awaits one call of the key-value store, timing it as the plugin waits.
+async fn timed<T>(op: &'static str, call: impl Future<Output = T>) -> T {
+    let started = Instant::now();
+    let out = call.await;
     metrics::histogram!(crate::telemetry::PLUGIN_KV_DURATION, "op" => op)
         .record(started.elapsed().as_secs_f64());
+    out
 }
 
 impl kv::Host for AttemptState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv::Error> {
-        let started = Instant::now();
         Self::kv_key(&key)?;
-        let value = self
-            .services
-            .kv_get(&self.plugin, &key)
+        timed("get", self.services.kv_get(&self.caller.plugin, &key))
             .await
-            .map_err(kv::Error::Unavailable);
-        kv_timed("get", started);
-        value
+            .map_err(kv::Error::Unavailable)
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), kv::Error> {

@@ -414,16 +414,13 @@ impl Runtime {
             wasi: wasi.build(),
             table,
             memory: MemoryCap::new(limits.memory_bytes),
-            job_id: job.id,
             token: job.token,
-            plugin: job.job_type.to_owned(),
             http,
-            outbound: outbound::Outbound {
-                allowed: job.grants.clone(),
+            caller: outbound::Caller {
                 plugin: job.job_type.to_owned(),
                 job_id: job.id,
+                grants: job.grants.clone(),
             },
-            grants: job.grants.clone(),
             services: job.services.clone(),
             progress: None,
         };

@@ -109,16 +109,18 @@ impl HostPattern {
     }
 }
 
-/// The `wasi:http` hooks of one attempt: every request is checked against
-/// the plugin's allow-list, then sent by wasmtime's default client (HTTP/1.1,
-/// TLS with the webpki roots).
-pub(super) struct Outbound {
-    pub allowed: std::sync::Arc<super::Grants>,
+/// Who one attempt is and what its plugin was granted: the one place the
+/// attempt's host imports read them. It is also the attempt's `wasi:http`
+/// hooks: every request is checked against the allow-list, then sent by
+/// wasmtime's default client (HTTP/1.1, TLS with the webpki roots).
+pub(super) struct Caller {
+    /// The plugin's name: also the scope of its key-value store.
     pub plugin: String,
     pub job_id: i64,
+    pub grants: std::sync::Arc<super::Grants>,
 }
 
-impl Outbound {
+impl Caller {
     fn permits(&self, uri: &http::Uri) -> bool {
         let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
             return false;
@@ -131,7 +133,7 @@ impl Outbound {
         let Some(port) = uri.port_u16().or_else(|| default_port(scheme)) else {
             return false;
         };
-        self.allowed
+        self.grants
             .outbound
             .iter()
             .any(|p| p.allows(scheme, host, port))
@@ -150,7 +152,7 @@ type Sent = Box<
         > + Send,
 >;
 
-impl WasiHttpHooks for Outbound {
+impl WasiHttpHooks for Caller {
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
