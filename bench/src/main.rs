@@ -670,7 +670,7 @@ async fn kv(c: &Common, jobs: usize) -> Result<()> {
     );
     report.figure("server CPU per job, all threads", cpu_us, "µs");
     report.note(format!("verified: {verified}"));
-    report.note("A call is timed in the host import: checks, then the writer's queue, its transaction and commit (group-committed with the claims and completions of the other jobs), as the plugin waits for it. Bucket bounds: 5, 10, 25, 50, 100, 250 µs, ...");
+    report.note("A call is timed in the host import, as the plugin waits for it: checks, then the store's answer. The embedded store answers in memory and queues the write to its writer (durable before the attempt's outcome and before any outbound request); PostgreSQL commits the write first. Bucket bounds: 5, 10, 25, 50, 100, 250 µs, ...");
     server.stop()?;
     report.finish(&c.out)
 }

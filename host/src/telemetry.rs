@@ -49,6 +49,9 @@ pub const PLUGIN_OK: &str = "jobhost_plugin_ok";
 /// One call of a plugin's key-value store, per operation (as the plugin
 /// sees it: checks, the store's read or committed write).
 pub const PLUGIN_KV_DURATION: &str = "jobhost_plugin_kv_duration_seconds";
+/// Key-value writes answered to a plugin that the embedded store then
+/// failed to write (each is also logged as an error).
+pub const PLUGIN_KV_WRITE_ERRORS: &str = "jobhost_plugin_kv_write_errors_total";
 
 const SECONDS_BUCKETS: &[f64] = &[
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -162,6 +165,10 @@ fn describe() {
         PLUGIN_KV_DURATION,
         Unit::Seconds,
         "One call of a plugin's key-value store, per operation"
+    );
+    describe_counter!(
+        PLUGIN_KV_WRITE_ERRORS,
+        "Key-value writes answered to a plugin that the embedded store then failed to write"
     );
     describe_counter!(
         STORE_TRANSACTIONS,

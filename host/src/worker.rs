@@ -93,6 +93,10 @@ impl Services for StoreServices {
             .map_err(|e| e.to_string())
     }
 
+    async fn kv_durable(&self) -> Result<(), String> {
+        self.0.kv_durable().await.map_err(|e| e.to_string())
+    }
+
     async fn progress(&self, job: i64, token: i64, percent: u8) -> Result<(), String> {
         self.0
             .job_progress(job, token, percent)

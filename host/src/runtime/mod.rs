@@ -108,8 +108,12 @@ pub use crate::store::KvWrite;
 pub trait Services: Send + Sync + 'static {
     /// The value of `key` in the plugin's `scope`.
     async fn kv_get(&self, scope: &str, key: &str) -> Result<Option<Vec<u8>>, String>;
-    /// One committed write; whether it changed anything.
+    /// One write; whether it changed anything. Seen by every later call at
+    /// once; durable no later than the attempt's outcome.
     async fn kv_write(&self, scope: &str, key: &str, write: KvWrite) -> Result<bool, String>;
+    /// Returns once every write answered so far is durable: called before
+    /// anything an attempt decided leaves the host (an outbound request).
+    async fn kv_durable(&self) -> Result<(), String>;
     /// Records the attempt's progress, fenced by its lease token.
     async fn progress(&self, job: i64, token: i64, percent: u8) -> Result<(), String>;
 }
@@ -420,6 +424,7 @@ impl Runtime {
                 plugin: job.job_type.to_owned(),
                 job_id: job.id,
                 grants: job.grants.clone(),
+                services: job.services.clone(),
             },
             services: job.services.clone(),
             progress: None,

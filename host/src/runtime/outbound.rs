@@ -118,6 +118,9 @@ pub(super) struct Caller {
     pub plugin: String,
     pub job_id: i64,
     pub grants: std::sync::Arc<super::Grants>,
+    /// What a request waits for before it leaves: the key-value writes
+    /// answered so far, durable.
+    pub services: std::sync::Arc<dyn super::Services>,
 }
 
 impl Caller {
@@ -170,8 +173,15 @@ impl WasiHttpHooks for Caller {
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
         _ = fut;
+        let services = self.services.clone();
         Box::new(async move {
             use http_body_util::BodyExt;
+            // Nothing decided on a key-value answer leaves before the write
+            // behind that answer is durable (the embedded store answers
+            // before its commit).
+            services.kv_durable().await.map_err(|e| {
+                HttpError::InternalError(Some(format!("the key-value store is unavailable: {e}")))
+            })?;
             let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((
                 res.map(BodyExt::boxed_unsync),

@@ -36,6 +36,9 @@ impl Services for NoStore {
     async fn kv_write(&self, _: &str, _: &str, _: KvWrite) -> Result<bool, String> {
         Err("no store in this test".into())
     }
+    async fn kv_durable(&self) -> Result<(), String> {
+        Ok(()) // nothing was written
+    }
     async fn progress(&self, _: i64, _: i64, _: u8) -> Result<(), String> {
         Err("no store in this test".into())
     }
@@ -647,6 +650,56 @@ async fn outbound_http_reaches_only_the_allowed_hosts() {
         assert_eq!(seen, serde_json::json!({ "denied": url }), "{url}");
     }
     assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+/// Services whose key-value writes never become durable.
+struct NeverDurable;
+
+#[async_trait::async_trait]
+impl Services for NeverDurable {
+    async fn kv_get(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>, String> {
+        Ok(None)
+    }
+    async fn kv_write(&self, _: &str, _: &str, _: KvWrite) -> Result<bool, String> {
+        Ok(true)
+    }
+    async fn kv_durable(&self) -> Result<(), String> {
+        Err("the disk is gone".into())
+    }
+    async fn progress(&self, _: i64, _: i64, _: u8) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// An outbound request waits until the key-value writes answered before it
+/// are durable: when they cannot become durable, the request never leaves
+/// and the plugin gets the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_request_waits_for_the_key_value_writes_before_it() {
+    let rt = runtime();
+    let plugin = testing(&rt);
+    let (addr, hits) = counting_server().await;
+    let grants = Arc::new(Grants {
+        outbound: vec![HostPattern::parse(&format!("http://127.0.0.1:{}", addr.port())).unwrap()],
+        ..Grants::default()
+    });
+    let services: Arc<dyn Services> = Arc::new(NeverDurable);
+    let payload = serde_json::json!({ "url": format!("http://127.0.0.1:{}/", addr.port()) });
+    let payload = payload.to_string();
+    let seen = ok_json(
+        rt.run(
+            &plugin,
+            &limits(),
+            input_with("http_get", &payload, &grants, &services),
+        )
+        .await,
+    );
+    let error = seen["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("the key-value store is unavailable: the disk is gone"),
+        "{seen}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "nothing reached the server");
 }
 
 #[tokio::test]

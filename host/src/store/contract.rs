@@ -861,6 +861,24 @@ pub async fn progress_is_fenced_by_the_lease_and_cleared_by_a_new_attempt(s: &dy
     assert_eq!(s.job_get(id).await.unwrap().unwrap().progress, Some(100));
 }
 
+/// Each write is seen by the next call at once, in the order written, and
+/// stays after `kv_durable`.
+pub async fn kv_calls_see_every_write_before_them(s: &dyn Store) {
+    let set = |v: &str| KvWrite::Set(v.as_bytes().to_vec());
+    assert!(s.kv_write("a", "k", set("1")).await.unwrap());
+    assert!(s.kv_write("a", "k", set("2")).await.unwrap());
+    assert_eq!(s.kv_get("a", "k").await.unwrap(), Some(b"2".to_vec()));
+    assert!(s.kv_write("a", "k", KvWrite::Delete).await.unwrap());
+    assert_eq!(s.kv_get("a", "k").await.unwrap(), None);
+    assert!(!s.kv_write("a", "k", KvWrite::Delete).await.unwrap());
+    let once = |v: &str| KvWrite::SetIfAbsent(v.as_bytes().to_vec());
+    assert!(s.kv_write("a", "k", once("3")).await.unwrap());
+    assert!(!s.kv_write("a", "k", once("4")).await.unwrap());
+    s.kv_durable().await.unwrap();
+    assert_eq!(s.kv_get("a", "k").await.unwrap(), Some(b"3".to_vec()));
+    assert!(!s.kv_write("a", "k", once("5")).await.unwrap());
+}
+
 /// Many writers race to set the same key first: exactly one wins.
 pub async fn kv_set_if_absent_has_one_winner(s: Arc<dyn Store>) {
     let mut racers = tokio::task::JoinSet::new();
@@ -1096,6 +1114,7 @@ macro_rules! store_contract_tests {
         scenario!(counts_per_state_and_type);
         scenario!(kv_keeps_each_scope_apart_and_sets_once);
         scenario!(kv_set_if_absent_has_one_winner, shared);
+        scenario!(kv_calls_see_every_write_before_them);
         scenario!(progress_is_fenced_by_the_lease_and_cleared_by_a_new_attempt);
         scenario!(
             a_waiting_claim_is_served_by_the_enqueue_that_readies_its_type,
@@ -1272,6 +1291,52 @@ mod sqlite {
             dangling.is_empty(),
             "{} events name a missing job",
             dangling.len()
+        );
+    }
+
+    /// SQLite-specific: key-value calls are answered before the writer
+    /// commits them; once `kv_durable` returns, every one is in the file (read
+    /// here by a connection of the test's own), with the value last written;
+    /// a store opened again knows every key the file holds.
+    #[tokio::test]
+    async fn answered_kv_writes_are_in_the_file_once_durable() {
+        use crate::store::{KvWrite, Store};
+        use sqlx::Connection;
+        let (store, url, _dir) = store_in_file().await;
+        for n in 0..2000 {
+            let value = KvWrite::SetIfAbsent(format!("v{n}").into_bytes());
+            assert!(store.kv_write("p", &format!("k{n}"), value).await.unwrap());
+            let last = KvWrite::Set(format!("last{n}").into_bytes());
+            assert!(store.kv_write("p", "last", last).await.unwrap());
+        }
+        store.kv_durable().await.unwrap();
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM plugin_kv WHERE scope = 'p'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(rows, 2001);
+        let last: Vec<u8> =
+            sqlx::query_scalar("SELECT value FROM plugin_kv WHERE scope = 'p' AND key = 'last'")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(last, b"last1999");
+        // Nothing is waiting any more: answered from the file.
+        assert_eq!(store.kv_get("p", "k7").await.unwrap(), Some(b"v7".to_vec()));
+        // A store opened on the file knows its keys from the start.
+        store.close().await;
+        let store = SqliteStore::open(&url, Durability::Full).await.unwrap();
+        let again = KvWrite::SetIfAbsent(b"again".to_vec());
+        assert!(!store.kv_write("p", "k7", again.clone()).await.unwrap());
+        assert_eq!(store.kv_get("p", "k7").await.unwrap(), Some(b"v7".to_vec()));
+        assert!(store.kv_write("p", "k7", KvWrite::Delete).await.unwrap());
+        assert!(store.kv_write("p", "k7", again).await.unwrap());
+        assert!(
+            store
+                .kv_write("p", "new", KvWrite::Delete)
+                .await
+                .is_ok_and(|d| !d)
         );
     }
 

@@ -368,12 +368,21 @@ pub trait Store: Send + Sync + 'static {
     /// Jobs per state, per type, sorted by type.
     async fn counts_by_type(&self) -> StoreResult<Vec<(String, StateCounts)>>;
 
-    /// A plugin's durable key-value store: one write, committed before it
-    /// returns. `scope` keeps each plugin's keys apart (it is the job type).
+    /// A plugin's durable key-value store: one write. `scope` keeps each
+    /// plugin's keys apart (it is the plugin's name). Later calls see it at
+    /// once; it is durable by the time [`Store::kv_durable`] returns, and no
+    /// later than any job completion sent after it.
     async fn kv_write(&self, scope: &str, key: &str, write: KvWrite) -> StoreResult<bool>;
 
     /// The value of `key` in `scope`, if set.
     async fn kv_get(&self, scope: &str, key: &str) -> StoreResult<Option<Vec<u8>>>;
+
+    /// Returns once every key-value write answered so far is durable. A
+    /// backend that commits each write before answering has nothing to wait
+    /// for.
+    async fn kv_durable(&self) -> StoreResult<()> {
+        Ok(())
+    }
 
     /// Records how far a running attempt has got (0-100), fenced by its
     /// lease token: false (and nothing written) if that lease is gone.

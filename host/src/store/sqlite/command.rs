@@ -8,8 +8,7 @@ use crate::clock::Timestamp;
 use crate::job::{JobId, JobRecord};
 use crate::store::counts::Moves;
 use crate::store::{
-    ClaimRequest, ClaimWait, ClaimedJob, Completion, Enqueued, KvWrite, Moved, NewJob, Reaped,
-    StoreResult,
+    ClaimRequest, ClaimWait, ClaimedJob, Completion, Enqueued, Moved, NewJob, Reaped, StoreResult,
 };
 
 /// One write, as the writer receives it.
@@ -34,11 +33,11 @@ pub(super) enum Op {
     Promote(Timestamp),
     Replay(JobId, Timestamp),
     Cancel(JobId, Timestamp),
-    Kv {
-        scope: String,
-        key: String,
-        write: KvWrite,
-    },
+    /// A key-value write already answered ([`super::kv`]): settled by the
+    /// writer once its transaction commits, never answered.
+    Kv(super::kv::Deferred),
+    /// Nothing: answered once everything sent before it is committed.
+    Sync,
     Progress {
         id: JobId,
         token: i64,

@@ -94,6 +94,8 @@ pub struct SqliteStore {
     readers: SqlitePool,
     checkpointer: CancellationToken,
     counts: Counts,
+    /// The plugins' key-value stores, answered in memory ([`kv`]).
+    kv: Arc<kv::KvView>,
     /// Cancelled when the writer has folded the WAL in and closed its
     /// connection (or its thread is gone).
     writer_ended: CancellationToken,
@@ -147,6 +149,7 @@ impl SqliteStore {
             .connect_with(options.clone().read_only(true))
             .await?;
         let checkpoint_conn = options.clone().connect().await?;
+        let kv = Arc::new(kv::KvView::open(&path, BUSY_TIMEOUT)?);
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let wal = WalState {
             restart_frames: wal_restart_frames,
@@ -187,6 +190,7 @@ impl SqliteStore {
             readers,
             checkpointer,
             counts,
+            kv,
             writer_ended,
         })
     }
@@ -380,20 +384,23 @@ impl Store for SqliteStore {
     }
 
     async fn kv_write(&self, scope: &str, key: &str, write: KvWrite) -> StoreResult<bool> {
-        let op = Op::Kv {
-            scope: scope.to_owned(),
-            key: key.to_owned(),
-            write,
-        };
-        match self.send(op).await? {
-            Reply::Applied(done) => Ok(done),
-            _ => unreachable!("the writer answers Kv with Applied"),
-        }
+        let permit = self
+            .writer
+            .reserve()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        self.kv.write(scope, key, write, permit)
     }
 
     async fn kv_get(&self, scope: &str, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        let mut conn = self.readers.acquire().await?;
-        kv::get(&mut conn, scope, key).await
+        self.kv.get(scope, key)
+    }
+
+    async fn kv_durable(&self) -> StoreResult<()> {
+        if self.kv.unsettled() == 0 {
+            return Ok(());
+        }
+        self.send(Op::Sync).await.map(drop)
     }
 
     async fn job_progress(&self, id: JobId, token: i64, percent: u8) -> StoreResult<bool> {

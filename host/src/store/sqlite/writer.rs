@@ -87,6 +87,8 @@ pub(super) fn writer(
                         });
                     }
                 }
+                // Answered when it was made: now the file holds it.
+                (Op::Kv(write), result) => write.settle(result),
                 (_, Ok(Reply::Unpark(owner))) => {
                     unparked.push(owner);
                     let _ = cmd.reply.send(Ok(Reply::Applied(true)));
@@ -334,9 +336,8 @@ pub(super) fn apply(tx: &mut Tx<'_>, op: &Op, events: &mut Events) -> StoreResul
             tx.moves.extend(moves);
             reply
         }
-        Op::Kv { scope, key, write } => {
-            super::kv::write(tx.conn()?, scope, key, write).map(Reply::Applied)
-        }
+        Op::Kv(write) => write.apply(tx.conn()?).map(Reply::Applied),
+        Op::Sync => Ok(Reply::Applied(true)),
         Op::Progress { id, token, percent } => {
             super::kv::progress(tx.conn()?, *id, *token, *percent).map(Reply::Applied)
         }
