@@ -1268,6 +1268,24 @@ mod sqlite {
         }
     }
 
+    /// SQLite-specific: one process owns the file; a second store on it is
+    /// refused with a clear error until the first is closed.
+    #[tokio::test]
+    async fn a_second_owner_of_the_file_is_refused() {
+        let (store, url, _dir) = store_in_file().await;
+        let err = match SqliteStore::open(&url, Durability::Full).await {
+            Ok(_) => panic!("a second store opened the same file"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("another jobhost process has this database open"),
+            "{err}"
+        );
+        store.close().await;
+        let reopened = SqliteStore::open(&url, Durability::Full).await.unwrap();
+        reopened.close().await;
+    }
+
     /// SQLite-specific: the writer does not check the events' foreign key
     /// per row; every path that writes events must still leave none dangling.
     #[tokio::test]

@@ -99,6 +99,8 @@ pub struct SqliteStore {
     /// Cancelled when the writer has folded the WAL in and closed its
     /// connection (or its thread is gone).
     writer_ended: CancellationToken,
+    /// The lock that makes this process the file's one owner, until closed.
+    owner: std::sync::Mutex<Option<std::fs::File>>,
 }
 
 /// How long a connection waits for a lock another holds.
@@ -138,6 +140,7 @@ impl SqliteStore {
                 "{url}: the embedded store needs a file (sqlite://path/to/jobs.db), not an in-memory database"
             )));
         }
+        let owner = own(&path)?;
         let mut conn = options.clone().connect().await?;
         MIGRATOR
             .run(&mut conn)
@@ -192,6 +195,7 @@ impl SqliteStore {
             counts,
             kv,
             writer_ended,
+            owner: std::sync::Mutex::new(Some(owner)),
         })
     }
 
@@ -215,6 +219,33 @@ impl SqliteStore {
 /// writes every event of a hot transition from the job's own row (a join),
 /// and every other one for a job it has just updated, so none can dangle.
 /// The key stays declared in the schema.
+/// Locks `<file>.lock` beside the database, for as long as the store is
+/// open. The embedded store keeps what it knows of the file in memory (the
+/// next id, the counts, the key-value view): a second process writing the
+/// same file would make that untrue, so it is refused.
+fn own(path: &std::path::Path) -> StoreResult<std::fs::File> {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".lock");
+    let lock = path.with_file_name(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(|e| StoreError::Backend(format!("{}: {e}", lock.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Backend(format!(
+            "{}: another jobhost process has this database open (it holds {}); the embedded store has one owner. Stop it, or scale out on PostgreSQL",
+            path.display(),
+            lock.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StoreError::Backend(format!("{}: {e}", lock.display())))
+        }
+    }
+}
+
 fn open_writer(
     path: &std::path::Path,
     durability: Durability,
@@ -424,5 +455,7 @@ impl Store for SqliteStore {
         let _ = self.send(Op::Close).await;
         self.writer_ended.cancelled().await;
         self.readers.close().await;
+        // The file is free for another owner.
+        self.owner.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
