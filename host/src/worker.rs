@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::backoff::Backoff;
 use crate::clock::{Clock, Timestamp};
 use crate::dispatch::Dispatch;
-use crate::plugins::{LoadedPlugin, Registry};
+use crate::plugins::{Handler, Registry};
 use crate::runtime::{AttemptInput, AttemptOutcome, KvWrite, Runtime, Services, cap_plugin_text};
 use crate::store::{ClaimRequest, ClaimWait, ClaimedJob, Completion, Outcome, Store, StoreError};
 
@@ -109,8 +109,8 @@ impl Services for StoreServices {
 /// One claim the producer is about to make.
 struct Round {
     wait: ClaimWait,
-    /// The plugins the requests are for, to run what comes back.
-    plugins: Vec<Arc<LoadedPlugin>>,
+    /// The handlers of the types asked for, to run what comes back.
+    handlers: Vec<Arc<Handler>>,
     /// Some type was left out because its own slots were all busy.
     saturated: bool,
     /// Some type was left out by its rate limit: when it may start again.
@@ -120,7 +120,7 @@ struct Round {
 /// Permits an executor holds while its attempt runs; dropping them frees the slots.
 struct Slots {
     _host: OwnedSemaphorePermit,
-    _plugin: OwnedSemaphorePermit,
+    _type: OwnedSemaphorePermit,
 }
 
 impl Worker {
@@ -135,8 +135,11 @@ impl Worker {
         let host_slots = Arc::new(Semaphore::new(self.config.concurrency));
         let executors = TaskTracker::new();
         let mut paused = self.control.paused.subscribe();
+        // A change of plugins ends the round built on the ones before.
+        let mut plugins = self.registry.subscribe();
         let parks = self.store.parks_claims();
         while !stop.is_cancelled() {
+            plugins.borrow_and_update();
             if *paused.borrow_and_update() {
                 tokio::select! {
                     _ = paused.changed() => {}
@@ -156,12 +159,13 @@ impl Worker {
                         () = self.dispatch.wait_freed() => {}
                         () = tokio::time::sleep(wait) => {}
                         _ = paused.changed() => {}
+                        _ = plugins.changed() => {}
                         () = stop.cancelled() => {}
                     }
                     continue;
                 }
             };
-            let claimed = self.claim(round, &mut paused, &stop).await;
+            let claimed = self.claim(round, &mut paused, &mut plugins, &stop).await;
             if !claimed.is_empty() {
                 self.spawn_executors(claimed, &host_slots, &executors, &abort);
                 // There may be more waiting: claim again at once.
@@ -173,6 +177,7 @@ impl Worker {
                     () = self.dispatch.wait_freed() => {}
                     () = tokio::time::sleep(self.config.poll_interval) => {}
                     _ = paused.changed() => {}
+                    _ = plugins.changed() => {}
                     () = stop.cancelled() => {}
                 }
             }
@@ -192,20 +197,20 @@ impl Worker {
         if host_free == 0 {
             return Err(None);
         }
-        let mut plugins = self.registry.all();
-        if !plugins.is_empty() {
-            let first = self.round.fetch_add(1, Ordering::Relaxed) % plugins.len();
-            plugins.rotate_left(first);
+        let mut handlers = self.registry.handlers();
+        if !handlers.is_empty() {
+            let first = self.round.fetch_add(1, Ordering::Relaxed) % handlers.len();
+            handlers.rotate_left(first);
         }
         let now = self.clock.now();
         let instant = std::time::Instant::now();
         let mut saturated = false;
         let mut refill: Option<Duration> = None;
-        let mut requests = Vec::with_capacity(plugins.len());
-        let mut included = Vec::with_capacity(plugins.len());
-        for plugin in plugins {
-            let mut free = host_free.min(plugin.slots.available_permits());
-            if let Some(rate) = &plugin.rate {
+        let mut requests = Vec::with_capacity(handlers.len());
+        let mut included = Vec::with_capacity(handlers.len());
+        for handler in handlers {
+            let mut free = host_free.min(handler.slots.available_permits());
+            if let Some(rate) = &handler.rate {
                 let (allowed, wait) = rate.available(instant);
                 free = free.min(allowed);
                 if let Some(wait) = wait {
@@ -217,16 +222,16 @@ impl Worker {
                 continue;
             }
             requests.push(ClaimRequest {
-                job_type: plugin.job_type.clone(),
+                job_type: handler.job_type.clone(),
                 limit: free,
                 owner: self.config.owner.clone(),
                 token: rand::random(),
-                plugin_digest: plugin.compiled.digest.clone(),
+                plugin_digest: handler.plugin.compiled.digest.clone(),
                 now,
                 lease_expires_at: now
-                    .plus(plugin.manifest.limits.timeout + self.config.lease_grace),
+                    .plus(handler.plugin.manifest.limits.timeout + self.config.lease_grace),
             });
-            included.push(plugin);
+            included.push(handler);
         }
         if requests.is_empty() {
             return Err(refill);
@@ -237,25 +242,27 @@ impl Worker {
                 requests,
                 total: host_free,
             },
-            plugins: included,
+            handlers: included,
             saturated,
             refill,
         })
     }
 
     /// Leases jobs for `round`. A parked claim is ended (and returns what it
-    /// leased, perhaps nothing) at the poll interval, on pause or stop, or
-    /// when a slot frees if it asked for few jobs or left a type out for want
-    /// of that type's own slots.
+    /// leased, perhaps nothing) at the poll interval, on pause or stop, when
+    /// a plugin is loaded, swapped or removed (so a job submitted after a
+    /// swap starts on the new version), or when a slot frees if it asked for
+    /// few jobs or left a type out for want of that type's own slots.
     async fn claim(
         &self,
         round: Round,
         paused: &mut watch::Receiver<bool>,
+        plugins: &mut watch::Receiver<u64>,
         stop: &CancellationToken,
-    ) -> Vec<(ClaimedJob, Arc<LoadedPlugin>)> {
+    ) -> Vec<(ClaimedJob, Arc<Handler>)> {
         let Round {
             wait,
-            plugins,
+            handlers,
             saturated,
             refill,
         } = round;
@@ -271,6 +278,7 @@ impl Worker {
             tokio::select! {
                 () = tokio::time::sleep(self.config.poll_interval) => {}
                 _ = paused.changed() => {}
+                _ = plugins.changed() => {}
                 () = stop.cancelled() => {}
                 () = self.dispatch.wait_freed(), if rescope => {}
                 // A rate-limited type left out may start again.
@@ -303,21 +311,21 @@ impl Worker {
         let claimed: Vec<_> = jobs
             .into_iter()
             .map(|job| {
-                let plugin = plugins
+                let handler = handlers
                     .iter()
-                    .find(|p| p.job_type == job.job_type)
+                    .find(|h| h.job_type == job.job_type)
                     .expect("the store leases only the types asked for")
                     .clone();
-                (job, plugin)
+                (job, handler)
             })
             .collect();
         // Rate-limited types pay for what they leased.
         let now = std::time::Instant::now();
-        for plugin in &plugins {
-            if let Some(rate) = &plugin.rate {
+        for handler in &handlers {
+            if let Some(rate) = &handler.rate {
                 let n = claimed
                     .iter()
-                    .filter(|(_, p)| Arc::ptr_eq(p, plugin))
+                    .filter(|(_, h)| Arc::ptr_eq(h, handler))
                     .count();
                 rate.take(n, now);
             }
@@ -327,12 +335,12 @@ impl Worker {
 
     fn spawn_executors(
         self: &Arc<Self>,
-        claimed: Vec<(ClaimedJob, Arc<LoadedPlugin>)>,
+        claimed: Vec<(ClaimedJob, Arc<Handler>)>,
         host_slots: &Arc<Semaphore>,
         executors: &TaskTracker,
         abort: &CancellationToken,
     ) {
-        for (job, plugin) in claimed {
+        for (job, handler) in claimed {
             // Only this task takes permits, and the claim asked for no more
             // than were free, so these cannot fail.
             let slots = Slots {
@@ -340,15 +348,15 @@ impl Worker {
                     .clone()
                     .try_acquire_owned()
                     .expect("host slot counted as free"),
-                _plugin: plugin
+                _type: handler
                     .slots
                     .clone()
                     .try_acquire_owned()
-                    .expect("plugin slot counted as free"),
+                    .expect("type slot counted as free"),
             };
             let worker = self.clone();
             let abort = abort.clone();
-            executors.spawn(async move { worker.execute(job, plugin, slots, abort).await });
+            executors.spawn(async move { worker.execute(job, handler, slots, abort).await });
         }
     }
 
@@ -356,20 +364,21 @@ impl Worker {
     async fn execute(
         self: Arc<Self>,
         job: ClaimedJob,
-        plugin: Arc<LoadedPlugin>,
+        handler: Arc<Handler>,
         slots: Slots,
         abort: CancellationToken,
     ) {
-        let job_type = plugin.job_type.as_str();
+        let plugin = &handler.plugin;
         let started = self.clock.now();
-        let metrics = &plugin.metrics;
+        let metrics = &handler.metrics;
         metrics.started.increment(1);
         metrics
             .queue_latency
             .record(job.run_at.until(started).as_secs_f64());
         let input = AttemptInput {
             id: job.id,
-            job_type,
+            job_type: &handler.job_type,
+            plugin: &plugin.name,
             payload: &job.payload,
             attempt: job.attempt,
             max_attempts: job.max_attempts,
@@ -455,7 +464,7 @@ impl Worker {
                     self.dispatch.scheduled();
                 }
                 if let Some(error) = dead_error {
-                    self.dispatch.dead(job_type, job.id, &error);
+                    self.dispatch.dead(&handler.job_type, job.id, &error);
                 }
             }
             Ok(false) => tracing::warn!(

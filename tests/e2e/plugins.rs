@@ -94,7 +94,7 @@ pub(crate) async fn plugin(host: &Server, job_type: &str) -> Option<Value> {
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["type"] == job_type)
+        .find(|p| p["name"] == job_type)
         .cloned()
 }
 
@@ -376,6 +376,15 @@ fn plugin_check_tells_a_runnable_plugin_from_other_files() {
         "imports listed: {out}"
     );
     assert!(out.contains("timeout 2000 ms"), "manifest read: {out}");
+    std::fs::write(dir.path().join("mailer.wasm"), &noop).unwrap();
+    let types = "job_types = [\"welcome\", \"digest\"]\n";
+    std::fs::write(dir.path().join("mailer.toml"), types).unwrap();
+    let (code, out, err) = check("mailer.wasm", &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("a jobhost plugin for job types \"welcome\", \"digest\""),
+        "{out}"
+    );
 
     // A broken manifest beside it, a file that is not wasm, a component of
     // another world, a name that is not a job type.
@@ -658,4 +667,68 @@ async fn a_rate_limited_type_starts_no_faster_than_its_rate() {
         span >= 1_500_000,
         "60 attempts at 20/s started within {span} µs"
     );
+}
+
+/// One plugin handles the job types its manifest lists, with one key-value
+/// store for all of them; no two plugins handle one type, and a type let go
+/// by one plugin is taken up by the plugin that asked for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_plugin_handles_several_job_types() {
+    let both = "job_types = [\"kv_ops\", \"kv_ops_other\"]\n";
+    let host = Server::start(Plugins::new().testing("pair", both), &[]).await;
+    let dir = host.plugins_dir();
+
+    let set = host
+        .submit("kv_ops", r#"{"ops":[["set","shared","from kv_ops"]]}"#)
+        .await;
+    host.wait_for(set, "succeeded").await;
+    let get = r#"{"ops":[["get","shared"]]}"#;
+    let id = host.submit("kv_ops_other", get).await;
+    let job = host.wait_for(id, "succeeded").await;
+    assert_eq!(job["result"], serde_json::json!(["from kv_ops"]), "{job}");
+    // The plugin's own name is not one of its types.
+    let (status, body) = host.post("/jobs/pair", "{}").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["code"], "unknown_job_type", "{body}");
+    let entry = plugin(&host, "pair").await.expect("pair is listed");
+    assert_eq!(
+        entry["jobTypes"],
+        serde_json::json!(["kv_ops", "kv_ops_other"])
+    );
+
+    // Another plugin asking for one of those types: refused as an upload
+    // (nothing written), and as files dropped in (reported, not loaded).
+    let testing = plugin_bytes("testing", "testing");
+    let rival = "job_types = [\"kv_ops\"]\n";
+    let (status, body) = put_plugin(&host, "rival", testing.clone(), Some(rival)).await;
+    assert_eq!(status, 422, "{body}");
+    let says = "job type \"kv_ops\" is already handled by plugin \"pair\"";
+    assert!(body["message"].as_str().unwrap().contains(says), "{body}");
+    assert!(!dir.join("rival.wasm").exists());
+    drop_in(&dir, "rival.toml", rival.as_bytes());
+    drop_in(&dir, "rival.wasm", &testing);
+    let entry = wait_for_plugin(&host, "rival", "refused", |p| {
+        p.is_some_and(|p| p["status"] == "failed")
+    })
+    .await
+    .unwrap();
+    assert!(
+        entry["lastError"].as_str().unwrap().contains(says),
+        "{entry}"
+    );
+    assert_eq!(entry["digest"], Value::Null, "{entry}");
+
+    // `pair` lets kv_ops go: `rival` takes it, its files unchanged, and
+    // runs it with a key-value store of its own.
+    drop_in(&dir, "pair.toml", b"job_types = [\"kv_ops_other\"]\n");
+    wait_for_plugin(&host, "rival", "loaded", |p| {
+        p.is_some_and(|p| p["status"] == "loaded")
+    })
+    .await;
+    let id = host.submit("kv_ops", get).await;
+    let job = host.wait_for(id, "succeeded").await;
+    assert_eq!(job["result"], serde_json::json!([null]), "{job}");
+    let id = host.submit("kv_ops_other", get).await;
+    let job = host.wait_for(id, "succeeded").await;
+    assert_eq!(job["result"], serde_json::json!(["from kv_ops"]), "{job}");
 }

@@ -203,7 +203,7 @@ async fn plugins(State(app): State<AppState>) -> Json<Value> {
         .all()
         .iter()
         .map(|p| {
-            let failure = failures.remove(&p.job_type);
+            let failure = failures.remove(&p.name);
             let mut plugin = render_plugin(p);
             if let Some(f) = failure {
                 plugin["status"] = json!("failed");
@@ -213,10 +213,11 @@ async fn plugins(State(app): State<AppState>) -> Json<Value> {
             plugin
         })
         .collect();
-    // Types whose files never loaded: nothing serves them.
-    for (job_type, f) in failures {
+    // Plugins whose files never loaded: nothing serves them.
+    for (name, f) in failures {
         plugins.push(json!({
-            "type": job_type,
+            "name": name,
+            "type": name,
             "digest": null,
             "status": "failed",
             "lastError": f.error,
@@ -229,7 +230,9 @@ async fn plugins(State(app): State<AppState>) -> Json<Value> {
 fn render_plugin(p: &LoadedPlugin) -> Value {
     let m = &p.manifest;
     json!({
-        "type": p.job_type,
+        "name": p.name,
+        "type": p.name,
+        "jobTypes": p.job_types,
         "digest": p.compiled.digest,
         "sizeBytes": p.size,
         "loadedAt": rfc3339(p.loaded_at),

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState, MAX_BATCH, MAX_IDEMPOTENCY_KEY, PathParam};
 use crate::job::{JobEvent, JobRecord, JobState};
-use crate::plugins::LoadedPlugin;
+use crate::plugins::Handler;
 use crate::store::{Enqueued, NewJob};
 
 /// Longest delay a job may be submitted with: one year.
@@ -37,10 +37,10 @@ pub fn router() -> Router<AppState> {
         .route("/jobs/{key}/batch", post(submit_batch))
 }
 
-/// The plugin that handles `job_type`, or the error that lists those loaded.
-fn plugin_for(app: &AppState, job_type: String) -> Result<Arc<LoadedPlugin>, ApiError> {
+/// The handler of `job_type`, or the error that lists the types handled.
+fn handler_for(app: &AppState, job_type: String) -> Result<Arc<Handler>, ApiError> {
     app.registry
-        .get(&job_type)
+        .handler(&job_type)
         .ok_or_else(|| ApiError::UnknownJobType {
             name: job_type,
             loaded: app.registry.types(),
@@ -54,7 +54,7 @@ async fn submit(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let plugin = plugin_for(&app, job_type)?;
+    let handler = handler_for(&app, job_type)?;
     let delay = parse_delay(query.as_deref())?;
     let bytes = read_body(body, &headers, app.body_limit).await?;
     let payload: Value =
@@ -66,18 +66,18 @@ async fn submit(
 
     let now = app.clock.now();
     let job = NewJob {
-        job_type: plugin.job_type.clone(),
+        job_type: handler.job_type.clone(),
         payload,
         idempotency_key,
-        max_attempts: plugin.manifest.max_attempts,
+        max_attempts: handler.plugin.manifest.max_attempts,
         run_at: now.plus(delay),
     };
     match app.store.job_insert(job, now).await? {
         Enqueued::Created { id, state } => {
-            plugin.metrics.enqueued.increment(1);
+            handler.metrics.enqueued.increment(1);
             match state {
                 JobState::Scheduled => app.dispatch.scheduled(),
-                _ => app.dispatch.ready(&plugin.job_type, [id]),
+                _ => app.dispatch.ready(&handler.job_type, [id]),
             }
             Ok((
                 StatusCode::ACCEPTED,
@@ -98,7 +98,7 @@ async fn submit_batch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let plugin = plugin_for(&app, job_type)?;
+    let handler = handler_for(&app, job_type)?;
     if headers.contains_key("idempotency-key") {
         return Err(ApiError::InvalidIdempotencyKey(
             "a batch takes no Idempotency-Key header; put an idempotencyKey in each payload",
@@ -130,10 +130,10 @@ async fn submit_batch(
             None
         };
         jobs.push(NewJob {
-            job_type: plugin.job_type.clone(),
+            job_type: handler.job_type.clone(),
             payload: text.to_owned(),
             idempotency_key,
-            max_attempts: plugin.manifest.max_attempts,
+            max_attempts: handler.plugin.manifest.max_attempts,
             run_at,
         });
     }
@@ -142,14 +142,14 @@ async fn submit_batch(
         .iter()
         .filter(|r| matches!(r, Enqueued::Created { .. }))
         .count();
-    plugin.metrics.enqueued.increment(created as u64);
+    handler.metrics.enqueued.increment(created as u64);
     if created > 0 {
         if delay.is_zero() {
             let created = results.iter().filter_map(|r| match r {
                 Enqueued::Created { id, .. } => Some(*id),
                 Enqueued::Existing { .. } => None,
             });
-            app.dispatch.ready(&plugin.job_type, created);
+            app.dispatch.ready(&handler.job_type, created);
         } else {
             app.dispatch.scheduled();
         }

@@ -125,6 +125,10 @@ fn check(file: &Path, manifest: Option<&Path>, as_json: bool) -> anyhow::Result<
         }
     };
     let ok = problems.is_empty();
+    let job_types = parsed
+        .as_ref()
+        .and_then(|m| m.job_types.clone())
+        .unwrap_or_else(|| vec![name.clone()]);
 
     if as_json {
         let manifest = parsed.as_ref().map(|m| {
@@ -142,7 +146,9 @@ fn check(file: &Path, manifest: Option<&Path>, as_json: bool) -> anyhow::Result<
         });
         let out = json!({
             "file": file.display().to_string(),
+            "name": name,
             "type": name,
+            "jobTypes": job_types,
             "valid": ok,
             "problems": problems,
             "digest": digest,
@@ -156,7 +162,12 @@ fn check(file: &Path, manifest: Option<&Path>, as_json: bool) -> anyhow::Result<
     }
 
     if ok {
-        println!("{}: a jobhost plugin for job type {name:?}", file.display());
+        let types: Vec<String> = job_types.iter().map(|t| format!("{t:?}")).collect();
+        let types = types.join(", ");
+        match job_types.len() {
+            1 => println!("{}: a jobhost plugin for job type {types}", file.display()),
+            _ => println!("{}: a jobhost plugin for job types {types}", file.display()),
+        }
     } else {
         println!("{}: NOT a plugin jobhost can run", file.display());
         for p in &problems {

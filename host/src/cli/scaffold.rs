@@ -118,12 +118,13 @@ jobhost_plugin::export!(Plugin);
 
 const MANIFEST: &str = r#"# Manifest of the {name} plugin. Every field is optional; these are the
 # defaults unless said otherwise. See the README, "Plugin manifest".
+# job_types = ["{name}"]  # the job types it handles (job.job_type tells them apart)
 fuel = 1_000_000_000      # wasm fuel per attempt
 timeout_ms = 30_000       # wall-clock deadline per attempt
 memory_mb = 64            # linear memory cap per attempt
 max_attempts = 5          # attempts before the dead-letter queue
-concurrency = 16          # attempts of this type in flight per host
-# rate_per_second = 50    # attempts started per second per host (default: no limit)
+concurrency = 16          # attempts of each type in flight per host
+# rate_per_second = 50    # attempts of each type started per second per host (default: no limit)
 # Where outbound HTTP (wasi:http) may go; none when empty.
 allowed_outbound_hosts = []
 

@@ -90,10 +90,10 @@ impl Loader {
         &self.dir
     }
 
-    fn paths(&self, job_type: &str) -> (PathBuf, PathBuf) {
+    fn paths(&self, name: &str) -> (PathBuf, PathBuf) {
         (
-            self.dir.join(format!("{job_type}.wasm")),
-            self.dir.join(format!("{job_type}.toml")),
+            self.dir.join(format!("{name}.wasm")),
+            self.dir.join(format!("{name}.toml")),
         )
     }
 
@@ -101,7 +101,7 @@ impl Loader {
     /// plugin that does not load fails the start, naming it.
     pub fn load_all(&self) -> Result<Vec<String>, LoadError> {
         let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let (types, misnamed) = self.types_on_disk()?;
+        let (types, misnamed) = self.names_on_disk()?;
         if let Some(path) = misnamed.into_iter().next() {
             return Err(LoadError::BadName {
                 name: path
@@ -112,61 +112,73 @@ impl Loader {
             });
         }
         let mut loaded = Vec::new();
-        for job_type in types {
-            let (wasm_path, manifest_path) = self.paths(&job_type);
+        for name in types {
+            let (wasm_path, manifest_path) = self.paths(&name);
             let wasm = std::fs::read(&wasm_path).map_err(|source| LoadError::Io {
                 path: wasm_path.clone(),
                 source,
             })?;
             let manifest = read_manifest(&manifest_path)?;
-            let plugin = self.build(&job_type, &wasm, manifest)?;
-            tracing::info!(job_type, digest = %plugin.compiled.digest, "loaded plugin");
+            let plugin = self.build(&name, &wasm, manifest)?;
+            self.registry.check_types(&plugin, &manifest_path)?;
+            tracing::info!(plugin = name, digest = %plugin.compiled.digest, types = ?plugin.job_types, "loaded plugin");
             self.registry.insert(plugin);
-            loaded.push(job_type);
+            loaded.push(name);
         }
         Ok(loaded)
     }
 
-    /// Brings the registry in step with the directory: every type on disk
+    /// Brings the registry in step with the directory: every plugin on disk
     /// or loaded is looked at. Blocking (it may compile).
     pub fn sync(&self) -> Vec<(String, Change)> {
         let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut types: BTreeSet<String> = match self.types_on_disk() {
-            Ok((types, misnamed)) => {
+        let mut names: BTreeSet<String> = match self.names_on_disk() {
+            Ok((names, misnamed)) => {
                 let mut warned = self.misnamed.lock().unwrap_or_else(|e| e.into_inner());
                 for path in misnamed {
                     if !warned.contains(&path) {
-                        tracing::warn!(path = %path.display(), "ignoring a .wasm whose name is not a job type name (1-64 of a-z, 0-9, _ and -, starting with a letter)");
+                        tracing::warn!(path = %path.display(), "ignoring a .wasm whose name is not a valid plugin name (1-64 of a-z, 0-9, _ and -, starting with a letter)");
                         warned.insert(path);
                     }
                 }
-                types.into_iter().collect()
+                names.into_iter().collect()
             }
             Err(e) => {
                 tracing::error!(error = %e, "reading the plugins directory failed; nothing changed");
                 return Vec::new();
             }
         };
-        types.extend(self.registry.types());
-        types.extend(self.registry.failures().into_keys());
-        types
+        names.extend(self.registry.names());
+        names.extend(self.registry.failures().into_keys());
+        let mut changes: Vec<(String, Change)> = names
             .into_iter()
-            .map(|job_type| {
-                let change = self.look(&job_type);
-                (job_type, change)
+            .map(|name| {
+                let change = self.look(&name);
+                (name, change)
             })
-            .filter(|(_, change)| *change != Change::Unchanged)
-            .collect()
+            .collect();
+        // A plugin refused because another handled one of its types may
+        // load now that the other has let it go (both changed at once).
+        for (name, change) in &mut changes {
+            if matches!(change, Change::Failed(_)) {
+                match self.look(name) {
+                    Change::Unchanged => {}
+                    again => *change = again,
+                }
+            }
+        }
+        changes.retain(|(_, change)| *change != Change::Unchanged);
+        changes
     }
 
     /// Looks at one type's files (the lock held).
-    fn look(&self, job_type: &str) -> Change {
-        let (wasm_path, manifest_path) = self.paths(job_type);
+    fn look(&self, name: &str) -> Change {
+        let (wasm_path, manifest_path) = self.paths(name);
         let wasm = match std::fs::read(&wasm_path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return if self.registry.remove(job_type).is_some() {
+                return if self.registry.remove(name).is_some() {
                     tracing::warn!(
-                        job_type,
+                        plugin = name,
                         "plugin removed: its jobs are no longer claimed here; queued ones wait"
                     );
                     Change::Removed
@@ -179,67 +191,77 @@ impl Loader {
                     path: wasm_path,
                     source,
                 };
-                return self.failed(job_type, String::new(), None, &error);
+                return self.failed(name, String::new(), None, &error);
             }
             Ok(wasm) => wasm,
         };
         let manifest = match read_manifest(&manifest_path) {
             Ok(text) => text,
-            Err(e) => return self.failed(job_type, digest_of(&wasm), None, &e),
+            Err(e) => return self.failed(name, digest_of(&wasm), None, &e),
         };
         let digest = digest_of(&wasm);
-        let serving = self.registry.get(job_type);
+        let serving = self.registry.get(name);
         if serving
             .as_ref()
             .is_some_and(|p| p.compiled.digest == digest && p.manifest_text == manifest)
         {
             return Change::Unchanged;
         }
-        if self
-            .registry
-            .failure(job_type)
-            .is_some_and(|f| f.digest == digest && f.manifest_text == manifest)
-        {
+        if self.registry.failure(name).is_some_and(|f| {
+            f.digest == digest
+                && f.manifest_text == manifest
+                && f.types_generation
+                    .is_none_or(|g| g == self.registry.generation())
+        }) {
             return Change::Unchanged; // the same broken files, reported already
         }
-        match self.build(job_type, &wasm, manifest.clone()) {
+        let built = self
+            .build(name, &wasm, manifest.clone())
+            .and_then(|plugin| {
+                self.registry.check_types(&plugin, &manifest_path)?;
+                Ok(plugin)
+            });
+        match built {
             Ok(plugin) => {
                 let digest = plugin.compiled.digest.clone();
                 let old = self.registry.insert(plugin);
                 tracing::info!(
-                    job_type,
+                    plugin = name,
                     digest,
                     replaced = old.as_ref().map(|p| p.compiled.digest.as_str()),
                     "loaded plugin"
                 );
                 Change::Loaded(digest)
             }
-            Err(e) => self.failed(job_type, digest, manifest, &e),
+            Err(e) => self.failed(name, digest, manifest, &e),
         }
     }
 
     fn failed(
         &self,
-        job_type: &str,
+        name: &str,
         digest: String,
         manifest_text: Option<String>,
         error: &LoadError,
     ) -> Change {
-        let serving = self.registry.get(job_type);
+        let serving = self.registry.get(name);
         tracing::error!(
-            job_type,
+            plugin = name,
             error = %error,
             still_serving = serving.as_ref().map(|p| p.compiled.digest.as_str()),
             "plugin files did not load; the version before keeps serving"
         );
+        let types_generation =
+            matches!(error, LoadError::TypeTaken { .. }).then(|| self.registry.generation());
         let error = error.to_string();
         self.registry.fail(
-            job_type,
+            name,
             LoadFailure {
                 error: error.clone(),
                 at: SystemTime::now(),
                 digest,
                 manifest_text,
+                types_generation,
             },
         );
         Change::Failed(error)
@@ -247,14 +269,14 @@ impl Loader {
 
     fn build(
         &self,
-        job_type: &str,
+        name: &str,
         wasm: &[u8],
         manifest: Option<String>,
     ) -> Result<LoadedPlugin, LoadError> {
-        let (wasm_path, manifest_path) = self.paths(job_type);
+        let (wasm_path, manifest_path) = self.paths(name);
         build(
             &self.runtime,
-            job_type,
+            name,
             wasm,
             manifest,
             (&wasm_path, &manifest_path),
@@ -266,15 +288,16 @@ impl Loader {
     /// `None` keeps the manifest on disk, if any.
     pub fn check(
         &self,
-        job_type: &str,
+        name: &str,
         wasm: &[u8],
         manifest: Option<String>,
     ) -> Result<Checked, LoadError> {
         let manifest = match manifest {
             Some(text) => Some(text),
-            None => read_manifest(&self.paths(job_type).1)?,
+            None => read_manifest(&self.paths(name).1)?,
         };
-        let plugin = self.build(job_type, wasm, manifest.clone())?;
+        let plugin = self.build(name, wasm, manifest.clone())?;
+        self.registry.check_types(&plugin, &self.paths(name).1)?;
         Ok(Checked { plugin, manifest })
     }
 
@@ -283,14 +306,14 @@ impl Loader {
     /// keeps serving.
     pub fn install(&self, checked: Checked, wasm: &[u8]) -> Result<Arc<LoadedPlugin>, LoadError> {
         let installed = self.commit(checked.plugin, wasm, checked.manifest.as_deref())?;
-        tracing::info!(job_type = %installed.job_type, digest = %installed.compiled.digest, "plugin uploaded");
+        tracing::info!(plugin = %installed.name, digest = %installed.compiled.digest, "plugin uploaded");
         Ok(installed)
     }
 
-    /// Whether `job_type` is served by exactly this digest and manifest.
-    pub fn serves(&self, job_type: &str, digest: &str, manifest: Option<&str>) -> bool {
+    /// Whether `name` is served by exactly this digest and manifest.
+    pub fn serves(&self, name: &str, digest: &str, manifest: Option<&str>) -> bool {
         self.registry
-            .get(job_type)
+            .get(name)
             .is_some_and(|p| p.compiled.digest == digest && p.manifest_text.as_deref() == manifest)
     }
 
@@ -299,15 +322,19 @@ impl Loader {
     /// failure, as a broken file in the directory would be.
     pub fn follow(
         &self,
-        job_type: &str,
+        name: &str,
         wasm: &[u8],
         manifest: Option<String>,
     ) -> Result<(), LoadError> {
         let plugin = self
-            .build(job_type, wasm, manifest.clone())
+            .build(name, wasm, manifest.clone())
+            .and_then(|plugin| {
+                self.registry.check_types(&plugin, &self.paths(name).1)?;
+                Ok(plugin)
+            })
             .inspect_err(|e| {
                 let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-                self.failed(job_type, digest_of(wasm), manifest.clone(), e);
+                self.failed(name, digest_of(wasm), manifest.clone(), e);
             })?;
         self.commit(plugin, wasm, manifest.as_deref()).map(drop)
     }
@@ -321,8 +348,11 @@ impl Loader {
         manifest: Option<&str>,
     ) -> Result<Arc<LoadedPlugin>, LoadError> {
         let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let job_type = plugin.job_type.clone();
-        let (wasm_path, manifest_path) = self.paths(&job_type);
+        let name = plugin.name.clone();
+        let (wasm_path, manifest_path) = self.paths(&name);
+        // Checked again under the lock: another plugin may have taken one
+        // of its types since.
+        self.registry.check_types(&plugin, &manifest_path)?;
         match manifest {
             Some(text) => write_atomically(&manifest_path, text.as_bytes())?,
             None => match std::fs::remove_file(&manifest_path) {
@@ -338,13 +368,13 @@ impl Loader {
         }
         write_atomically(&wasm_path, wasm)?;
         self.registry.insert(plugin);
-        Ok(self.registry.get(&job_type).expect("inserted above"))
+        Ok(self.registry.get(&name).expect("inserted above"))
     }
 
     /// Deletes a type's files and stops serving it. False if it had neither.
-    pub fn uninstall(&self, job_type: &str) -> Result<bool, LoadError> {
+    pub fn uninstall(&self, name: &str) -> Result<bool, LoadError> {
         let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let (wasm_path, manifest_path) = self.paths(job_type);
+        let (wasm_path, manifest_path) = self.paths(name);
         let mut found = false;
         for path in [&wasm_path, &manifest_path] {
             match std::fs::remove_file(path) {
@@ -358,10 +388,10 @@ impl Loader {
                 }
             }
         }
-        let served = self.registry.remove(job_type).is_some();
+        let served = self.registry.remove(name).is_some();
         if served {
             tracing::warn!(
-                job_type,
+                plugin = name,
                 "plugin deleted: its jobs are no longer claimed here; queued ones wait"
             );
         }
@@ -370,7 +400,7 @@ impl Loader {
 
     /// The job types the directory has a `.wasm` for, and the `.wasm` files
     /// whose names are not job type names.
-    fn types_on_disk(&self) -> Result<(Vec<String>, Vec<PathBuf>), LoadError> {
+    fn names_on_disk(&self) -> Result<(Vec<String>, Vec<PathBuf>), LoadError> {
         let entries = std::fs::read_dir(&self.dir).map_err(|source| LoadError::Io {
             path: self.dir.clone(),
             source,
@@ -429,8 +459,8 @@ impl Loader {
             let loader = self.clone();
             match tokio::task::spawn_blocking(move || loader.sync()).await {
                 Ok(changes) => {
-                    for (job_type, change) in changes {
-                        tracing::debug!(job_type, ?change, "plugins directory changed");
+                    for (name, change) in changes {
+                        tracing::debug!(plugin = name, ?change, "plugins directory changed");
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "syncing the plugins directory panicked"),

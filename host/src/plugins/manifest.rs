@@ -3,12 +3,13 @@
 //! error, so a typo never silently falls back to a default.
 //!
 //! ```toml
+//! job_types = ["email_welcome", "email_digest"]   # the types it handles (default: its own name)
 //! fuel = 1_000_000_000      # wasm fuel per attempt
 //! timeout_ms = 30_000       # wall-clock deadline per attempt
 //! memory_mb = 64            # linear memory cap per attempt
 //! max_attempts = 5          # attempts before the dead-letter queue
-//! concurrency = 16          # attempts of this type in flight per host
-//! rate_per_second = 50      # attempts of this type started per second per host (default: no limit)
+//! concurrency = 16          # attempts of each of its types in flight per host
+//! rate_per_second = 50      # attempts of each of its types started per second per host (default: no limit)
 //! # where wasi:http requests may go; none when empty (the default)
 //! allowed_outbound_hosts = ["https://api.mail.example.com", "http://127.0.0.1:8025"]
 //!
@@ -33,6 +34,8 @@ use crate::runtime::{Grants, HostPattern, Limits};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
+    /// The job types the plugin handles (`None`: the one named like it).
+    pub job_types: Option<Vec<String>>,
     pub limits: Limits,
     pub max_attempts: u32,
     pub concurrency: u32,
@@ -55,6 +58,7 @@ pub const MAX_CONFIG_VALUE: usize = 64 * 1024;
 impl Default for Manifest {
     fn default() -> Self {
         Manifest {
+            job_types: None,
             limits: Limits {
                 fuel: 1_000_000_000,
                 timeout: Duration::from_secs(30),
@@ -83,6 +87,7 @@ pub enum ManifestError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
+    job_types: Option<Vec<String>>,
     fuel: Option<u64>,
     timeout_ms: Option<u64>,
     memory_mb: Option<u64>,
@@ -93,6 +98,9 @@ struct Raw {
     config: Option<BTreeMap<String, toml::Value>>,
     allowed_outbound_hosts: Option<Vec<String>>,
 }
+
+/// The most job types one plugin may handle.
+pub const MAX_JOB_TYPES: usize = 64;
 
 /// The most entries `allowed_outbound_hosts` may have.
 pub const MAX_OUTBOUND_HOSTS: usize = 64;
@@ -133,6 +141,9 @@ impl Manifest {
     ) -> Result<Manifest, ManifestError> {
         let raw: Raw = toml::from_str(text).map_err(|e| ManifestError::Parse(e.to_string()))?;
         let mut m = Manifest::default();
+        if let Some(types) = raw.job_types {
+            m.job_types = Some(job_types(types)?);
+        }
         if let Some(v) = raw.fuel {
             m.limits.fuel = check("fuel", v, 1_000, u64::MAX / 2)?;
         }
@@ -195,6 +206,37 @@ impl Manifest {
         m.grants = Arc::new(grants);
         Ok(m)
     }
+}
+
+/// Checks `job_types`: 1 to [`MAX_JOB_TYPES`] valid names, none twice.
+fn job_types(types: Vec<String>) -> Result<Vec<String>, ManifestError> {
+    let invalid = |field: String, problem: String| ManifestError::Invalid { field, problem };
+    if types.is_empty() || types.len() > MAX_JOB_TYPES {
+        return Err(invalid(
+            "job_types".into(),
+            format!(
+                "has {} entries; it names 1 to {MAX_JOB_TYPES} job types",
+                types.len()
+            ),
+        ));
+    }
+    for (i, name) in types.iter().enumerate() {
+        if !super::valid_type_name(name) {
+            return Err(invalid(
+                format!("job_types[{i}]"),
+                format!(
+                    "({name:?}) is not a valid job type name (1-64 of a-z, 0-9, _ and -, starting with a letter)"
+                ),
+            ));
+        }
+        if types[..i].contains(name) {
+            return Err(invalid(
+                format!("job_types[{i}]"),
+                format!("({name:?}) is listed twice"),
+            ));
+        }
+    }
+    Ok(types)
 }
 
 /// Checks the `[config]` keys and values, reading environment references.
@@ -307,6 +349,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("backoff.jitter"), "{e}");
+    }
+
+    #[test]
+    fn job_types_are_checked_entry_by_entry() {
+        assert_eq!(Manifest::default().job_types, None);
+        let m = Manifest::parse("job_types = [\"email_welcome\", \"email_digest\"]").unwrap();
+        assert_eq!(
+            m.job_types,
+            Some(vec!["email_welcome".to_owned(), "email_digest".to_owned()])
+        );
+        let err = |text: &str| Manifest::parse(text).unwrap_err().to_string();
+        let e = err("job_types = []");
+        assert!(e.contains("`job_types`") && e.contains("1 to 64"), "{e}");
+        let e = err("job_types = [\"ok\", \"Not-Ok\"]");
+        assert!(e.contains("job_types[1]") && e.contains("Not-Ok"), "{e}");
+        let e = err("job_types = [\"a\", \"b\", \"a\"]");
+        assert!(e.contains("job_types[2]") && e.contains("twice"), "{e}");
+        let e = err("job_types = \"a\"");
+        assert!(e.contains("job_types"), "{e}");
+        let many: Vec<String> = (0..65).map(|i| format!("\"t{i}\"")).collect();
+        let e = err(&format!("job_types = [{}]", many.join(",")));
+        assert!(e.contains("has 65 entries"), "{e}");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Plugins: their manifests and the registry of loaded versions.
 //!
-//! A plugin on disk is `NAME.wasm` (the handler for job type `NAME`) with an
-//! optional `NAME.toml` manifest beside it. The registry maps each job type to
-//! the loaded version behind an `Arc`: an attempt holds its own `Arc`, so a
-//! version swapped out later finishes the attempts it started. The
+//! A plugin on disk is `NAME.wasm` with an optional `NAME.toml` manifest
+//! beside it; it handles job type `NAME`, or the types its manifest lists in
+//! `job_types` (no type is handled by two plugins). The registry maps each
+//! job type to a [`Handler`]: the loaded version behind an `Arc` and the
+//! type's own slots and rate on this host. An attempt holds its own `Arc`,
+//! so a version swapped out later finishes the attempts it started. The
 //! [`Loader`] keeps the registry in step with the directory (hot reload) and
 //! installs uploads.
 
@@ -17,7 +19,7 @@ pub use catalog::{Catalog, Published};
 pub use loader::{Change, Checked, Loader};
 pub use manifest::{Manifest, ManifestError};
 pub use rate::RateLimit;
-pub use registry::{LoadError, LoadFailure, LoadedPlugin, Registry};
+pub use registry::{Handler, LoadError, LoadFailure, LoadedPlugin, Registry};
 
 /// Longest job type name.
 pub const MAX_TYPE_LEN: usize = 64;

@@ -124,6 +124,8 @@ pub trait Services: Send + Sync + 'static {
 pub struct AttemptInput<'a> {
     pub id: i64,
     pub job_type: &'a str,
+    /// The plugin's name: the scope of its key-value store.
+    pub plugin: &'a str,
     pub payload: &'a str,
     pub attempt: u32,
     pub max_attempts: u32,
@@ -421,7 +423,7 @@ impl Runtime {
             token: job.token,
             http,
             caller: outbound::Caller {
-                plugin: job.job_type.to_owned(),
+                plugin: job.plugin.to_owned(),
                 job_id: job.id,
                 grants: job.grants.clone(),
                 services: job.services.clone(),

@@ -60,6 +60,7 @@ fn input_with<'a>(
     AttemptInput {
         id: 1,
         job_type,
+        plugin: job_type,
         payload,
         attempt: 1,
         max_attempts: 3,
