@@ -351,6 +351,37 @@ mod tests {
         assert!(e.contains("backoff.jitter"), "{e}");
     }
 
+    /// Every field, out of range or of the wrong kind: the error names it.
+    #[test]
+    fn every_field_has_its_own_error() {
+        let cases = [
+            ("job_types = [\"A\"]", "job_types[0]"),
+            ("fuel = 10", "`fuel`"),
+            ("fuel = \"lots\"", "fuel"),
+            ("timeout_ms = 0", "`timeout_ms`"),
+            ("timeout_ms = 86_400_001", "`timeout_ms`"),
+            ("memory_mb = 0", "`memory_mb`"),
+            ("memory_mb = 4097", "`memory_mb`"),
+            ("max_attempts = 1001", "`max_attempts`"),
+            ("concurrency = 0", "`concurrency`"),
+            ("concurrency = 10_001", "`concurrency`"),
+            ("rate_per_second = 2_000_000", "`rate_per_second`"),
+            (
+                "allowed_outbound_hosts = [\"ftp://x.test\"]",
+                "allowed_outbound_hosts[0]",
+            ),
+            ("[backoff]\nbase_ms = 86_400_001", "`backoff.base_ms`"),
+            ("[backoff]\ncap_ms = 86_400_001", "`backoff.cap_ms`"),
+            ("[backoff]\njitter = -0.1", "`backoff.jitter`"),
+            ("[backoff]\nfactor = 2", "factor"),
+            ("[config]\nkey = 1", "config.key"),
+        ];
+        for (text, field) in cases {
+            let e = Manifest::parse(text).unwrap_err().to_string();
+            assert!(e.contains(field), "{text:?}: {e}");
+        }
+    }
+
     #[test]
     fn job_types_are_checked_entry_by_entry() {
         assert_eq!(Manifest::default().job_types, None);
