@@ -307,8 +307,13 @@ impl Runtime {
     }
 
     /// Compiles (or loads from the cache) and links a plugin. CPU-heavy on a
-    /// cache miss: call it off the async executor.
+    /// cache miss: call it off the async executor. It runs on a thread of
+    /// its own at the lowest CPU priority ([`at_low_priority`]).
     pub fn compile(&self, name: &str, wasm: &[u8]) -> Result<CompiledPlugin, RuntimeError> {
+        at_low_priority(|| self.compile_here(name, wasm))
+    }
+
+    fn compile_here(&self, name: &str, wasm: &[u8]) -> Result<CompiledPlugin, RuntimeError> {
         let digest = digest_of(wasm);
         let compile_err = |e: wasmtime::Error| RuntimeError::Compile {
             name: name.to_owned(),
@@ -570,3 +575,36 @@ fn classify(
 
 #[cfg(test)]
 mod tests;
+
+/// Runs `work` on a thread of its own at the lowest CPU priority (nice 19,
+/// on Linux): compiling a plugin is a burst of tens of milliseconds of one
+/// core, which at normal priority delays the attempts and commits running
+/// beside it (a hot swap under load). With idle cores it runs at full speed;
+/// on a saturated host it still progresses, slowly.
+fn at_low_priority<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    let mut work = Some(work);
+    let done = std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("jobhost-compile".into())
+            .spawn_scoped(scope, || {
+                #[cfg(target_os = "linux")]
+                // SAFETY: on Linux, `who = 0` is the calling thread alone:
+                // only this short-lived thread's niceness changes.
+                unsafe {
+                    libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+                }
+                work.take().map(|work| work())
+            })
+            .ok()?;
+        Some(
+            thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+        )
+    });
+    match done.flatten() {
+        Some(out) => out,
+        // No thread to be had: here, then.
+        None => (work.take().expect("the work did not run"))(),
+    }
+}

@@ -716,3 +716,16 @@ async fn host_side_objects_are_capped_outside_the_memory_limit() {
     assert!(why.contains("resource table"), "{why}");
     still_serving(&rt).await;
 }
+
+/// Compiling runs at the lowest CPU priority, on a thread of its own: the
+/// caller's priority is left as it was.
+#[cfg(target_os = "linux")]
+#[test]
+fn compiling_runs_at_the_lowest_priority() {
+    // SAFETY: reads the calling thread's niceness.
+    let niceness = || unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    let before = niceness();
+    assert_eq!(super::at_low_priority(niceness), 19);
+    assert_eq!(niceness(), before);
+    assert_eq!(super::at_low_priority(|| 7), 7);
+}
