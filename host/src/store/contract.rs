@@ -897,6 +897,150 @@ pub async fn kv_set_if_absent_has_one_winner(s: Arc<dyn Store>) {
     assert_eq!(winners, 1);
 }
 
+fn listing(state: Option<JobState>, job_type: Option<&str>, before: Option<JobId>) -> JobQuery {
+    JobQuery {
+        state,
+        job_type: job_type.map(Into::into),
+        before,
+        limit: 2,
+    }
+}
+
+/// The listing: newest first, filtered by state and type, in pages that
+/// neither repeat nor skip a job, whatever is created meanwhile.
+pub async fn the_listing_pages_newest_first(s: &dyn Store) {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let job_type = if i % 2 == 0 { "email" } else { "sms" };
+        ids.push(insert(s, new_job(job_type, None)).await);
+    }
+    let running = s.job_claim(claim_req("email", 1, 1, T0)).await.unwrap();
+    assert_eq!(running[0].id, ids[0]);
+    let page = |q: JobQuery| async move {
+        let jobs = s.job_list(&q).await.unwrap();
+        jobs.iter().map(|j| j.id).collect::<Vec<_>>()
+    };
+    assert_eq!(page(listing(None, None, None)).await, [ids[4], ids[3]]);
+    // A job created after the first page does not shift the next ones.
+    let newest = insert(s, new_job("sms", None)).await;
+    assert_eq!(
+        page(listing(None, None, Some(ids[3]))).await,
+        [ids[2], ids[1]]
+    );
+    assert_eq!(page(listing(None, None, Some(ids[1]))).await, [ids[0]]);
+    assert!(page(listing(None, None, Some(ids[0]))).await.is_empty());
+    let queued = Some(JobState::Queued);
+    assert_eq!(
+        page(listing(queued, Some("email"), None)).await,
+        [ids[4], ids[2]]
+    );
+    assert!(
+        page(listing(queued, Some("email"), Some(ids[2])))
+            .await
+            .is_empty()
+    );
+    let running = Some(JobState::Running);
+    assert_eq!(page(listing(running, None, None)).await, [ids[0]]);
+    assert_eq!(
+        page(listing(None, Some("sms"), None)).await,
+        [newest, ids[3]]
+    );
+    assert!(
+        page(listing(Some(JobState::Dead), None, None))
+            .await
+            .is_empty()
+    );
+    let one = JobQuery {
+        limit: 1,
+        ..listing(None, Some("nope"), None)
+    };
+    assert!(page(one).await.is_empty());
+    // The records are whole.
+    let jobs = s.job_list(&listing(running, None, None)).await.unwrap();
+    assert_eq!(jobs[0], s.job_get(ids[0]).await.unwrap().unwrap());
+}
+
+/// Dead jobs with their errors: three of type `email`, two of `sms`.
+async fn bury(s: &dyn Store, errors: &[(&str, &str)]) -> Vec<JobId> {
+    let mut ids = Vec::new();
+    for (token, (job_type, error)) in errors.iter().enumerate() {
+        let id = insert(s, new_job(job_type, None)).await;
+        let job = s
+            .job_claim(claim_req(job_type, 1, token as i64 + 1, T0))
+            .await
+            .unwrap()
+            .remove(0);
+        let dead = Outcome::Dead {
+            error: (*error).into(),
+        };
+        assert!(s.job_complete(completion(&job, dead, T0)).await.unwrap());
+        ids.push(id);
+    }
+    ids
+}
+
+/// A bulk replay moves exactly the dead jobs its filter picks, in one go,
+/// each with its event, and claims then take them in their original order.
+pub async fn a_bulk_replay_moves_the_dead_jobs_it_picks(s: &dyn Store) {
+    let ids = bury(
+        s,
+        &[
+            ("email", "smtp timeout"),
+            ("sms", "gateway down"),
+            ("email", "bad address"),
+            ("email", "smtp refused"),
+            ("sms", "gateway down again"),
+        ],
+    )
+    .await;
+    let later = T0.plus(SECOND);
+    let replay = |filter: DeadFilter| async move {
+        moved_ids(&s.job_replay_dead(&filter, later).await.unwrap())
+    };
+    let nothing = DeadFilter {
+        job_type: Some("sms".into()),
+        error_contains: Some("smtp".into()),
+        ..DeadFilter::default()
+    };
+    assert!(replay(nothing).await.is_empty());
+    let smtp = DeadFilter {
+        error_contains: Some("smtp".into()),
+        ..DeadFilter::default()
+    };
+    assert_eq!(replay(smtp.clone()).await, [ids[0], ids[3]]);
+    assert!(replay(smtp).await.is_empty(), "they are not dead any more");
+    let one = DeadFilter {
+        ids: Some(vec![ids[4], ids[0], 999_999]),
+        ..DeadFilter::default()
+    };
+    assert_eq!(replay(one).await, [ids[4]]);
+    let dead_left = s.job_list(&listing(Some(JobState::Dead), None, None)).await;
+    assert_eq!(
+        dead_left.unwrap().iter().map(|j| j.id).collect::<Vec<_>>(),
+        [ids[2], ids[1]]
+    );
+    assert_eq!(replay(DeadFilter::default()).await, [ids[1], ids[2]]);
+    assert_eq!(s.counts().await.unwrap().dead, 0);
+    assert_eq!(s.counts().await.unwrap().queued, 5);
+    let job = s.job_get(ids[3]).await.unwrap().unwrap();
+    assert_eq!(
+        (job.state, job.attempt, job.run_at),
+        (JobState::Queued, 0, later)
+    );
+    assert_eq!(job.last_error.as_deref(), Some("smtp refused"), "kept");
+    let events = s.job_events(ids[3]).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.from, last.to),
+        (Some(JobState::Dead), JobState::Queued)
+    );
+    assert_eq!(last.reason.as_deref(), Some(history::REPLAY_REASON));
+    // Claimed in their original order.
+    let claimed = s.job_claim(claim_req("email", 10, 9, later)).await.unwrap();
+    let claimed: Vec<JobId> = claimed.iter().map(|j| j.id).collect();
+    assert_eq!(claimed, [ids[0], ids[2], ids[3]]);
+}
+
 pub async fn counts_per_state_and_type(s: &dyn Store) {
     insert(s, new_job("email", None)).await;
     insert(s, new_job("email", None)).await;
@@ -1112,6 +1256,8 @@ macro_rules! store_contract_tests {
         scenario!(replay_moves_only_dead_jobs_with_a_fresh_budget);
         scenario!(cancel_withdraws_only_waiting_jobs);
         scenario!(counts_per_state_and_type);
+        scenario!(the_listing_pages_newest_first);
+        scenario!(a_bulk_replay_moves_the_dead_jobs_it_picks);
         scenario!(kv_keeps_each_scope_apart_and_sets_once);
         scenario!(kv_set_if_absent_has_one_winner, shared);
         scenario!(kv_calls_see_every_write_before_them);

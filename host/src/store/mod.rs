@@ -1,11 +1,13 @@
 //! The store: the durable truth about every job.
 //!
 //! [`Store`] is the contract every backend implements; one module per backend
-//! ([`sqlite`] now, PostgreSQL next) maps its own errors to [`StoreError`] in
-//! one place. The contract suite in `contract.rs` runs against every backend.
+//! ([`sqlite`], [`postgres`]) maps its own errors to [`StoreError`] in one
+//! place. The contract suite in `contract.rs` runs against every backend.
 //!
 //! Rules every backend keeps:
-//! - a method returns only after its change is durably committed;
+//! - a method returns only after its change is durably committed (the one
+//!   exception, key-value writes on SQLite, is spelled out at
+//!   [`Store::kv_write`]);
 //! - each transition is one conditional statement (its WHERE clause names the
 //!   states it leaves, and the lease token where a lease exists), and writes
 //!   its event in the same transaction;
@@ -22,8 +24,11 @@ use crate::job::{JobEvent, JobId, JobRecord, JobState};
 pub(crate) mod counts;
 pub(crate) mod history;
 pub mod postgres;
+mod query;
 pub(crate) mod rows;
 pub mod sqlite;
+
+pub use query::{DeadFilter, JobQuery, MAX_LIST};
 
 #[cfg(test)]
 mod contract;
@@ -361,6 +366,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// queued | scheduled → cancelled.
     async fn job_cancel(&self, id: JobId, now: Timestamp) -> StoreResult<JobRecord>;
+
+    /// Jobs, newest first, as [`JobQuery`] picks them.
+    async fn job_list(&self, query: &JobQuery) -> StoreResult<Vec<JobRecord>>;
+
+    /// Every dead job `filter` picks → queued with a fresh attempt budget, in
+    /// one transaction; each gets its event. Returns them in id order (their
+    /// original order, which claims keep: they share one `run_at`).
+    async fn job_replay_dead(&self, filter: &DeadFilter, now: Timestamp)
+    -> StoreResult<Vec<Moved>>;
 
     /// Jobs per state, over all types.
     async fn counts(&self) -> StoreResult<StateCounts>;

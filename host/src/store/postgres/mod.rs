@@ -46,8 +46,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ClaimRequest, ClaimedJob, Completion, Enqueued, KvWrite, Moved, NewJob, Reaped, StateCounts,
-    Store, StoreError, StoreResult,
+    ClaimRequest, ClaimedJob, Completion, DeadFilter, Enqueued, JobQuery, KvWrite, Moved, NewJob,
+    Reaped, StateCounts, Store, StoreError, StoreResult,
 };
 use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobId, JobRecord};
@@ -330,6 +330,19 @@ impl Store for PgStore {
     async fn job_cancel(&self, id: JobId, now: Timestamp) -> StoreResult<JobRecord> {
         self.open_for_work()?;
         upkeep::cancel(&self.pool, id, now).await
+    }
+
+    async fn job_list(&self, query: &JobQuery) -> StoreResult<Vec<JobRecord>> {
+        self.read(|| reads::list(&self.pool, query)).await
+    }
+
+    async fn job_replay_dead(
+        &self,
+        filter: &DeadFilter,
+        now: Timestamp,
+    ) -> StoreResult<Vec<Moved>> {
+        self.open_for_work()?;
+        upkeep::replay_dead(&self.pool, filter, now).await
     }
 
     async fn kv_write(&self, scope: &str, key: &str, write: KvWrite) -> StoreResult<bool> {

@@ -6,8 +6,9 @@ use sqlx::{PgConnection, PgPool, Row as _};
 
 use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobId, JobRecord};
+use crate::store::query::{Param, list_sql};
 use crate::store::rows::{Row, event_of, parse_state, record_of};
-use crate::store::{StateCounts, StoreResult, counts_per_type};
+use crate::store::{JobQuery, StateCounts, StoreResult, counts_per_type};
 
 impl Row for PgRow {
     fn int(&self, col: &str) -> StoreResult<Option<i64>> {
@@ -86,4 +87,20 @@ pub(super) async fn counts_by_type(pool: &PgPool) -> StoreResult<Vec<(String, St
         .map(|(job_type, state, n)| Ok((job_type, parse_state(&state)?, n as u64)))
         .collect::<StoreResult<Vec<_>>>()?;
     Ok(counts_per_type(rows))
+}
+
+/// A page of the listing ([`crate::store::query::list_sql`]).
+pub(super) async fn list(pool: &PgPool, q: &JobQuery) -> StoreResult<Vec<JobRecord>> {
+    let (sql, params) = list_sql(q, |n| format!("${n}"));
+    // Built from fixed fragments; every value is a bound parameter.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for p in params {
+        query = match p {
+            Param::Text(t) => query.bind(t),
+            Param::Int(n) => query.bind(n),
+            Param::Ids(doc) => query.bind(doc),
+        };
+    }
+    let rows = query.fetch_all(pool).await?;
+    rows.iter().map(record_of).collect()
 }

@@ -10,6 +10,7 @@ use super::READY_CHANNEL;
 use crate::clock::Timestamp;
 use crate::job::{JobId, JobRecord, JobState};
 use crate::store::history;
+use crate::store::query::{DeadFilter, Param, dead_conditions};
 use crate::store::rows::{parse_state, record_of};
 use crate::store::{Buried, Moved, Reaped, StoreError, StoreResult};
 
@@ -157,6 +158,53 @@ pub(super) async fn replay(pool: &PgPool, id: JobId, now: Timestamp) -> StoreRes
     let record = record_of(&row)?;
     commit(tx, true).await?;
     Ok(record)
+}
+
+/// Every dead job `filter` picks → queued, fresh attempt budget, with an
+/// event each, in one statement. In id order.
+pub(super) async fn replay_dead(
+    pool: &PgPool,
+    filter: &DeadFilter,
+    now: Timestamp,
+) -> StoreResult<Vec<Moved>> {
+    let (conditions, params) = dead_conditions(
+        filter,
+        3,
+        |n| format!("${n}"),
+        |p| format!("id IN (SELECT value::bigint FROM jsonb_array_elements_text({p}::jsonb))"),
+        |col, p| format!("strpos({col}, {p}) > 0"),
+    );
+    let sql = format!(
+        "WITH replayed AS (
+            UPDATE jobs SET state = 'queued', attempt = 0, run_at = $1, result = NULL,
+                   finished_at = NULL, updated_at = $1
+            WHERE state = 'dead'{conditions}
+            RETURNING id, job_type, attempt
+        ), events AS (
+            INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
+            SELECT id, $1, 'dead', 'queued', attempt, $2, $3 FROM replayed ORDER BY id
+        )
+        SELECT id, job_type FROM replayed ORDER BY id"
+    );
+    // Built from fixed fragments; every value is a bound parameter.
+    let mut query = sqlx::query_as::<_, (i64, String)>(sqlx::AssertSqlSafe(sql))
+        .bind(now.as_micros())
+        .bind(history::OPERATOR_ACTOR)
+        .bind(history::REPLAY_REASON);
+    for p in params {
+        query = match p {
+            Param::Text(t) => query.bind(t),
+            Param::Int(n) => query.bind(n),
+            Param::Ids(doc) => query.bind(doc),
+        };
+    }
+    let mut tx = pool.begin().await?;
+    let replayed = query.fetch_all(&mut *tx).await?;
+    commit(tx, !replayed.is_empty()).await?;
+    Ok(replayed
+        .into_iter()
+        .map(|(id, job_type)| Moved { id, job_type })
+        .collect())
 }
 
 const CANCEL: &str = "

@@ -32,6 +32,7 @@ pub(super) enum Op {
     Reap(Timestamp),
     Promote(Timestamp),
     Replay(JobId, Timestamp),
+    ReplayDead(crate::store::DeadFilter, Timestamp),
     Cancel(JobId, Timestamp),
     /// A key-value write already answered ([`super::kv`]): settled by the
     /// writer once its transaction commits, never answered.
@@ -54,6 +55,7 @@ pub(super) enum Reply {
     Applied(bool),
     Reaped(Reaped),
     Promoted(Vec<Moved>),
+    Replayed(Vec<Moved>),
     Record(Box<JobRecord>),
     Closed,
     /// (Writer-internal, never sent.) A `ClaimWait` found nothing: keep it.

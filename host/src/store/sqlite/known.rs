@@ -81,7 +81,11 @@ pub(super) fn may_ready(batch: &[Command], keyless: bool) -> (HashSet<&str>, boo
                 types.insert(job.job_type.as_str());
             }
             Op::InsertBatch(jobs, _) => types.extend(jobs.iter().map(|j| j.job_type.as_str())),
-            Op::Promote(_) | Op::Reap(_) | Op::Release { .. } | Op::Replay(..) => {
+            Op::Promote(_)
+            | Op::Reap(_)
+            | Op::Release { .. }
+            | Op::Replay(..)
+            | Op::ReplayDead(..) => {
                 return (types, true);
             }
             _ => {}
@@ -124,6 +128,10 @@ impl<'b> Readied<'b> {
                     *now
                 }
                 (Op::Promote(now), Reply::Promoted(ids)) if !ids.is_empty() => {
+                    ready.any = true;
+                    *now
+                }
+                (Op::ReplayDead(_, now), Reply::Replayed(moved)) if !moved.is_empty() => {
                     ready.any = true;
                     *now
                 }

@@ -59,8 +59,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::counts::Counts;
 use super::{
-    ClaimRequest, ClaimWait, ClaimedJob, Completion, Enqueued, KvWrite, Moved, NewJob, Reaped,
-    StateCounts, Store, StoreError, StoreResult,
+    ClaimRequest, ClaimWait, ClaimedJob, Completion, DeadFilter, Enqueued, JobQuery, KvWrite,
+    Moved, NewJob, Reaped, StateCounts, Store, StoreError, StoreResult,
 };
 use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobId, JobRecord};
@@ -411,6 +411,22 @@ impl Store for SqliteStore {
         match self.send(Op::Cancel(id, now)).await? {
             Reply::Record(r) => Ok(*r),
             _ => unreachable!("the writer answers Cancel with Record"),
+        }
+    }
+
+    async fn job_list(&self, query: &JobQuery) -> StoreResult<Vec<JobRecord>> {
+        let mut conn = self.readers.acquire().await?;
+        reads::list(&mut conn, query).await
+    }
+
+    async fn job_replay_dead(
+        &self,
+        filter: &DeadFilter,
+        now: Timestamp,
+    ) -> StoreResult<Vec<Moved>> {
+        match self.send(Op::ReplayDead(filter.clone(), now)).await? {
+            Reply::Replayed(moved) => Ok(moved),
+            _ => unreachable!("the writer answers ReplayDead with Replayed"),
         }
     }
 

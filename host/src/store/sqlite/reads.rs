@@ -5,8 +5,9 @@ use sqlx::Row as _;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 
 use crate::job::{JobEvent, JobId, JobRecord};
-use crate::store::StoreResult;
+use crate::store::query::{Param, list_sql};
 use crate::store::rows::{Row, event_of, record_of};
+use crate::store::{JobQuery, StoreResult};
 
 pub(super) async fn events_get(
     conn: &mut SqliteConnection,
@@ -31,6 +32,22 @@ pub(super) async fn record_get(
         .fetch_optional(conn)
         .await?;
     row.as_ref().map(record_of).transpose()
+}
+
+/// A page of the listing ([`crate::store::query::list_sql`]).
+pub(super) async fn list(conn: &mut SqliteConnection, q: &JobQuery) -> StoreResult<Vec<JobRecord>> {
+    let (sql, params) = list_sql(q, |n| format!("?{n}"));
+    // Built from fixed fragments; every value is a bound parameter.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for p in params {
+        query = match p {
+            Param::Text(t) => query.bind(t),
+            Param::Int(n) => query.bind(n),
+            Param::Ids(doc) => query.bind(doc),
+        };
+    }
+    let rows = query.fetch_all(conn).await?;
+    rows.iter().map(record_of).collect()
 }
 
 impl Row for SqliteRow {

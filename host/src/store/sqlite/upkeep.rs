@@ -8,6 +8,7 @@ use crate::clock::Timestamp;
 use crate::job::{JobId, JobRecord, JobState};
 use crate::store::counts::{Moves, moved};
 use crate::store::history;
+use crate::store::query::{DeadFilter, Param, dead_conditions};
 use crate::store::rows::{parse_state, record_of};
 use crate::store::{Buried, Moved, Reaped, StoreError, StoreResult};
 
@@ -174,6 +175,65 @@ pub(super) fn replay(
         history::REPLAY_REASON,
         (events, moves),
     )
+}
+
+/// Every dead job `filter` picks → queued, fresh attempt budget, in one
+/// statement; an event each. In id order.
+pub(super) fn replay_dead(
+    conn: &Connection,
+    filter: &DeadFilter,
+    now: Timestamp,
+    events: &mut Events,
+    moves: &mut Moves,
+) -> StoreResult<Vec<Moved>> {
+    let (conditions, params) = dead_conditions(
+        filter,
+        1,
+        |n| format!("?{n}"),
+        |p| format!("id IN (SELECT value FROM json_each({p}))"),
+        |col, p| format!("instr({col}, {p}) > 0"),
+    );
+    let sql = format!(
+        "UPDATE jobs SET state = 'queued', attempt = 0, run_at = ?1, result = NULL,
+                finished_at = NULL, updated_at = ?1
+         WHERE state = 'dead'{conditions}
+         RETURNING id, job_type"
+    );
+    let values = std::iter::once(rusqlite::types::Value::Integer(now.as_micros())).chain(
+        params.into_iter().map(|p| match p {
+            Param::Text(t) => rusqlite::types::Value::Text(t.to_owned()),
+            Param::Int(n) => rusqlite::types::Value::Integer(n),
+            Param::Ids(doc) => rusqlite::types::Value::Text(doc),
+        }),
+    );
+    let mut replayed: Vec<Moved> = conn
+        .prepare_cached(&sql)?
+        .query_map(rusqlite::params_from_iter(values), |r| {
+            Ok(Moved {
+                id: r.get(0)?,
+                job_type: r.get(1)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    replayed.sort_by_key(|m| m.id);
+    let mut per_type: std::collections::BTreeMap<&str, u64> = Default::default();
+    for m in &replayed {
+        *per_type.entry(&m.job_type).or_default() += 1;
+        events.push(Event {
+            job_id: m.id,
+            at: now,
+            from: Some(JobState::Dead),
+            to: JobState::Queued,
+            attempt: 0,
+            actor: history::OPERATOR_ACTOR.into(),
+            reason: Some(history::REPLAY_REASON.into()),
+            plugin_digest: None,
+        });
+    }
+    for (job_type, n) in per_type {
+        moved(moves, job_type, Some(JobState::Dead), JobState::Queued, n);
+    }
+    Ok(replayed)
 }
 
 pub(super) fn cancel(

@@ -17,7 +17,7 @@ use super::enqueue::{insert, insert_many};
 use super::events::Events;
 use super::known::{Ids, Known, Readied, may_ready};
 use super::tx::Tx;
-use super::upkeep::{cancel, promote, reap, release, replay};
+use super::upkeep::{cancel, promote, reap, release, replay, replay_dead};
 use super::wal::{WalState, checkpoint, wal_restart};
 use crate::clock::Timestamp;
 use crate::store::counts::{Counts, Moves};
@@ -316,7 +316,12 @@ pub(super) fn apply(tx: &mut Tx<'_>, op: &Op, events: &mut Events) -> StoreResul
             complete_many(tx, &[c], events).map(|applied| Reply::Applied(applied[0]))
         }
         // The rare ones: each on its own statements.
-        Op::Release { .. } | Op::Reap(_) | Op::Promote(_) | Op::Replay(..) | Op::Cancel(..) => {
+        Op::Release { .. }
+        | Op::Reap(_)
+        | Op::Promote(_)
+        | Op::Replay(..)
+        | Op::ReplayDead(..)
+        | Op::Cancel(..) => {
             let mut moves = Moves::new();
             let conn = tx.conn()?;
             let reply = match op {
@@ -327,6 +332,9 @@ pub(super) fn apply(tx: &mut Tx<'_>, op: &Op, events: &mut Events) -> StoreResul
                 Op::Promote(now) => promote(conn, *now, events, &mut moves).map(Reply::Promoted),
                 Op::Replay(id, now) => {
                     replay(conn, *id, *now, events, &mut moves).map(|r| Reply::Record(Box::new(r)))
+                }
+                Op::ReplayDead(filter, now) => {
+                    replay_dead(conn, filter, *now, events, &mut moves).map(Reply::Replayed)
                 }
                 Op::Cancel(id, now) => {
                     cancel(conn, *id, *now, events, &mut moves).map(|r| Reply::Record(Box::new(r)))

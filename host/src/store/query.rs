@@ -1,0 +1,96 @@
+//! The operator's queries over many jobs: a listing and a bulk replay of the
+//! dead-letter queue. Both backends build the same statements here, with
+//! their own placeholders.
+
+use std::fmt::Write as _;
+
+use crate::job::{JobId, JobState};
+
+/// The most jobs one page of a listing holds.
+pub const MAX_LIST: usize = 1000;
+
+/// Which jobs a listing shows, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobQuery {
+    pub state: Option<JobState>,
+    pub job_type: Option<String>,
+    /// Only jobs older than this one (the cursor: the last id of the page
+    /// before). Ids only grow, so pages never repeat or skip a job.
+    pub before: Option<JobId>,
+    /// 1 to [`MAX_LIST`].
+    pub limit: usize,
+}
+
+/// Which dead jobs a bulk replay moves: every condition given holds (none
+/// given: every dead job).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadFilter {
+    pub job_type: Option<String>,
+    pub ids: Option<Vec<JobId>>,
+    /// Jobs whose last error contains this text (case-sensitive).
+    pub error_contains: Option<String>,
+}
+
+/// A statement's parameters, in placeholder order.
+pub(crate) enum Param<'q> {
+    Text(&'q str),
+    Int(i64),
+    /// A JSON array of ids (SQLite reads it with `json_each`; PostgreSQL
+    /// with `jsonb_array_elements_text`).
+    Ids(String),
+}
+
+/// The listing: `SELECT * FROM jobs ...` and its parameters. The state is
+/// written as a literal, so the partial indexes per state can serve it.
+pub(crate) fn list_sql<'q>(
+    q: &'q JobQuery,
+    placeholder: fn(usize) -> String,
+) -> (String, Vec<Param<'q>>) {
+    let mut sql = String::from("SELECT * FROM jobs WHERE TRUE");
+    let mut params = Vec::new();
+    if let Some(state) = q.state {
+        let _ = write!(sql, " AND state = '{}'", state.as_str());
+    }
+    if let Some(t) = &q.job_type {
+        params.push(Param::Text(t));
+        let _ = write!(sql, " AND job_type = {}", placeholder(params.len()));
+    }
+    if let Some(before) = q.before {
+        params.push(Param::Int(before));
+        let _ = write!(sql, " AND id < {}", placeholder(params.len()));
+    }
+    params.push(Param::Int(q.limit.clamp(1, MAX_LIST) as i64));
+    let _ = write!(sql, " ORDER BY id DESC LIMIT {}", placeholder(params.len()));
+    (sql, params)
+}
+
+/// The conditions of a bulk replay after `WHERE state = 'dead'`, numbering
+/// placeholders after the first `taken`. `ids_in` turns a placeholder into
+/// the backend's "id is in this JSON array" test; `contains` turns two
+/// expressions into its substring test.
+pub(crate) fn dead_conditions<'q>(
+    f: &'q DeadFilter,
+    taken: usize,
+    placeholder: fn(usize) -> String,
+    ids_in: fn(&str) -> String,
+    contains: fn(&str, &str) -> String,
+) -> (String, Vec<Param<'q>>) {
+    let mut sql = String::new();
+    let mut params = Vec::new();
+    if let Some(t) = &f.job_type {
+        params.push(Param::Text(t));
+        let _ = write!(sql, " AND job_type = {}", placeholder(taken + params.len()));
+    }
+    if let Some(ids) = &f.ids {
+        let doc = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+        params.push(Param::Ids(doc));
+        let p = placeholder(taken + params.len());
+        let _ = write!(sql, " AND {}", ids_in(&p));
+    }
+    if let Some(text) = &f.error_contains {
+        params.push(Param::Text(text));
+        let p = placeholder(taken + params.len());
+        let _ = write!(sql, " AND {}", contains("last_error", &p));
+    }
+    (sql, params)
+}
