@@ -3,6 +3,7 @@
 
 mod email;
 mod mail;
+mod operators;
 mod plugins;
 mod postgres;
 mod support;

@@ -199,6 +199,16 @@ impl Server {
         decode(req.send().await.unwrap()).await
     }
 
+    pub async fn admin_post_json(&self, path: &str, body: &str) -> (u16, Value) {
+        let req = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        decode(req.send().await.unwrap()).await
+    }
+
     /// Submits a job that must be accepted; returns its id.
     pub async fn submit(&self, job_type: &str, payload: &str) -> i64 {
         let (status, body) = self.post(&format!("/jobs/{job_type}"), payload).await;

@@ -2,6 +2,8 @@
 //!
 //! - `POST /admin/jobs/{id}/replay`: dead → queued with a fresh attempt budget.
 //! - `POST /admin/jobs/{id}/cancel`: queued or scheduled → cancelled.
+//! - `POST /admin/dlq/replay`: every dead job a filter picks (type, ids,
+//!   error text, or all) → queued, in one transaction.
 //! - `GET /admin/metrics/jobs`: jobs per state.
 //! - `GET /admin/metrics/queue`: per type: queued, scheduled, running, dead.
 //! - `GET /admin/plugins`: every plugin: digest, size, when it loaded, its
@@ -39,6 +41,7 @@ pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/jobs/{id}/replay", post(replay))
         .route("/jobs/{id}/cancel", post(cancel))
+        .route("/dlq/replay", post(replay_dead))
         .route("/metrics/jobs", get(job_counts))
         .route("/metrics/queue", get(queue_counts))
         .route("/plugins", get(plugins))
@@ -65,7 +68,7 @@ async fn require_admin(
     Ok(next.run(request).await)
 }
 
-fn token_matches(headers: &HeaderMap, expected: &str) -> bool {
+pub(super) fn token_matches(headers: &HeaderMap, expected: &str) -> bool {
     let presented = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -111,6 +114,77 @@ async fn replay(
         &record,
         &events_after_commit(&app, job_id).await,
     )))
+}
+
+/// Longest error text a replay filters by.
+const MAX_FILTER_TEXT: usize = 1024;
+/// Most ids one replay names.
+const MAX_REPLAY_IDS: usize = 100_000;
+
+/// `POST /admin/dlq/replay`: `{"type": T, "ids": [..], "error": "text"}`
+/// (every condition given must hold) or `{"all": true}`.
+async fn replay_dead(
+    State(app): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        #[serde(rename = "type")]
+        job_type: Option<String>,
+        ids: Option<Vec<i64>>,
+        error: Option<String>,
+        #[serde(default)]
+        all: bool,
+    }
+    let body: Body =
+        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let bad = |why: &str| Err(ApiError::InvalidFilter(why.to_owned()));
+    let narrowed = body.job_type.is_some() || body.ids.is_some() || body.error.is_some();
+    match (narrowed, body.all) {
+        (false, false) => {
+            return bad("name the dead jobs to replay: type, ids, error, or {\"all\": true}");
+        }
+        (true, true) => return bad("\"all\" takes no other condition"),
+        _ => {}
+    }
+    if let Some(t) = &body.job_type
+        && !crate::plugins::valid_type_name(t)
+    {
+        return bad("type is not a job type name");
+    }
+    if let Some(ids) = &body.ids
+        && (ids.is_empty() || ids.len() > MAX_REPLAY_IDS || ids.iter().any(|id| *id <= 0))
+    {
+        return Err(ApiError::InvalidFilter(format!(
+            "ids holds 1 to {MAX_REPLAY_IDS} job ids (positive integers)"
+        )));
+    }
+    if let Some(text) = &body.error
+        && (text.is_empty() || text.len() > MAX_FILTER_TEXT)
+    {
+        return Err(ApiError::InvalidFilter(format!(
+            "error is 1 to {MAX_FILTER_TEXT} bytes of text"
+        )));
+    }
+    let filter = crate::store::DeadFilter {
+        job_type: body.job_type,
+        ids: body.ids,
+        error_contains: body.error,
+    };
+    let moved = app.store.job_replay_dead(&filter, app.clock.now()).await?;
+    let mut per_type: std::collections::BTreeMap<&str, Vec<i64>> = Default::default();
+    for m in &moved {
+        per_type.entry(&m.job_type).or_default().push(m.id);
+    }
+    for (job_type, ids) in &per_type {
+        app.dispatch.ready(job_type, ids.iter().copied());
+    }
+    let types: serde_json::Map<String, Value> = per_type
+        .iter()
+        .map(|(t, ids)| (t.to_string(), json!(ids.len())))
+        .collect();
+    Ok(Json(json!({ "replayed": moved.len(), "types": types })))
 }
 
 async fn cancel(

@@ -29,6 +29,7 @@ pub enum ApiError {
     InvalidIdempotencyKey(&'static str),
     InvalidQuery(String),
     InvalidBatch(String),
+    InvalidFilter(String),
     InvalidPath(String),
     Unauthorized,
     WrongState {
@@ -60,6 +61,7 @@ impl ApiError {
             ApiError::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
             ApiError::InvalidQuery(_) => "invalid_query",
             ApiError::InvalidBatch(_) => "invalid_batch",
+            ApiError::InvalidFilter(_) => "invalid_filter",
             ApiError::InvalidPath(_) => "invalid_path",
             ApiError::Unauthorized => "unauthorized",
             ApiError::WrongState { .. } => "invalid_job_state",
@@ -87,6 +89,7 @@ impl ApiError {
             | ApiError::InvalidIdempotencyKey(_)
             | ApiError::InvalidQuery(_)
             | ApiError::InvalidBatch(_)
+            | ApiError::InvalidFilter(_)
             | ApiError::InvalidPath(_)
             | ApiError::InvalidUpload(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -117,6 +120,7 @@ impl ApiError {
             ApiError::InvalidIdempotencyKey(why) => format!("invalid idempotency key: {why}"),
             ApiError::InvalidQuery(why) => format!("invalid query string: {why}"),
             ApiError::InvalidBatch(why) => format!("invalid batch: {why}"),
+            ApiError::InvalidFilter(why) => format!("invalid filter: {why}"),
             ApiError::InvalidPath(why) => format!("invalid path: {why}"),
             ApiError::Unauthorized => "admin routes need `Authorization: Bearer <token>` (or `X-Admin-Token: <token>`) with the admin token".to_owned(),
             ApiError::WrongState { id, state, action, allowed } => {

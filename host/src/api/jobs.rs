@@ -18,14 +18,14 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, MAX_BATCH, MAX_IDEMPOTENCY_KEY, PathParam};
 use crate::job::{JobEvent, JobRecord, JobState};
 use crate::plugins::Handler;
-use crate::store::{Enqueued, NewJob};
+use crate::store::{Enqueued, JobQuery, MAX_LIST, NewJob};
 
 /// Longest delay a job may be submitted with: one year.
 const MAX_DELAY_MS: u64 = 365 * 24 * 3600 * 1000;
@@ -33,6 +33,7 @@ const MAX_DELAY_MS: u64 = 365 * 24 * 3600 * 1000;
 pub fn router() -> Router<AppState> {
     // One path for both: axum needs one parameter name per segment.
     Router::new()
+        .route("/jobs", get(list))
         .route("/jobs/{key}", post(submit).get(show))
         .route("/jobs/{key}/batch", post(submit_batch))
 }
@@ -180,6 +181,84 @@ async fn show(
         .await?
         .ok_or(ApiError::JobNotFound(id))?;
     Ok(Json(render_job(&record, &events)))
+}
+
+/// Default page size of `GET /jobs`.
+const DEFAULT_LIST: usize = 50;
+
+/// `GET /jobs?state=&type=&limit=&cursor=`: jobs newest first, behind the
+/// admin token (payloads may hold what only operators should see).
+async fn list(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    if !super::admin::token_matches(&headers, &app.admin_token) {
+        return Err(ApiError::Unauthorized);
+    }
+    let query = list_query(query.as_deref())?;
+    let jobs = app.store.job_list(&query).await?;
+    let next = (jobs.len() == query.limit)
+        .then(|| jobs.last().map(|j| j.id.to_string()))
+        .flatten();
+    Ok(Json(json!({
+        "jobs": jobs.iter().map(render_listed).collect::<Vec<_>>(),
+        "nextCursor": next,
+    })))
+}
+
+fn list_query(query: Option<&str>) -> Result<JobQuery, ApiError> {
+    let mut q = JobQuery {
+        limit: DEFAULT_LIST,
+        ..JobQuery::default()
+    };
+    let bad = |why: String| Err(ApiError::InvalidQuery(why));
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "state" => match value.parse::<JobState>() {
+                Ok(state) => q.state = Some(state),
+                Err(_) => {
+                    return bad(format!(
+                        "state must be one of queued, scheduled, running, succeeded, dead, cancelled; not {value:?}"
+                    ));
+                }
+            },
+            "type" if crate::plugins::valid_type_name(value) => q.job_type = Some(value.to_owned()),
+            "type" => return bad(format!("{value:?} is not a job type name")),
+            "limit" => match value.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIST).contains(&n) => q.limit = n,
+                _ => return bad(format!("limit must be 1 to {MAX_LIST}, not {value:?}")),
+            },
+            "cursor" => match value.parse::<i64>() {
+                Ok(id) if id > 0 => q.before = Some(id),
+                _ => {
+                    return bad(format!(
+                        "{value:?} is not a cursor; pass the nextCursor of the page before"
+                    ));
+                }
+            },
+            _ => {
+                return bad(format!(
+                    "unknown parameter {name:?}; the parameters are state, type, limit and cursor"
+                ));
+            }
+        }
+    }
+    Ok(q)
+}
+
+/// A job as a listing shows it: all of it but its history.
+pub(super) fn render_listed(job: &JobRecord) -> Value {
+    let mut value = render_job(job, &[]);
+    if let Some(fields) = value.as_object_mut() {
+        fields.remove("events");
+    }
+    value
 }
 
 /// The job as every API response shows it.

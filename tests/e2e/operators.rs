@@ -1,0 +1,127 @@
+//! The operator's side over HTTP: listing jobs, and replaying the
+//! dead-letter queue in bulk once the cause is fixed.
+
+use serde_json::{Value, json};
+
+use crate::plugins::put_plugin;
+use crate::support::{Plugins, Server, plugin_bytes};
+
+/// The ids of a listing page, and its cursor.
+fn page(body: &Value) -> (Vec<i64>, Option<String>) {
+    let ids = body["jobs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no jobs in {body}"))
+        .iter()
+        .map(|j| j["jobId"].as_i64().unwrap())
+        .collect();
+    (ids, body["nextCursor"].as_str().map(str::to_owned))
+}
+
+/// An operator finds why jobs of one type die, fixes the plugin, and
+/// replays exactly those dead jobs in one call; they succeed. Bad filters
+/// and queries change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_list_jobs_and_replay_the_dead_letter_queue() {
+    // A broken `noop`: the testing plugin has no behaviour for that type.
+    let plugins = Plugins::new()
+        .testing("noop", "max_attempts = 1\n")
+        .testing("flaky", "max_attempts = 1\n");
+    let host = Server::start(plugins, &[]).await;
+    let mut noops = Vec::new();
+    for i in 0..5 {
+        noops.push(host.submit("noop", &format!(r#"{{"i":{i}}}"#)).await);
+    }
+    let flaky = [
+        host.submit("flaky", "{}").await,
+        host.submit("flaky", "{}").await,
+    ];
+    for id in noops.iter().chain(&flaky) {
+        host.wait_for(*id, "dead").await;
+    }
+
+    // The listing is the operator's: without the token, nothing.
+    let (status, body) = host.get("/jobs?state=dead").await;
+    assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
+
+    // Dead noop jobs, newest first, two a page, with their errors.
+    let mut seen = Vec::new();
+    let mut path = "/jobs?state=dead&type=noop&limit=2".to_owned();
+    loop {
+        let (status, body) = host.admin_get(&path).await;
+        assert_eq!(status, 200, "{body}");
+        for job in body["jobs"].as_array().unwrap() {
+            assert_eq!(job["status"], "dead", "{job}");
+            let error = job["lastError"].as_str().unwrap();
+            assert!(error.contains("no behaviour for job type noop"), "{job}");
+            assert!(job.get("events").is_none(), "a listing leaves out history");
+        }
+        let (ids, cursor) = page(&body);
+        seen.extend(ids);
+        match cursor {
+            Some(c) => path = format!("/jobs?state=dead&type=noop&limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    let newest_first: Vec<i64> = noops.iter().rev().copied().collect();
+    assert_eq!(seen, newest_first);
+    let (_, body) = host.admin_get("/jobs?state=dead").await;
+    assert_eq!(page(&body).0.len(), 7);
+
+    for query in [
+        "state=zombie",
+        "limit=0",
+        "limit=1001",
+        "cursor=abc",
+        "type=Not%20a%20type",
+        "sort=asc",
+    ] {
+        let (status, body) = host.admin_get(&format!("/jobs?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["code"], "invalid_query", "{query}: {body}");
+    }
+
+    // Replays that name nothing, or too much, or badly: refused.
+    for (body, code) in [
+        ("{}", "invalid_filter"),
+        (r#"{"all": true, "type": "noop"}"#, "invalid_filter"),
+        (r#"{"ids": []}"#, "invalid_filter"),
+        (r#"{"ids": [0]}"#, "invalid_filter"),
+        (r#"{"type": "Not a type"}"#, "invalid_filter"),
+        (r#"{"error": ""}"#, "invalid_filter"),
+        (r#"{"kind": "noop"}"#, "invalid_json"),
+        ("replay everything", "invalid_json"),
+    ] {
+        let (status, answer) = host.admin_post_json("/admin/dlq/replay", body).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["code"], code, "{body}: {answer}");
+    }
+    let (_, body) = host.admin_get("/jobs?state=dead").await;
+    assert_eq!(page(&body).0.len(), 7, "nothing moved");
+
+    // The fix: the real noop plugin. Then one call replays the dead noop
+    // jobs (and only those), and they succeed.
+    let fixed = plugin_bytes("examples", "noop");
+    let (status, body) = put_plugin(&host, "noop", fixed, Some("max_attempts = 1\n")).await;
+    assert_eq!(status, 200, "{body}");
+    let filter = r#"{"type": "noop", "error": "no behaviour"}"#;
+    let (status, body) = host.admin_post_json("/admin/dlq/replay", filter).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({ "replayed": 5, "types": { "noop": 5 } }));
+    for id in &noops {
+        let job = host.wait_for(*id, "succeeded").await;
+        let events = job["events"].as_array().unwrap();
+        let replay = events
+            .iter()
+            .find(|e| e["from"] == "dead" && e["to"] == "queued")
+            .unwrap_or_else(|| panic!("no replay event: {job}"));
+        assert_eq!(replay["actor"], "admin", "{job}");
+    }
+    let (_, body) = host.admin_get("/jobs?state=dead").await;
+    assert_eq!(
+        page(&body).0,
+        [flaky[1], flaky[0]],
+        "the flaky jobs stay dead"
+    );
+    let again = host.admin_post_json("/admin/dlq/replay", filter).await;
+    assert_eq!(again.1, json!({ "replayed": 0, "types": {} }));
+}
