@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::plugins::put_plugin;
-use crate::support::{Plugins, Server, plugin_bytes};
+use crate::support::{ADMIN_TOKEN, Plugins, Server, jobhost, plugin_bytes};
 
 /// The ids of a listing page, and its cursor.
 fn page(body: &Value) -> (Vec<i64>, Option<String>) {
@@ -124,4 +124,98 @@ async fn operators_list_jobs_and_replay_the_dead_letter_queue() {
     );
     let again = host.admin_post_json("/admin/dlq/replay", filter).await;
     assert_eq!(again.1, json!({ "replayed": 0, "types": {} }));
+}
+
+/// Runs the CLI against `host` with the token; its exit code, stdout and
+/// stderr.
+fn cli(host: &Server, args: &[&str]) -> (i32, String, String) {
+    let out = jobhost()
+        .args(args)
+        .args(["--url", &host.url, "--token", ADMIN_TOKEN])
+        .env_remove("JOBHOST_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// The same from a shell: enqueue, look, list the dead, replay them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_jobs_and_replays_the_dead_letter_queue() {
+    let host = Server::start(Plugins::new().testing("noop", "max_attempts = 1\n"), &[]).await;
+    let (code, out, err) = cli(&host, &["enqueue", "noop", r#"{"user":"ada"}"#, "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let id = serde_json::from_str::<Value>(&out).unwrap()["jobId"]
+        .as_i64()
+        .unwrap();
+    let (code, out, _) = cli(&host, &["enqueue", "noop", "{}", "--idempotency-key", "k1"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("job ") && out.contains("queued"), "{out}");
+    let (code, again, _) = cli(&host, &["enqueue", "noop", "{}", "--idempotency-key", "k1"]);
+    assert_eq!(code, 0);
+    assert!(again.contains("already submitted with this key"), "{again}");
+    host.wait_for(id, "dead").await;
+
+    let (code, out, err) = cli(
+        &host,
+        &["jobs", "list", "--state", "dead", "--type", "noop"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("{id}")) && out.contains("no behaviour"),
+        "{out}"
+    );
+    let (code, out, _) = cli(&host, &["jobs", "list", "--state", "dead", "--json"]);
+    assert_eq!(code, 0);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        listed["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["jobId"] == id),
+        "{listed}"
+    );
+    let (code, out, _) = cli(&host, &["jobs", "get", &id.to_string()]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("dead") && out.contains("history") && out.contains("ada"),
+        "{out}"
+    );
+
+    // Errors: named, exit 1, nothing changed.
+    let (code, _, err) = cli(&host, &["dlq", "replay"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--type, --error, --id, or --all"), "{err}");
+    let (code, _, err) = cli(&host, &["jobs", "list", "--state", "zombie"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid_query"), "{err}");
+    let (code, _, err) = cli(&host, &["jobs", "get", "999999"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("job_not_found"), "{err}");
+    let out = jobhost()
+        .args([
+            "jobs",
+            "list",
+            "--url",
+            &host.url,
+            "--token",
+            "not-the-token-at-all",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unauthorized"));
+
+    // Fixed, then replayed from the shell: it succeeds.
+    let fixed = plugin_bytes("examples", "noop");
+    let (status, body) = put_plugin(&host, "noop", fixed, Some("max_attempts = 1\n")).await;
+    assert_eq!(status, 200, "{body}");
+    let (code, out, err) = cli(&host, &["dlq", "replay", "--type", "noop"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("replayed 2 dead jobs (noop: 2)"), "{out}");
+    host.wait_for(id, "succeeded").await;
 }

@@ -1,5 +1,6 @@
 //! Command-line subcommands, one file each.
 
+mod client;
 mod plugin;
 mod scaffold;
 mod serve;
@@ -24,12 +25,23 @@ enum Command {
     /// Work with plugin files.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Submit a job to a running host.
+    Enqueue(client::Enqueue),
+    /// Look at a running host's jobs.
+    #[command(subcommand)]
+    Jobs(client::JobsCommand),
+    /// Act on a running host's dead-letter queue.
+    #[command(subcommand)]
+    Dlq(client::DlqCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(config) => serve::run(config),
         Command::Plugin(command) => plugin::run(command),
+        Command::Enqueue(args) => client::enqueue(args),
+        Command::Jobs(command) => client::jobs(command),
+        Command::Dlq(command) => client::dlq(command),
     }
 }
 
