@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `jobhost` binary, real compiled plugins, a real
 //! SQLite file, over real HTTP. Run with `cargo xtask test`.
 
+mod browser;
 mod email;
 mod mail;
 mod operators;

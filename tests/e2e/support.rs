@@ -15,7 +15,7 @@ pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
 /// How long any wait may take before the test fails (generous: CI machines are slow).
 const PATIENCE: Duration = Duration::from_secs(60);
 
-fn root() -> PathBuf {
+pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()

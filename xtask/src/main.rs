@@ -303,6 +303,23 @@ fn test(args: &[String]) -> Result<()> {
             "python",
         ));
     }
+    // The dashboard's browser test drives headless Chromium through
+    // chromedriver: without it (never in CI), that test is left out.
+    if !on_path("chromedriver") {
+        if std::env::var_os("CI").is_some() {
+            bail!(
+                "the dashboard's browser test needs chromedriver; CI must install it (see .ci/run)"
+            );
+        }
+        eprintln!(
+            "xtask: WARNING: no chromedriver (Debian: apt-get install chromium chromium-driver): \
+             the tests named *browser* are NOT run"
+        );
+        skipped.push((
+            "the dashboard's browser test (no chromedriver)".to_owned(),
+            "browser",
+        ));
+    }
     let mut test_args = extra;
     if !skipped.is_empty() && !test_args.iter().any(|a| a == "--") {
         test_args.push("--".into());
@@ -331,6 +348,18 @@ fn test(args: &[String]) -> Result<()> {
         bail!("{failed} tests failed");
     }
     Ok(())
+}
+
+/// Whether `program` is an executable file in one of the `PATH` directories.
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program)).is_ok_and(|m| {
+                use std::os::unix::fs::PermissionsExt;
+                m.is_file() && m.permissions().mode() & 0o111 != 0
+            })
+        })
+    })
 }
 
 /// Runs `cargo test`, passing its output through, and adds up the

@@ -4,6 +4,7 @@
 //! JSON error shape.
 
 mod admin;
+mod dashboard;
 mod error;
 mod health;
 mod jobs;
@@ -67,6 +68,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
     Router::new()
+        .merge(dashboard::router())
         .merge(jobs::router())
         .nest("/admin", admin::router(state.clone()))
         .merge(metrics::router())
