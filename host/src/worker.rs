@@ -109,6 +109,8 @@ impl Services for StoreServices {
 /// One claim the producer is about to make.
 struct Round {
     wait: ClaimWait,
+    /// The registry's version the handlers were taken from.
+    version: u64,
     /// The handlers of the types asked for, to run what comes back.
     handlers: Vec<Arc<Handler>>,
     /// Some type was left out because its own slots were all busy.
@@ -197,6 +199,8 @@ impl Worker {
         if host_free == 0 {
             return Err(None);
         }
+        // Read before the handlers: a change after it is seen as one.
+        let version = self.registry.version();
         let mut handlers = self.registry.handlers();
         if !handlers.is_empty() {
             let first = self.round.fetch_add(1, Ordering::Relaxed) % handlers.len();
@@ -237,6 +241,7 @@ impl Worker {
             return Err(refill);
         }
         Ok(Round {
+            version,
             wait: ClaimWait {
                 owner: self.config.owner.clone(),
                 requests,
@@ -262,6 +267,7 @@ impl Worker {
     ) -> Vec<(ClaimedJob, Arc<Handler>)> {
         let Round {
             wait,
+            version,
             handlers,
             saturated,
             refill,
@@ -319,6 +325,34 @@ impl Worker {
                 (job, handler)
             })
             .collect();
+        // A plugin was loaded, swapped or removed while the claim was out:
+        // a job leased for a version no longer serving its type goes back
+        // to the queue (the attempt refunded), for the next round to lease
+        // for the version serving now. So a job submitted after a swap
+        // never starts on the version before.
+        let claimed = if self.registry.version() == version {
+            claimed
+        } else {
+            let (current, stale): (Vec<_>, Vec<_>) = claimed
+                .into_iter()
+                .partition(|(_, handler)| self.registry.is_current(handler));
+            for (job, _) in stale {
+                let store = self.store.clone();
+                let now = self.clock.now();
+                tokio::spawn(async move {
+                    match store.lease_release(job.id, job.token, now).await {
+                        Ok(_) => tracing::debug!(
+                            job = job.id,
+                            "leased for a plugin version swapped out since: returned to the queue"
+                        ),
+                        Err(e) => {
+                            tracing::error!(job = job.id, error = %e, "could not return a job leased for a swapped-out version; the reaper will requeue it when its lease expires")
+                        }
+                    }
+                });
+            }
+            current
+        };
         // Rate-limited types pay for what they leased.
         let now = std::time::Instant::now();
         for handler in &handlers {

@@ -160,6 +160,19 @@ impl Registry {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Counts every change, swaps included.
+    pub fn version(&self) -> u64 {
+        *self.changes.borrow()
+    }
+
+    /// Whether `handler` is the one serving its type now.
+    pub fn is_current(&self, handler: &Arc<Handler>) -> bool {
+        self.read()
+            .handlers
+            .get(&handler.job_type)
+            .is_some_and(|now| Arc::ptr_eq(now, handler))
+    }
+
     /// Told of every change, swaps included.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
