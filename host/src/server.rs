@@ -128,6 +128,26 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
     if config.paused {
         tracing::warn!("workers start paused: POST /admin/workers/resume to start running jobs");
     }
+    // The types an operator paused, before the first claim.
+    match store.queues_paused().await {
+        Ok(types) => {
+            if !types.is_empty() {
+                tracing::warn!(
+                    ?types,
+                    "job types paused: POST /admin/queues/{{type}}/resume to claim them again"
+                );
+            }
+            control.set_paused_types(types);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the paused job types; looking again in a second")
+        }
+    }
+    let paused_types = tokio::spawn(crate::worker::follow_paused_types(
+        store.clone(),
+        control.clone(),
+        stop.clone(),
+    ));
     let worker = Arc::new(Worker {
         store: store.clone(),
         registry: registry.clone(),
@@ -198,7 +218,7 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
         abort.cancel();
         let _ = worker_task.await;
     }
-    let _ = tokio::join!(reaper, promoter, watcher);
+    let _ = tokio::join!(reaper, promoter, watcher, paused_types);
     if let Some(follower) = follower {
         let _ = follower.await;
     }

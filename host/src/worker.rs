@@ -10,6 +10,7 @@
 //! `abort` ends the attempts still running and gives their jobs back to the
 //! queue without spending the attempt.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -54,17 +55,21 @@ pub struct Worker {
     pub round: AtomicUsize,
 }
 
-/// The operator's handle on the worker: pause and resume claiming.
-/// Attempts already running are not affected by a pause.
+/// The operator's handle on the worker: pause and resume claiming on this
+/// host, and the job types paused on every host (kept in the store; this is
+/// this host's copy, refreshed by [`follow_paused_types`]). Attempts already
+/// running are not affected by a pause.
 #[derive(Debug)]
 pub struct Control {
     paused: watch::Sender<bool>,
+    paused_types: watch::Sender<Arc<BTreeSet<String>>>,
 }
 
 impl Control {
     pub fn new(paused: bool) -> Self {
         Control {
             paused: watch::Sender::new(paused),
+            paused_types: watch::Sender::new(Arc::default()),
         }
     }
 
@@ -74,6 +79,46 @@ impl Control {
 
     pub fn is_paused(&self) -> bool {
         *self.paused.borrow()
+    }
+
+    /// The job types not claimed now.
+    pub fn paused_types(&self) -> Arc<BTreeSet<String>> {
+        self.paused_types.borrow().clone()
+    }
+
+    /// Takes the store's list of paused types; workers hear of a change.
+    pub fn set_paused_types(&self, types: Vec<String>) {
+        let types: BTreeSet<String> = types.into_iter().collect();
+        self.paused_types.send_if_modified(|now| {
+            let changed = **now != types;
+            if changed {
+                *now = Arc::new(types);
+            }
+            changed
+        });
+    }
+}
+
+/// How often a host looks for types paused or resumed by another host.
+pub const PAUSED_TYPES_REFRESH: Duration = Duration::from_secs(1);
+
+/// Keeps `control`'s paused types in step with the store until `stop`.
+pub async fn follow_paused_types(
+    store: Arc<dyn Store>,
+    control: Arc<Control>,
+    stop: CancellationToken,
+) {
+    loop {
+        match store.queues_paused().await {
+            Ok(types) => control.set_paused_types(types),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the paused job types; keeping the last known")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(PAUSED_TYPES_REFRESH) => {}
+            () = stop.cancelled() => return,
+        }
     }
 }
 
@@ -111,6 +156,8 @@ struct Round {
     wait: ClaimWait,
     /// The registry's version the handlers were taken from.
     version: u64,
+    /// The types paused when it was made.
+    paused_types: Arc<BTreeSet<String>>,
     /// The handlers of the types asked for, to run what comes back.
     handlers: Vec<Arc<Handler>>,
     /// Some type was left out because its own slots were all busy.
@@ -137,11 +184,14 @@ impl Worker {
         let host_slots = Arc::new(Semaphore::new(self.config.concurrency));
         let executors = TaskTracker::new();
         let mut paused = self.control.paused.subscribe();
-        // A change of plugins ends the round built on the ones before.
+        // A change of plugins, or of the paused types, ends the round built
+        // on the ones before.
         let mut plugins = self.registry.subscribe();
+        let mut paused_types = self.control.paused_types.subscribe();
         let parks = self.store.parks_claims();
         while !stop.is_cancelled() {
             plugins.borrow_and_update();
+            paused_types.borrow_and_update();
             if *paused.borrow_and_update() {
                 tokio::select! {
                     _ = paused.changed() => {}
@@ -162,12 +212,15 @@ impl Worker {
                         () = tokio::time::sleep(wait) => {}
                         _ = paused.changed() => {}
                         _ = plugins.changed() => {}
+                        _ = paused_types.changed() => {}
                         () = stop.cancelled() => {}
                     }
                     continue;
                 }
             };
-            let claimed = self.claim(round, &mut paused, &mut plugins, &stop).await;
+            let claimed = self
+                .claim(round, &mut paused, (&mut plugins, &mut paused_types), &stop)
+                .await;
             if !claimed.is_empty() {
                 self.spawn_executors(claimed, &host_slots, &executors, &abort);
                 // There may be more waiting: claim again at once.
@@ -180,6 +233,7 @@ impl Worker {
                     () = tokio::time::sleep(self.config.poll_interval) => {}
                     _ = paused.changed() => {}
                     _ = plugins.changed() => {}
+                    _ = paused_types.changed() => {}
                     () = stop.cancelled() => {}
                 }
             }
@@ -201,7 +255,9 @@ impl Worker {
         }
         // Read before the handlers: a change after it is seen as one.
         let version = self.registry.version();
+        let paused_types = self.control.paused_types();
         let mut handlers = self.registry.handlers();
+        handlers.retain(|h| !paused_types.contains(&h.job_type));
         if !handlers.is_empty() {
             let first = self.round.fetch_add(1, Ordering::Relaxed) % handlers.len();
             handlers.rotate_left(first);
@@ -242,6 +298,7 @@ impl Worker {
         }
         Ok(Round {
             version,
+            paused_types,
             wait: ClaimWait {
                 owner: self.config.owner.clone(),
                 requests,
@@ -262,12 +319,16 @@ impl Worker {
         &self,
         round: Round,
         paused: &mut watch::Receiver<bool>,
-        plugins: &mut watch::Receiver<u64>,
+        (plugins, paused_types): (
+            &mut watch::Receiver<u64>,
+            &mut watch::Receiver<Arc<BTreeSet<String>>>,
+        ),
         stop: &CancellationToken,
     ) -> Vec<(ClaimedJob, Arc<Handler>)> {
         let Round {
             wait,
             version,
+            paused_types: paused_before,
             handlers,
             saturated,
             refill,
@@ -285,6 +346,7 @@ impl Worker {
                 () = tokio::time::sleep(self.config.poll_interval) => {}
                 _ = paused.changed() => {}
                 _ = plugins.changed() => {}
+                _ = paused_types.changed() => {}
                 () = stop.cancelled() => {}
                 () = self.dispatch.wait_freed(), if rescope => {}
                 // A rate-limited type left out may start again.
@@ -325,17 +387,22 @@ impl Worker {
                 (job, handler)
             })
             .collect();
-        // A plugin was loaded, swapped or removed while the claim was out:
-        // a job leased for a version no longer serving its type goes back
-        // to the queue (the attempt refunded), for the next round to lease
-        // for the version serving now. So a job submitted after a swap
-        // never starts on the version before.
-        let claimed = if self.registry.version() == version {
+        // A plugin was loaded, swapped or removed, or a type paused, while
+        // the claim was out: a job leased for a version no longer serving
+        // its type, or of a type paused since, goes back to the queue (the
+        // attempt refunded), for a later round to lease for the version
+        // serving then. So a job submitted after a swap never starts on the
+        // version before, and none starts after its type is paused.
+        let paused_now = self.control.paused_types();
+        let claimed = if self.registry.version() == version
+            && Arc::ptr_eq(&paused_now, &paused_before)
+        {
             claimed
         } else {
-            let (current, stale): (Vec<_>, Vec<_>) = claimed
-                .into_iter()
-                .partition(|(_, handler)| self.registry.is_current(handler));
+            let (current, stale): (Vec<_>, Vec<_>) =
+                claimed.into_iter().partition(|(_, handler)| {
+                    self.registry.is_current(handler) && !paused_now.contains(&handler.job_type)
+                });
             for (job, _) in stale {
                 let store = self.store.clone();
                 let now = self.clock.now();

@@ -219,6 +219,38 @@ async fn browser_dashboard_shows_counts_and_replays_a_dead_job() {
         .await;
     let overview = browser.screenshot("dashboard-overview.png").await;
 
+    // Pause and resume one queue's claims from the overview. (Clicked from
+    // the page's own script: the table is redrawn every 2 s.)
+    let queue_shows = |what: &str| {
+        format!(
+            "(document.getElementById('queue-counter') || {{innerText: ''}}).innerText.includes('{what}')"
+        )
+    };
+    browser
+        .script("document.getElementById('queue-toggle-counter').click();")
+        .await;
+    browser
+        .wait_until("the queue paused", &queue_shows("(paused)"))
+        .await;
+    let (_, queues) = host.admin_get("/admin/metrics/queue").await;
+    let counter = queues["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["type"] == "counter");
+    assert_eq!(counter.unwrap()["paused"], true, "{queues}");
+    browser
+        .script("document.getElementById('queue-toggle-counter').click();")
+        .await;
+    browser
+        .wait_until(
+            "the queue resumed",
+            &format!("!{}", queue_shows("(paused)")),
+        )
+        .await;
+    let after = host.submit("counter", "{}").await;
+    host.wait_for(after, "succeeded").await;
+
     // The fix, then the replay of one dead job through the page.
     let fixed = plugin_bytes("examples", "noop");
     let (status, body) = put_plugin(&host, "noop", fixed, Some("max_attempts = 1\n")).await;

@@ -219,3 +219,75 @@ async fn the_cli_lists_jobs_and_replays_the_dead_letter_queue() {
     assert!(out.contains("replayed 2 dead jobs (noop: 2)"), "{out}");
     host.wait_for(id, "succeeded").await;
 }
+
+/// The queue of the type, as `GET /admin/metrics/queue` shows it.
+async fn queue(host: &Server, job_type: &str) -> Value {
+    let (status, body) = host.admin_get("/admin/metrics/queue").await;
+    assert_eq!(status, 200, "{body}");
+    body["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["type"] == job_type)
+        .cloned()
+        .unwrap_or_else(|| panic!("no queue {job_type}: {body}"))
+}
+
+/// A paused type's jobs are accepted and wait, while other types run, even
+/// across a restart; resumed, they run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_type_waits_across_restarts_until_resumed() {
+    let plugins = Plugins::new().example("noop", "").testing("counter", "");
+    let mut host = Server::start(plugins, &[]).await;
+    let (status, body) = host.admin_post("/admin/queues/counter/pause").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({ "type": "counter", "paused": true, "changed": true })
+    );
+    let (_, body) = host.admin_post("/admin/queues/counter/pause").await;
+    assert_eq!(body["changed"], false, "{body}");
+    let waiting = [
+        host.submit("counter", "{}").await,
+        host.submit("counter", "{}").await,
+    ];
+    // A job of another type, submitted after them, runs; they wait.
+    let later = host.submit("noop", "{}").await;
+    host.wait_for(later, "succeeded").await;
+    for id in waiting {
+        assert_eq!(host.job(id).await["status"], "queued");
+    }
+    let counter = queue(&host, "counter").await;
+    assert_eq!(
+        (counter["paused"].clone(), counter["queued"].clone()),
+        (json!(true), json!(2))
+    );
+    assert_eq!(queue(&host, "noop").await["paused"], false);
+
+    host.signal_and_wait(libc::SIGTERM);
+    host.restart();
+    let later = host.submit("noop", "{}").await;
+    host.wait_for(later, "succeeded").await;
+    for id in waiting {
+        assert_eq!(
+            host.job(id).await["status"],
+            "queued",
+            "still paused after a restart"
+        );
+    }
+    let (status, body) = host.admin_post("/admin/queues/Not%20a%20type/pause").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_path")),
+        "{body}"
+    );
+    let (status, body) = host.post("/admin/queues/counter/resume", "").await;
+    assert_eq!(status, 401, "{body}");
+
+    let (status, body) = host.admin_post("/admin/queues/counter/resume").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["paused"], false, "{body}");
+    for id in waiting {
+        host.wait_for(id, "succeeded").await;
+    }
+}

@@ -728,3 +728,54 @@ async fn postgres_uploaded_plugins_reach_every_host() {
         .unwrap();
     assert_eq!(kept, vec![v1.clone()]);
 }
+
+/// A type paused through one host is not claimed by any host; resumed
+/// through another, its jobs run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_type_paused_on_one_host_waits_on_every_host() {
+    let db = TestDb::create().await;
+    let flags = [
+        "--database-url",
+        db.url.as_str(),
+        "--poll-interval-ms",
+        "200",
+    ];
+    let plugins = || noop().testing("counter", "");
+    let a = Server::start(plugins(), &flags).await;
+    let b = Server::start(plugins(), &flags).await;
+    let (status, body) = a.admin_post("/admin/queues/noop/pause").await;
+    assert_eq!(status, 200, "{body}");
+    // B hears of it from the store.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = b.admin_get("/admin/metrics/queue").await;
+        let noop = body["types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["type"] == "noop")
+            .cloned();
+        if noop.is_some_and(|t| t["paused"] == true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B never saw the pause: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut waiting = Vec::new();
+    for host in [&a, &b, &a, &b] {
+        waiting.push(host.submit("noop", "{}").await);
+    }
+    // Jobs of another type, submitted after them to both hosts, run.
+    for host in [&a, &b] {
+        let id = host.submit("counter", "{}").await;
+        host.wait_for(id, "succeeded").await;
+    }
+    for id in &waiting {
+        assert_eq!(b.job(*id).await["status"], "queued", "job {id} was claimed");
+    }
+    let (status, body) = b.admin_post("/admin/queues/noop/resume").await;
+    assert_eq!(status, 200, "{body}");
+    for id in &waiting {
+        a.wait_for(*id, "succeeded").await;
+    }
+}

@@ -4,6 +4,8 @@
 //! - `POST /admin/jobs/{id}/cancel`: queued or scheduled → cancelled.
 //! - `POST /admin/dlq/replay`: every dead job a filter picks (type, ids,
 //!   error text, or all) → queued, in one transaction.
+//! - `POST /admin/queues/{type}/pause`, `/resume`: stop and restart claims
+//!   of one type on every host; kept in the store, so it survives restarts.
 //! - `GET /admin/metrics/jobs`: jobs per state.
 //! - `GET /admin/metrics/queue`: per type: queued, scheduled, running, dead.
 //! - `GET /admin/plugins`: every plugin: digest, size, when it loaded, its
@@ -42,6 +44,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/jobs/{id}/replay", post(replay))
         .route("/jobs/{id}/cancel", post(cancel))
         .route("/dlq/replay", post(replay_dead))
+        .route("/queues/{type}/pause", post(pause_queue))
+        .route("/queues/{type}/resume", post(resume_queue))
         .route("/metrics/jobs", get(job_counts))
         .route("/metrics/queue", get(queue_counts))
         .route("/plugins", get(plugins))
@@ -187,6 +191,46 @@ async fn replay_dead(
     Ok(Json(json!({ "replayed": moved.len(), "types": types })))
 }
 
+async fn pause_queue(
+    State(app): State<AppState>,
+    PathParam(job_type): PathParam,
+) -> Result<Json<Value>, ApiError> {
+    set_queue_paused(app, job_type, true).await
+}
+
+async fn resume_queue(
+    State(app): State<AppState>,
+    PathParam(job_type): PathParam,
+) -> Result<Json<Value>, ApiError> {
+    set_queue_paused(app, job_type, false).await
+}
+
+/// Pauses or resumes a type in the store, then here at once (the other
+/// hosts see it within [`crate::worker::PAUSED_TYPES_REFRESH`]).
+async fn set_queue_paused(
+    app: AppState,
+    job_type: String,
+    paused: bool,
+) -> Result<Json<Value>, ApiError> {
+    let job_type = plugin_type(job_type)?;
+    let changed = app
+        .store
+        .queue_pause(&job_type, paused, app.clock.now())
+        .await?;
+    app.workers
+        .set_paused_types(app.store.queues_paused().await?);
+    if changed {
+        let what = if paused { "paused" } else { "resumed" };
+        tracing::info!(job_type, "job type {what} by an operator");
+    }
+    if !paused {
+        app.dispatch.hint();
+    }
+    Ok(Json(
+        json!({ "type": job_type, "paused": paused, "changed": changed }),
+    ))
+}
+
 async fn cancel(
     State(app): State<AppState>,
     PathParam(id): PathParam,
@@ -246,6 +290,7 @@ async fn queue_counts(State(app): State<AppState>) -> Result<Json<Value>, ApiErr
         ),
         None => None,
     };
+    let paused = app.workers.paused_types();
     let types: Vec<Value> = by_type
         .into_iter()
         .map(|(job_type, c)| {
@@ -255,6 +300,7 @@ async fn queue_counts(State(app): State<AppState>) -> Result<Json<Value>, ApiErr
                 "scheduled": c.scheduled,
                 "running": c.running,
                 "dead": c.dead,
+                "paused": paused.contains(&job_type),
             });
             if let Some(stream) = streams.as_ref().and_then(|s| s.get(&job_type)) {
                 entry["stream"] = json!(stream);

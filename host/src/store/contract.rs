@@ -879,6 +879,18 @@ pub async fn kv_calls_see_every_write_before_them(s: &dyn Store) {
     assert!(!s.kv_write("a", "k", once("5")).await.unwrap());
 }
 
+/// Paused types are kept until resumed; pausing twice changes nothing.
+pub async fn paused_types_are_kept_until_resumed(s: &dyn Store) {
+    assert!(s.queues_paused().await.unwrap().is_empty());
+    assert!(s.queue_pause("sms", true, T0).await.unwrap());
+    assert!(!s.queue_pause("sms", true, T0).await.unwrap());
+    assert!(s.queue_pause("email", true, T0).await.unwrap());
+    assert_eq!(s.queues_paused().await.unwrap(), ["email", "sms"]);
+    assert!(s.queue_pause("sms", false, T0).await.unwrap());
+    assert!(!s.queue_pause("sms", false, T0).await.unwrap());
+    assert_eq!(s.queues_paused().await.unwrap(), ["email"]);
+}
+
 /// Many writers race to set the same key first: exactly one wins.
 pub async fn kv_set_if_absent_has_one_winner(s: Arc<dyn Store>) {
     let mut racers = tokio::task::JoinSet::new();
@@ -1257,6 +1269,7 @@ macro_rules! store_contract_tests {
         scenario!(cancel_withdraws_only_waiting_jobs);
         scenario!(counts_per_state_and_type);
         scenario!(the_listing_pages_newest_first);
+        scenario!(paused_types_are_kept_until_resumed);
         scenario!(a_bulk_replay_moves_the_dead_jobs_it_picks);
         scenario!(kv_keeps_each_scope_apart_and_sets_once);
         scenario!(kv_set_if_absent_has_one_winner, shared);

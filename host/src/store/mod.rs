@@ -367,6 +367,14 @@ pub trait Store: Send + Sync + 'static {
     /// queued | scheduled → cancelled.
     async fn job_cancel(&self, id: JobId, now: Timestamp) -> StoreResult<JobRecord>;
 
+    /// Pauses (`paused`) or resumes claims of `job_type` on every host
+    /// sharing the store; whether that changed anything. Jobs of a paused
+    /// type are still accepted; they wait.
+    async fn queue_pause(&self, job_type: &str, paused: bool, now: Timestamp) -> StoreResult<bool>;
+
+    /// The paused job types, sorted.
+    async fn queues_paused(&self) -> StoreResult<Vec<String>>;
+
     /// Jobs, newest first, as [`JobQuery`] picks them.
     async fn job_list(&self, query: &JobQuery) -> StoreResult<Vec<JobRecord>>;
 

@@ -89,7 +89,7 @@ function jobLink(id) {
 
 const samples = [];
 
-async function refresh() {
+async function refresh(once) {
   try {
     const [counts, queues, workers] = await Promise.all([
       api("/admin/metrics/jobs"),
@@ -106,7 +106,7 @@ async function refresh() {
   } catch (e) {
     $("status").textContent = `not updated: ${e.message}`;
   }
-  setTimeout(refresh, REFRESH_MS);
+  if (!once) setTimeout(refresh, REFRESH_MS);
 }
 
 function drawCounts(counts) {
@@ -120,9 +120,17 @@ function drawCounts(counts) {
 function drawQueues(types) {
   $("queues").tBodies[0].replaceChildren(
     ...types.map((t) =>
-      el("tr", {},
-        el("td", {}, t.type),
-        ...["queued", "scheduled", "running", "dead"].map((k) => el("td", { class: "num" }, t[k]))),
+      el("tr", { id: `queue-${t.type}` },
+        el("td", {}, t.type, t.paused ? el("span", { class: "error" }, " (paused)") : ""),
+        ...["queued", "scheduled", "running", "dead"].map((k) => el("td", { class: "num" }, t[k])),
+        el("td", {}, el("button", {
+          id: `queue-toggle-${t.type}`,
+          title: t.paused ? "claim this type's jobs again, on every host" : "stop claiming this type's jobs on every host (they are still accepted)",
+          onclick: async () => {
+            await api(`/admin/queues/${encodeURIComponent(t.type)}/${t.paused ? "resume" : "pause"}`, { method: "POST" });
+            refresh(true);
+          },
+        }, t.paused ? "Resume" : "Pause"))),
     ),
   );
   const select = $("dlq-type");
@@ -140,7 +148,7 @@ function drawWorkers(paused) {
   button.textContent = paused ? "Resume" : "Pause";
   button.onclick = async () => {
     await api(`/admin/workers/${paused ? "resume" : "pause"}`, { method: "POST" });
-    refresh();
+    refresh(true);
   };
 }
 

@@ -332,6 +332,33 @@ impl Store for PgStore {
         upkeep::cancel(&self.pool, id, now).await
     }
 
+    async fn queue_pause(&self, job_type: &str, paused: bool, now: Timestamp) -> StoreResult<bool> {
+        self.open_for_work()?;
+        let statement = if paused {
+            "INSERT INTO queue_pauses (job_type, paused_at) VALUES ($1, $2)
+             ON CONFLICT (job_type) DO NOTHING"
+        } else {
+            "DELETE FROM queue_pauses WHERE job_type = $1 AND $2::BIGINT IS NOT NULL"
+        };
+        let done = sqlx::query(statement)
+            .bind(job_type)
+            .bind(now.as_micros())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn queues_paused(&self) -> StoreResult<Vec<String>> {
+        self.read(|| async {
+            Ok(
+                sqlx::query_scalar("SELECT job_type FROM queue_pauses ORDER BY job_type")
+                    .fetch_all(&self.pool)
+                    .await?,
+            )
+        })
+        .await
+    }
+
     async fn job_list(&self, query: &JobQuery) -> StoreResult<Vec<JobRecord>> {
         self.read(|| reads::list(&self.pool, query)).await
     }

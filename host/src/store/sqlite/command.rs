@@ -39,6 +39,11 @@ pub(super) enum Op {
     Kv(super::kv::Deferred),
     /// Nothing: answered once everything sent before it is committed.
     Sync,
+    QueuePause {
+        job_type: String,
+        paused: bool,
+        now: Timestamp,
+    },
     Progress {
         id: JobId,
         token: i64,

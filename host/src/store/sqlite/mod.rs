@@ -414,6 +414,26 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn queue_pause(&self, job_type: &str, paused: bool, now: Timestamp) -> StoreResult<bool> {
+        let op = Op::QueuePause {
+            job_type: job_type.to_owned(),
+            paused,
+            now,
+        };
+        match self.send(op).await? {
+            Reply::Applied(changed) => Ok(changed),
+            _ => unreachable!("the writer answers QueuePause with Applied"),
+        }
+    }
+
+    async fn queues_paused(&self) -> StoreResult<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT job_type FROM queue_pauses ORDER BY job_type")
+                .fetch_all(&self.readers)
+                .await?,
+        )
+    }
+
     async fn job_list(&self, query: &JobQuery) -> StoreResult<Vec<JobRecord>> {
         let mut conn = self.readers.acquire().await?;
         reads::list(&mut conn, query).await

@@ -236,6 +236,26 @@ pub(super) fn replay_dead(
     Ok(replayed)
 }
 
+/// Pauses or resumes claims of `job_type`; whether that changed anything.
+pub(super) fn queue_pause(
+    conn: &Connection,
+    job_type: &str,
+    paused: bool,
+    now: Timestamp,
+) -> StoreResult<bool> {
+    let changed = if paused {
+        conn.prepare_cached(
+            "INSERT INTO queue_pauses (job_type, paused_at) VALUES (?1, ?2)
+             ON CONFLICT (job_type) DO NOTHING",
+        )?
+        .execute(params![job_type, now.as_micros()])?
+    } else {
+        conn.prepare_cached("DELETE FROM queue_pauses WHERE job_type = ?1")?
+            .execute([job_type])?
+    };
+    Ok(changed > 0)
+}
+
 pub(super) fn cancel(
     conn: &Connection,
     id: JobId,

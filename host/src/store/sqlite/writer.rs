@@ -346,6 +346,11 @@ pub(super) fn apply(tx: &mut Tx<'_>, op: &Op, events: &mut Events) -> StoreResul
         }
         Op::Kv(write) => write.apply(tx.conn()?).map(Reply::Applied),
         Op::Sync => Ok(Reply::Applied(true)),
+        Op::QueuePause {
+            job_type,
+            paused,
+            now,
+        } => super::upkeep::queue_pause(tx.conn()?, job_type, *paused, *now).map(Reply::Applied),
         Op::Progress { id, token, percent } => {
             super::kv::progress(tx.conn()?, *id, *token, *percent).map(Reply::Applied)
         }
