@@ -161,6 +161,14 @@ enum Scenario {
         #[arg(long)]
         jobs: Option<usize>,
     },
+    /// The operator's side with many jobs in the store: the dashboard's data
+    /// endpoints, and a bulk replay of the dead-letter queue.
+    Operators {
+        /// Jobs in the store (default 1,000,000; 100,000 with --quick), one
+        /// in ten of them dead.
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -216,6 +224,9 @@ fn main() -> Result<()> {
                 swap(c, rate, seconds.unwrap_or(if q { 6 } else { 20 })).await
             }
             Scenario::Kv { jobs } => kv(c, jobs.unwrap_or(if q { 20_000 } else { 100_000 })).await,
+            Scenario::Operators { jobs } => {
+                operators(c, jobs.unwrap_or(if q { 100_000 } else { 1_000_000 })).await
+            }
             Scenario::Overhead { jobs } => {
                 burn_down(
                     c,
@@ -598,6 +609,131 @@ async fn burn_down(c: &Common, jobs: usize, scenario: &str, hosts: usize) -> Res
 /// A burn-down of jobs that each make one key-value `set-if-absent` (a key
 /// of their own), as an idempotent handler does: the cost of a kv call
 /// under load, from the host's histogram of them.
+/// Fills the store through the batch endpoint (nine no-op jobs in ten, and
+/// one of a type whose every attempt fails at once, so it lands in the
+/// dead-letter queue), lets it burn down, then times the dashboard's data
+/// endpoints with everything in the store, and a bulk replay of every dead
+/// job.
+async fn operators(c: &Common, jobs: usize) -> Result<()> {
+    // The testing plugin has no behaviour for `doomed`: a fatal error.
+    let plugins = c.out.join("plugins-operators");
+    std::fs::create_dir_all(&plugins)?;
+    std::fs::copy(c.plugins.join("noop.wasm"), plugins.join("noop.wasm"))?;
+    let testing = c.plugins.join("../testing/testing.wasm");
+    std::fs::copy(&testing, plugins.join("doomed.wasm"))
+        .with_context(|| format!("{}: build it with `cargo xtask plugins`", testing.display()))?;
+    std::fs::write(plugins.join("doomed.toml"), "max_attempts = 1\n")?;
+    let c = &Common {
+        plugins,
+        ..c.clone()
+    };
+    let server = start(c, "operators", &[]).await?;
+    let mut report = Report::new("operators");
+    report.param("jobs", jobs);
+    report.param("dead", jobs / 10);
+    let began = Instant::now();
+    let noops = submit_batches_of(&server, "noop", |_| "{}".into(), jobs - jobs / 10, 5000, 2);
+    let doomed = submit_batches_of(&server, "doomed", |_| "{}".into(), jobs / 10, 5000, 1);
+    let (noops, doomed) = tokio::try_join!(noops, doomed)?;
+    wait_done(
+        &server,
+        (noops.len() + doomed.len()) as u64,
+        Duration::from_secs(3600),
+    )
+    .await?;
+    report.figure("filled and burnt down", began.elapsed().as_secs_f64(), "s");
+
+    let mut conn = admin(&server).await?;
+    let middle = doomed[doomed.len() / 2];
+    let some_job = noops[noops.len() / 3];
+    let endpoints = [
+        (
+            "GET /admin/metrics/jobs".to_owned(),
+            "/admin/metrics/jobs".to_owned(),
+        ),
+        (
+            "GET /admin/metrics/queue".to_owned(),
+            "/admin/metrics/queue".to_owned(),
+        ),
+        ("GET /jobs?limit=50".to_owned(), "/jobs?limit=50".to_owned()),
+        (
+            "GET /jobs?state=dead&type=doomed&limit=50".to_owned(),
+            "/jobs?state=dead&type=doomed&limit=50".to_owned(),
+        ),
+        (
+            "GET /jobs?state=dead&limit=50&cursor=(middle)".to_owned(),
+            format!("/jobs?state=dead&limit=50&cursor={middle}"),
+        ),
+        (
+            "GET /jobs?state=succeeded&limit=50".to_owned(),
+            "/jobs?state=succeeded&limit=50".to_owned(),
+        ),
+        (
+            "GET /jobs?state=cancelled&limit=50 (none)".to_owned(),
+            "/jobs?state=cancelled&limit=50".to_owned(),
+        ),
+        (
+            "GET /jobs?state=queued&limit=50 (none)".to_owned(),
+            "/jobs?state=queued&limit=50".to_owned(),
+        ),
+        ("GET /jobs/{id}".to_owned(), format!("/jobs/{some_job}")),
+    ];
+    for (name, path) in &endpoints {
+        let mut h = histogram();
+        for _ in 0..200 {
+            let t = Instant::now();
+            let (status, body) = conn.get(path).await?;
+            anyhow::ensure!(
+                status == 200,
+                "{path}: {status} {}",
+                String::from_utf8_lossy(&body)
+            );
+            h.record(t.elapsed().as_micros().max(1) as u64)?;
+        }
+        report.figure(
+            format!("{name} p50"),
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            "ms",
+        );
+        report.figure(
+            format!("{name} p99"),
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+            "ms",
+        );
+    }
+
+    // The replay alone: workers paused, so the replayed jobs wait.
+    let (status, _) = conn.post("/admin/workers/pause", Bytes::new()).await?;
+    anyhow::ensure!(status == 200, "pause: {status}");
+    let t = Instant::now();
+    let (status, body) = conn
+        .post("/admin/dlq/replay", Bytes::from_static(br#"{"all": true}"#))
+        .await?;
+    let took = t.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        status == 200,
+        "replay: {status} {}",
+        String::from_utf8_lossy(&body)
+    );
+    let replayed = serde_json::from_slice::<Value>(&body)?["replayed"]
+        .as_u64()
+        .unwrap_or(0);
+    anyhow::ensure!(
+        replayed as usize == doomed.len(),
+        "replayed {replayed} of {}",
+        doomed.len()
+    );
+    report.figure(format!("bulk replay of {replayed} dead jobs"), took, "s");
+    let counts = conn.json("/admin/metrics/jobs").await?;
+    anyhow::ensure!(
+        counts["dead"] == 0 && counts["queued"] == replayed,
+        "after the replay: {counts}"
+    );
+    report.note("Each endpoint is called 200 times in a row on one keep-alive connection, with every job finished (nothing else running). The replay is one call with workers paused; its jobs are then queued, counted.");
+    report.finish(&c.out)?;
+    server.stop()
+}
+
 async fn kv(c: &Common, jobs: usize) -> Result<()> {
     // The testing plugin's `kv_ops` behaviour, installed beside noop.
     let plugins = c.out.join("plugins-kv");

@@ -40,13 +40,15 @@ pub(crate) enum Param<'q> {
     Ids(String),
 }
 
-/// The listing: `SELECT * FROM jobs ...` and its parameters. The state is
-/// written as a literal, so the partial indexes per state can serve it.
+/// The listing: `SELECT * FROM <from> ...` and its parameters. The state is
+/// written as a literal, so the partial indexes per state can serve it;
+/// `from` is `jobs`, or `jobs` with a backend's index hint.
 pub(crate) fn list_sql<'q>(
     q: &'q JobQuery,
+    from: &str,
     placeholder: fn(usize) -> String,
 ) -> (String, Vec<Param<'q>>) {
-    let mut sql = String::from("SELECT * FROM jobs WHERE TRUE");
+    let mut sql = format!("SELECT * FROM {from} WHERE TRUE");
     let mut params = Vec::new();
     if let Some(state) = q.state {
         let _ = write!(sql, " AND state = '{}'", state.as_str());

@@ -91,7 +91,7 @@ pub(super) async fn counts_by_type(pool: &PgPool) -> StoreResult<Vec<(String, St
 
 /// A page of the listing ([`crate::store::query::list_sql`]).
 pub(super) async fn list(pool: &PgPool, q: &JobQuery) -> StoreResult<Vec<JobRecord>> {
-    let (sql, params) = list_sql(q, |n| format!("${n}"));
+    let (sql, params) = list_sql(q, "jobs", |n| format!("${n}"));
     // Built from fixed fragments; every value is a bound parameter.
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for p in params {

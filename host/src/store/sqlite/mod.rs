@@ -435,8 +435,9 @@ impl Store for SqliteStore {
     }
 
     async fn job_list(&self, query: &JobQuery) -> StoreResult<Vec<JobRecord>> {
+        let in_state = query.state.map(|s| self.counts.total().get(s));
         let mut conn = self.readers.acquire().await?;
-        reads::list(&mut conn, query).await
+        reads::list(&mut conn, query, in_state).await
     }
 
     async fn job_replay_dead(

@@ -4,7 +4,7 @@
 use sqlx::Row as _;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 
-use crate::job::{JobEvent, JobId, JobRecord};
+use crate::job::{JobEvent, JobId, JobRecord, JobState};
 use crate::store::query::{Param, list_sql};
 use crate::store::rows::{Row, event_of, record_of};
 use crate::store::{JobQuery, StoreResult};
@@ -34,9 +34,35 @@ pub(super) async fn record_get(
     row.as_ref().map(record_of).transpose()
 }
 
-/// A page of the listing ([`crate::store::query::list_sql`]).
-pub(super) async fn list(conn: &mut SqliteConnection, q: &JobQuery) -> StoreResult<Vec<JobRecord>> {
-    let (sql, params) = list_sql(q, |n| format!("?{n}"));
+/// Below this many jobs in a state, a listing of that state reads them
+/// through the state's partial index and sorts them; above it, it walks the
+/// table newest first, where so many are close together.
+const FEW_IN_STATE: u64 = 20_000;
+
+/// A page of the listing ([`crate::store::query::list_sql`]). SQLite keeps
+/// no statistics here, so the writer's counts choose the plan: a state with
+/// few jobs among many is read through its partial index (without it, an
+/// empty state scanned the whole table: 11 ms per 100,000 jobs).
+pub(super) async fn list(
+    conn: &mut SqliteConnection,
+    q: &JobQuery,
+    in_state: Option<u64>,
+) -> StoreResult<Vec<JobRecord>> {
+    let index = match q.state {
+        Some(JobState::Queued) => Some("jobs_ready"),
+        Some(JobState::Scheduled) => Some("jobs_scheduled"),
+        Some(JobState::Running) => Some("jobs_leased"),
+        Some(JobState::Dead) => Some("jobs_dead"),
+        Some(JobState::Cancelled) => Some("jobs_cancelled"),
+        Some(JobState::Succeeded) | None => None,
+    };
+    let from = match index {
+        Some(index) if in_state.is_some_and(|n| n < FEW_IN_STATE) => {
+            format!("jobs INDEXED BY {index}")
+        }
+        _ => "jobs".to_owned(),
+    };
+    let (sql, params) = list_sql(q, &from, |n| format!("?{n}"));
     // Built from fixed fragments; every value is a bound parameter.
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for p in params {
