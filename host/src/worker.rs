@@ -63,6 +63,9 @@ pub struct Worker {
 pub struct Control {
     paused: watch::Sender<bool>,
     paused_types: watch::Sender<Arc<BTreeSet<String>>>,
+    /// Held across a read of the paused types from the store and taking
+    /// it, so an older read never replaces a newer one.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl Control {
@@ -70,6 +73,7 @@ impl Control {
         Control {
             paused: watch::Sender::new(paused),
             paused_types: watch::Sender::new(Arc::default()),
+            refreshing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -84,6 +88,14 @@ impl Control {
     /// The job types not claimed now.
     pub fn paused_types(&self) -> Arc<BTreeSet<String>> {
         self.paused_types.borrow().clone()
+    }
+
+    /// Reads the paused types from the store and takes them.
+    pub async fn refresh_paused_types(&self, store: &dyn Store) -> crate::store::StoreResult<()> {
+        let _one = self.refreshing.lock().await;
+        let types = store.queues_paused().await?;
+        self.set_paused_types(types);
+        Ok(())
     }
 
     /// Takes the store's list of paused types; workers hear of a change.
@@ -109,11 +121,8 @@ pub async fn follow_paused_types(
     stop: CancellationToken,
 ) {
     loop {
-        match store.queues_paused().await {
-            Ok(types) => control.set_paused_types(types),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read the paused job types; keeping the last known")
-            }
+        if let Err(e) = control.refresh_paused_types(store.as_ref()).await {
+            tracing::warn!(error = %e, "could not read the paused job types; keeping the last known");
         }
         tokio::select! {
             () = tokio::time::sleep(PAUSED_TYPES_REFRESH) => {}

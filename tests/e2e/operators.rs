@@ -193,6 +193,12 @@ async fn the_cli_lists_jobs_and_replays_the_dead_letter_queue() {
     let (code, _, err) = cli(&host, &["jobs", "list", "--state", "zombie"]);
     assert_eq!(code, 1);
     assert!(err.contains("invalid_query"), "{err}");
+    let (code, _, err) = cli(
+        &host,
+        &["enqueue", "../admin/dlq/replay", r#"{"all":true}"#],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("is not a job type name"), "{err}");
     let (code, _, err) = cli(&host, &["jobs", "get", "999999"]);
     assert_eq!(code, 1);
     assert!(err.contains("job_not_found"), "{err}");

@@ -217,8 +217,7 @@ async fn set_queue_paused(
         .store
         .queue_pause(&job_type, paused, app.clock.now())
         .await?;
-    app.workers
-        .set_paused_types(app.store.queues_paused().await?);
+    app.workers.refresh_paused_types(app.store.as_ref()).await?;
     if changed {
         let what = if paused { "paused" } else { "resumed" };
         tracing::info!(job_type, "job type {what} by an operator");

@@ -183,6 +183,12 @@ pub fn enqueue(args: Enqueue) -> anyhow::Result<()> {
         None | Some("-") => std::io::read_to_string(std::io::stdin())?,
         Some(text) => text.to_owned(),
     };
+    if !jobhost::plugins::valid_type_name(&args.job_type) {
+        bail!(
+            "{:?} is not a job type name (1-64 of a-z, 0-9, _ and -, starting with a letter)",
+            args.job_type
+        );
+    }
     serde_json::from_str::<Value>(&payload).context("the payload must be a JSON document")?;
     let mut path = format!("/jobs/{}", args.job_type);
     if let Some(ms) = args.delay_ms {
@@ -265,7 +271,7 @@ async fn list(
         let mut path = format!("/jobs?limit={}", (limit - jobs.len()).min(1000));
         for (name, value) in [("state", &state), ("type", &job_type), ("cursor", &cursor)] {
             if let Some(value) = value {
-                path.push_str(&format!("&{name}={value}"));
+                path.push_str(&format!("&{name}={}", encode(value)));
             }
         }
         let answer = conn.send(reqwest::Method::GET, &path, None, None).await?;
@@ -371,6 +377,19 @@ fn print_job(job: &Value) {
                 .unwrap_or_default(),
         );
     }
+}
+
+/// `value` percent-encoded for a query string (all but unreserved bytes).
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// A JSON value as plain text (strings without their quotes).

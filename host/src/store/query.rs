@@ -40,12 +40,22 @@ pub(crate) enum Param<'q> {
     Ids(String),
 }
 
-/// The listing: `SELECT * FROM <from> ...` and its parameters. The state is
-/// written as a literal, so the partial indexes per state can serve it;
-/// `from` is `jobs`, or `jobs` with a backend's index hint.
+/// Below this many jobs in a state, a listing of that state reads them
+/// through the state's partial index and sorts them; above it, it walks the
+/// table newest first, where so many are usually close together. (Neither
+/// backend's planner can tell: SQLite keeps no statistics here, and
+/// PostgreSQL's, even fresh, know nothing of how states lie along the ids.)
+pub(crate) const FEW_IN_STATE: u64 = 20_000;
+
+/// The listing: `SELECT * FROM <from> ... ORDER BY <order> DESC` and its
+/// parameters. The state is written as a literal, so the partial indexes
+/// per state can serve it; `from` is `jobs` or `jobs` with a backend's index
+/// hint, `order` is `id`, or an expression of it that keeps a backend from
+/// walking the primary key.
 pub(crate) fn list_sql<'q>(
     q: &'q JobQuery,
     from: &str,
+    order: &str,
     placeholder: fn(usize) -> String,
 ) -> (String, Vec<Param<'q>>) {
     let mut sql = format!("SELECT * FROM {from} WHERE TRUE");
@@ -62,7 +72,11 @@ pub(crate) fn list_sql<'q>(
         let _ = write!(sql, " AND id < {}", placeholder(params.len()));
     }
     params.push(Param::Int(q.limit.clamp(1, MAX_LIST) as i64));
-    let _ = write!(sql, " ORDER BY id DESC LIMIT {}", placeholder(params.len()));
+    let _ = write!(
+        sql,
+        " ORDER BY {order} DESC LIMIT {}",
+        placeholder(params.len())
+    );
     (sql, params)
 }
 

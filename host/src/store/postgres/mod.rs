@@ -360,7 +360,11 @@ impl Store for PgStore {
     }
 
     async fn job_list(&self, query: &JobQuery) -> StoreResult<Vec<JobRecord>> {
-        self.read(|| reads::list(&self.pool, query)).await
+        let in_state = match query.state {
+            Some(state) => Some(self.counts().await?.get(state)),
+            None => None,
+        };
+        self.read(|| reads::list(&self.pool, query, in_state)).await
     }
 
     async fn job_replay_dead(

@@ -5,8 +5,8 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row as _};
 
 use crate::clock::Timestamp;
-use crate::job::{JobEvent, JobId, JobRecord};
-use crate::store::query::{Param, list_sql};
+use crate::job::{JobEvent, JobId, JobRecord, JobState};
+use crate::store::query::{FEW_IN_STATE, Param, list_sql};
 use crate::store::rows::{Row, event_of, parse_state, record_of};
 use crate::store::{JobQuery, StateCounts, StoreResult, counts_per_type};
 
@@ -89,9 +89,21 @@ pub(super) async fn counts_by_type(pool: &PgPool) -> StoreResult<Vec<(String, St
     Ok(counts_per_type(rows))
 }
 
-/// A page of the listing ([`crate::store::query::list_sql`]).
-pub(super) async fn list(pool: &PgPool, q: &JobQuery) -> StoreResult<Vec<JobRecord>> {
-    let (sql, params) = list_sql(q, "jobs", |n| format!("${n}"));
+/// A page of the listing ([`crate::store::query::list_sql`]). A state with
+/// few jobs (`in_state`, from the kept counts) is ordered by `id + 0`, so
+/// the planner reads it through its partial index instead of walking the
+/// primary key past every other job (measured: 300-470 ms at 1,000,000 jobs
+/// for a page of a state with none or few).
+pub(super) async fn list(
+    pool: &PgPool,
+    q: &JobQuery,
+    in_state: Option<u64>,
+) -> StoreResult<Vec<JobRecord>> {
+    let order = match (q.state, in_state) {
+        (Some(state), Some(n)) if state != JobState::Succeeded && n < FEW_IN_STATE => "id + 0",
+        _ => "id",
+    };
+    let (sql, params) = list_sql(q, "jobs", order, |n| format!("${n}"));
     // Built from fixed fragments; every value is a bound parameter.
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for p in params {

@@ -5,7 +5,7 @@ use sqlx::Row as _;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 
 use crate::job::{JobEvent, JobId, JobRecord, JobState};
-use crate::store::query::{Param, list_sql};
+use crate::store::query::{FEW_IN_STATE, Param, list_sql};
 use crate::store::rows::{Row, event_of, record_of};
 use crate::store::{JobQuery, StoreResult};
 
@@ -34,11 +34,6 @@ pub(super) async fn record_get(
     row.as_ref().map(record_of).transpose()
 }
 
-/// Below this many jobs in a state, a listing of that state reads them
-/// through the state's partial index and sorts them; above it, it walks the
-/// table newest first, where so many are close together.
-const FEW_IN_STATE: u64 = 20_000;
-
 /// A page of the listing ([`crate::store::query::list_sql`]). SQLite keeps
 /// no statistics here, so the writer's counts choose the plan: a state with
 /// few jobs among many is read through its partial index (without it, an
@@ -62,7 +57,7 @@ pub(super) async fn list(
         }
         _ => "jobs".to_owned(),
     };
-    let (sql, params) = list_sql(q, &from, |n| format!("?{n}"));
+    let (sql, params) = list_sql(q, &from, "id", |n| format!("?{n}"));
     // Built from fixed fragments; every value is a bound parameter.
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for p in params {
