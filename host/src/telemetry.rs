@@ -185,3 +185,37 @@ fn describe() {
         "Jobs per type and state, read from the store at scrape time"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    /// The files under `deploy/` (Grafana dashboard, Prometheus alert rules)
+    /// name only metrics this module exports, and the dashboard is JSON.
+    #[test]
+    fn the_deploy_files_name_only_exported_metrics() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let here = include_str!("telemetry.rs");
+        let dashboard = std::fs::read_to_string(root.join("deploy/grafana/jobhost.json")).unwrap();
+        let alerts = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml")).unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+        assert!(parsed["panels"].as_array().is_some_and(|p| p.len() > 5));
+        let mut named = 0;
+        for text in [&dashboard, &alerts] {
+            for (at, _) in text.match_indices("jobhost_") {
+                let name: String = text[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                let metric = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(&name);
+                assert!(
+                    here.contains(&format!("\"{metric}\"")),
+                    "{metric} is not a metric jobhost exports"
+                );
+                named += 1;
+            }
+        }
+        assert!(named > 15, "the files name metrics ({named})");
+    }
+}
