@@ -299,6 +299,7 @@ async fn browser_dashboard_shows_counts_and_replays_a_dead_job() {
         "dead",
         "only the one picked"
     );
+    let dlq = browser.screenshot("dashboard-dlq.png").await;
 
     // Its page: status and the whole history, the replay in it.
     browser
@@ -320,5 +321,10 @@ async fn browser_dashboard_shows_counts_and_replays_a_dead_job() {
     );
     assert!(history.contains("sha256:"), "digests shown: {history}");
     let job = browser.screenshot("dashboard-job.png").await;
-    println!("screenshots: {} {}", overview.display(), job.display());
+    println!(
+        "screenshots: {} {} {}",
+        overview.display(),
+        dlq.display(),
+        job.display()
+    );
 }
