@@ -364,14 +364,18 @@ mod tests {
     use crate::runtime::{Runtime, RuntimeConfig};
     use crate::testing::plugin_wasm;
 
-    #[test]
-    fn each_type_has_one_plugin_and_follows_its_versions() {
-        let rt = Runtime::new(RuntimeConfig {
+    fn runtime() -> Runtime {
+        Runtime::new(RuntimeConfig {
             max_instances: 4,
             max_memory_bytes: 64 << 20,
             cache_dir: None,
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn each_type_has_one_plugin_and_follows_its_versions() {
+        let rt = runtime();
         let wasm = plugin_wasm("examples", "noop");
         let load = |name: &str, manifest: &str| {
             let paths = (Path::new("x.wasm"), Path::new("x.toml"));
@@ -414,12 +418,7 @@ mod tests {
 
     #[test]
     fn a_new_version_keeps_the_rate_limit_bucket_while_the_rate_is_the_same() {
-        let rt = Runtime::new(RuntimeConfig {
-            max_instances: 4,
-            max_memory_bytes: 64 << 20,
-            cache_dir: None,
-        })
-        .unwrap();
+        let rt = runtime();
         let wasm = plugin_wasm("examples", "noop");
         let load = |manifest: &str| {
             let paths = (Path::new("noop.wasm"), Path::new("noop.toml"));

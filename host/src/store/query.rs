@@ -47,6 +47,33 @@ pub(crate) enum Param<'q> {
 /// PostgreSQL's, even fresh, know nothing of how states lie along the ids.)
 pub(crate) const FEW_IN_STATE: u64 = 20_000;
 
+/// Whether a listing of `q.state`, which holds `in_state` jobs, is better
+/// read through the state's partial index (there is none for succeeded).
+pub(crate) fn few_in_state(q: &JobQuery, in_state: Option<u64>) -> bool {
+    q.state.is_some_and(|s| s != JobState::Succeeded) && in_state.is_some_and(|n| n < FEW_IN_STATE)
+}
+
+/// `sql` with `params` bound in order: the statements built here, as either
+/// backend runs them.
+pub(crate) fn bound<'q, DB>(
+    sql: String,
+    params: Vec<Param<'q>>,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
+where
+    DB: sqlx::Database,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    // Built from fixed fragments; every value is a bound parameter.
+    let query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    params.into_iter().fold(query, |query, p| match p {
+        Param::Text(t) => query.bind(t),
+        Param::Int(n) => query.bind(n),
+        Param::Ids(doc) => query.bind(doc),
+    })
+}
+
 /// The listing: `SELECT * FROM <from> ... ORDER BY <order> DESC` and its
 /// parameters. The state is written as a literal, so the partial indexes
 /// per state can serve it; `from` is `jobs` or `jobs` with a backend's index

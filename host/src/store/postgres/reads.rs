@@ -5,8 +5,8 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row as _};
 
 use crate::clock::Timestamp;
-use crate::job::{JobEvent, JobId, JobRecord, JobState};
-use crate::store::query::{FEW_IN_STATE, Param, list_sql};
+use crate::job::{JobEvent, JobId, JobRecord};
+use crate::store::query::{bound, few_in_state, list_sql};
 use crate::store::rows::{Row, event_of, parse_state, record_of};
 use crate::store::{JobQuery, StateCounts, StoreResult, counts_per_type};
 
@@ -99,20 +99,13 @@ pub(super) async fn list(
     q: &JobQuery,
     in_state: Option<u64>,
 ) -> StoreResult<Vec<JobRecord>> {
-    let order = match (q.state, in_state) {
-        (Some(state), Some(n)) if state != JobState::Succeeded && n < FEW_IN_STATE => "id + 0",
-        _ => "id",
+    let order = if few_in_state(q, in_state) {
+        "id + 0"
+    } else {
+        "id"
     };
     let (sql, params) = list_sql(q, "jobs", order, |n| format!("${n}"));
-    // Built from fixed fragments; every value is a bound parameter.
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for p in params {
-        query = match p {
-            Param::Text(t) => query.bind(t),
-            Param::Int(n) => query.bind(n),
-            Param::Ids(doc) => query.bind(doc),
-        };
-    }
+    let query = bound(sql, params);
     let rows = query.fetch_all(pool).await?;
     rows.iter().map(record_of).collect()
 }

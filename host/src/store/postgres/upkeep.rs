@@ -4,13 +4,13 @@
 //! other hosts' workers hear of it. The reaper and promoter skip rows
 //! another host holds, so every host may run them at once.
 
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Row as _, Transaction};
 
 use super::READY_CHANNEL;
 use crate::clock::Timestamp;
 use crate::job::{JobId, JobRecord, JobState};
 use crate::store::history;
-use crate::store::query::{DeadFilter, Param, dead_conditions};
+use crate::store::query::{DeadFilter, Param, bound, dead_conditions};
 use crate::store::rows::{parse_state, record_of};
 use crate::store::{Buried, Moved, Reaped, StoreError, StoreResult};
 
@@ -186,25 +186,23 @@ pub(super) async fn replay_dead(
         )
         SELECT id, job_type FROM replayed ORDER BY id"
     );
-    // Built from fixed fragments; every value is a bound parameter.
-    let mut query = sqlx::query_as::<_, (i64, String)>(sqlx::AssertSqlSafe(sql))
-        .bind(now.as_micros())
-        .bind(history::OPERATOR_ACTOR)
-        .bind(history::REPLAY_REASON);
-    for p in params {
-        query = match p {
-            Param::Text(t) => query.bind(t),
-            Param::Int(n) => query.bind(n),
-            Param::Ids(doc) => query.bind(doc),
-        };
-    }
+    let fixed = [
+        Param::Int(now.as_micros()),
+        Param::Text(history::OPERATOR_ACTOR),
+        Param::Text(history::REPLAY_REASON),
+    ];
+    let query = bound(sql, fixed.into_iter().chain(params).collect());
     let mut tx = pool.begin().await?;
-    let replayed = query.fetch_all(&mut *tx).await?;
-    commit(tx, !replayed.is_empty()).await?;
-    Ok(replayed
-        .into_iter()
-        .map(|(id, job_type)| Moved { id, job_type })
-        .collect())
+    let rows = query.fetch_all(&mut *tx).await?;
+    commit(tx, !rows.is_empty()).await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Moved {
+                id: row.try_get("id")?,
+                job_type: row.try_get("job_type")?,
+            })
+        })
+        .collect()
 }
 
 const CANCEL: &str = "

@@ -5,7 +5,7 @@ use sqlx::Row as _;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 
 use crate::job::{JobEvent, JobId, JobRecord, JobState};
-use crate::store::query::{FEW_IN_STATE, Param, list_sql};
+use crate::store::query::{bound, few_in_state, list_sql};
 use crate::store::rows::{Row, event_of, record_of};
 use crate::store::{JobQuery, StoreResult};
 
@@ -44,29 +44,19 @@ pub(super) async fn list(
     in_state: Option<u64>,
 ) -> StoreResult<Vec<JobRecord>> {
     let index = match q.state {
-        Some(JobState::Queued) => Some("jobs_ready"),
-        Some(JobState::Scheduled) => Some("jobs_scheduled"),
-        Some(JobState::Running) => Some("jobs_leased"),
-        Some(JobState::Dead) => Some("jobs_dead"),
-        Some(JobState::Cancelled) => Some("jobs_cancelled"),
-        Some(JobState::Succeeded) | None => None,
+        Some(JobState::Queued) => "jobs_ready",
+        Some(JobState::Scheduled) => "jobs_scheduled",
+        Some(JobState::Running) => "jobs_leased",
+        Some(JobState::Dead) => "jobs_dead",
+        Some(JobState::Cancelled) => "jobs_cancelled",
+        Some(JobState::Succeeded) | None => "",
     };
-    let from = match index {
-        Some(index) if in_state.is_some_and(|n| n < FEW_IN_STATE) => {
-            format!("jobs INDEXED BY {index}")
-        }
-        _ => "jobs".to_owned(),
+    let from = match few_in_state(q, in_state) {
+        true => format!("jobs INDEXED BY {index}"),
+        false => "jobs".to_owned(),
     };
     let (sql, params) = list_sql(q, &from, "id", |n| format!("?{n}"));
-    // Built from fixed fragments; every value is a bound parameter.
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for p in params {
-        query = match p {
-            Param::Text(t) => query.bind(t),
-            Param::Int(n) => query.bind(n),
-            Param::Ids(doc) => query.bind(doc),
-        };
-    }
+    let query = bound(sql, params);
     let rows = query.fetch_all(conn).await?;
     rows.iter().map(record_of).collect()
 }
