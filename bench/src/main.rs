@@ -19,6 +19,9 @@
 //!   their plugin is uploaded every 500 ms; submit → start before and during.
 //! - `kv`: a burn-down of jobs that each make one key-value set-if-absent;
 //!   the calls' mean and p99 from the host's histogram.
+//! - `prune`: a burn-down on a store holding many succeeded jobs, once with
+//!   retention off and once while the pruner deletes them: the cost of
+//!   retention to the work going on.
 
 mod http;
 mod report;
@@ -156,6 +159,16 @@ enum Scenario {
         #[arg(long)]
         jobs: Option<usize>,
     },
+    /// A burn-down while the pruner deletes many succeeded jobs, against
+    /// the same burn-down with retention off.
+    Prune {
+        /// Succeeded jobs to prune (default 1,000,000; 100,000 with --quick).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Jobs of each burn-down (default 200,000; 50,000 with --quick).
+        #[arg(long)]
+        burn: Option<usize>,
+    },
     Overhead {
         /// Jobs (default 50,000; 10,000 with --quick).
         #[arg(long)]
@@ -226,6 +239,14 @@ fn main() -> Result<()> {
             Scenario::Kv { jobs } => kv(c, jobs.unwrap_or(if q { 20_000 } else { 100_000 })).await,
             Scenario::Operators { jobs } => {
                 operators(c, jobs.unwrap_or(if q { 100_000 } else { 1_000_000 })).await
+            }
+            Scenario::Prune { jobs, burn } => {
+                prune(
+                    c,
+                    jobs.unwrap_or(if q { 100_000 } else { 1_000_000 }),
+                    burn.unwrap_or(if q { 50_000 } else { 200_000 }),
+                )
+                .await
             }
             Scenario::Overhead { jobs } => {
                 burn_down(
@@ -541,11 +562,7 @@ async fn burn_down(c: &Common, jobs: usize, scenario: &str, hosts: usize) -> Res
     let cpu = || all.iter().map(|s| s.cpu_secs()).sum::<f64>();
     let cpu_before = cpu();
     for host in &all {
-        let (status, _) = admin(host)
-            .await?
-            .post("/admin/workers/resume", Bytes::new())
-            .await?;
-        anyhow::ensure!(status == 200, "resume: {status}");
+        resume(host).await?;
     }
     wait_done(&server, jobs as u64, Duration::from_secs(1800)).await?;
     let cpu_us = (cpu() - cpu_before) / jobs as f64 * 1e6;
@@ -604,6 +621,154 @@ async fn burn_down(c: &Common, jobs: usize, scenario: &str, hosts: usize) -> Res
     }
     server.stop()?;
     report.finish(&c.out)
+}
+
+/// Retention's cost to the work going on. Fills the store with `jobs`
+/// succeeded jobs (a burn-down), then restarts the host on it twice for a
+/// burn-down of `burn` more: first with retention off (the control), then,
+/// once the filled jobs are older than the retention, with the pruner on,
+/// deleting them while the burn-down runs.
+async fn prune(c: &Common, jobs: usize, burn: usize) -> Result<()> {
+    const FLAGS: &[&str] = &["--paused", "--concurrency", "1024", "--claim-batch", "512"];
+    const RETAIN_SECS: u64 = 30;
+    let mut report = Report::new("prune");
+    report.param("jobs", jobs);
+    report.param("burn", burn);
+    report.param("serve_flags", "--concurrency 1024 --claim-batch 512");
+    let forever = ["--retain-succeeded", "forever"];
+    let server = start(c, "prune", &[FLAGS, &forever].concat()).await?;
+    let began = Instant::now();
+    let ids = submit_batches(&server, jobs, 5000, 2).await?;
+    resume(&server).await?;
+    wait_done(&server, jobs as u64, Duration::from_secs(3600)).await?;
+    report.figure("filled and burnt down", began.elapsed().as_secs_f64(), "s");
+    let mut last = *ids.iter().max().context("no jobs")?;
+
+    // The same burn-down on the same store, retention off, then on.
+    let retain = format!("{RETAIN_SECS}s");
+    let pruning = ["--retain-succeeded", &retain, "--prune-interval-ms", "1000"];
+    let mut server = server;
+    let mut filled_by = Instant::now();
+    for (run, flags) in [("retention off", &forever[..]), ("pruning", &pruning[..])] {
+        let mut args = serve_args(c, &[FLAGS, flags].concat());
+        args.extend(server.shared.iter().cloned());
+        let (data, database, shared) = (
+            server.data.clone(),
+            server.database.clone(),
+            server.shared.clone(),
+        );
+        server.stop()?;
+        if run == "pruning" {
+            // Everything before is past its retention; what this burn-down
+            // finishes is not, until well after it is checked.
+            tokio::time::sleep(
+                Duration::from_secs(RETAIN_SECS).saturating_sub(filled_by.elapsed()),
+            )
+            .await;
+        }
+        server = Server::spawn(&c.bin, &c.plugins, &data, &args, database)?;
+        server.shared = shared;
+        let mut conn = admin(&server).await?;
+        let pruned = |text: &str| prom_value(text, "jobhost_jobs_pruned_total");
+        let before = String::from_utf8_lossy(&conn.get("/metrics").await?.1).into_owned();
+        let ids = submit_batches(&server, burn, 5000, 2).await?;
+        let cpu_before = server.cpu_secs();
+        resume(&server).await?;
+        let pruned_at_resume = pruned(&String::from_utf8_lossy(&conn.get("/metrics").await?.1));
+        wait_settled(&server, Duration::from_secs(3600)).await?;
+        let after = String::from_utf8_lossy(&conn.get("/metrics").await?.1).into_owned();
+        let cpu_us = (server.cpu_secs() - cpu_before) / burn as f64 * 1e6;
+        let rows: Vec<_> = server
+            .jobs()
+            .await?
+            .into_iter()
+            .filter(|r| r.id > last)
+            .collect();
+        let verified = verify(&ids, &rows)?;
+        last = *ids.iter().max().context("no jobs")?;
+        let span = drain_secs(&rows);
+        report.figure(
+            format!("{run}: burn-down jobs/s"),
+            burn as f64 / span,
+            "jobs/s",
+        );
+        report.figure(format!("{run}: server CPU per job"), cpu_us, "µs");
+        if run == "pruning" {
+            let during = pruned(&after) - pruned_at_resume;
+            report.figure("pruning: jobs pruned during the burn-down", during, "jobs");
+            report.figure(
+                "pruning: prune rate during the burn-down",
+                during / span,
+                "jobs/s",
+            );
+            report.figure(
+                "pruning: jobs pruned before the burn-down (while submitting)",
+                pruned_at_resume - pruned(&before),
+                "jobs",
+            );
+            // Then on to the end, alone.
+            let alone = Instant::now();
+            let total = (jobs + burn) as f64;
+            let pruned_then = pruned(&after);
+            loop {
+                let text = String::from_utf8_lossy(&conn.get("/metrics").await?.1).into_owned();
+                if pruned(&text) >= total {
+                    let secs = alone.elapsed().as_secs_f64();
+                    report.figure(
+                        "pruning: prune rate alone (to the last)",
+                        (total - pruned_then) / secs,
+                        "jobs/s",
+                    );
+                    break;
+                }
+                anyhow::ensure!(
+                    alone.elapsed() < Duration::from_secs(3600),
+                    "pruning never finished"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            let counts = conn.json("/admin/metrics/jobs").await?;
+            report.note(format!("after pruning: {counts}"));
+        }
+        report.note(format!("{run}: {verified}"));
+        filled_by = Instant::now();
+    }
+    report.figure("server peak RSS", server.peak_rss_mib(), "MiB");
+    report.note(format!("The pruner deletes {} jobs a transaction and rests 9 times as long as each took; succeeded jobs are kept {RETAIN_SECS} s in the pruning run.", 1000));
+    server.stop()?;
+    report.finish(&c.out)
+}
+
+/// Waits until no job is queued, scheduled or running (the count of
+/// succeeded jobs cannot tell: retention lowers it); `verify` then checks
+/// every job.
+async fn wait_settled(server: &Server, patience: Duration) -> Result<()> {
+    let mut conn = admin(server).await?;
+    let deadline = Instant::now() + patience;
+    loop {
+        let counts = conn.json("/admin/metrics/jobs").await?;
+        let open: u64 = ["queued", "running", "scheduled"]
+            .iter()
+            .map(|s| counts[s].as_u64().unwrap_or(0))
+            .sum();
+        if open == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "jobs still open after {patience:?}: {counts}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn resume(server: &Server) -> Result<()> {
+    let (status, _) = admin(server)
+        .await?
+        .post("/admin/workers/resume", Bytes::new())
+        .await?;
+    anyhow::ensure!(status == 200, "resume: {status}");
+    Ok(())
 }
 
 /// A burn-down of jobs that each make one key-value `set-if-absent` (a key
@@ -758,11 +923,7 @@ async fn kv(c: &Common, jobs: usize) -> Result<()> {
     let payload = |n| format!(r#"{{"ops":[["set_if_absent","job-{n}","sent"]]}}"#);
     let ids = submit_batches_of(&server, "kv_ops", payload, jobs, 5000, 2).await?;
     let cpu_before = server.cpu_secs();
-    let (status, _) = admin(&server)
-        .await?
-        .post("/admin/workers/resume", Bytes::new())
-        .await?;
-    anyhow::ensure!(status == 200, "resume: {status}");
+    resume(&server).await?;
     wait_done(&server, ids.len() as u64, Duration::from_secs(1800)).await?;
     let cpu_us = (server.cpu_secs() - cpu_before) / ids.len() as f64 * 1e6;
     let rows = server.jobs().await?;
@@ -1064,8 +1225,7 @@ async fn batch(c: &Common, size: usize, connections: usize, seconds: u64) -> Res
     report.figure("jobs/s", more.len() as f64 / elapsed, "jobs/s");
     report.figure("requests/s", (more.len() / size) as f64 / elapsed, "req/s");
     ids.extend(more);
-    let mut conn = admin(&server).await?;
-    conn.post("/admin/workers/resume", Bytes::new()).await?;
+    resume(&server).await?;
     wait_done(&server, ids.len() as u64, Duration::from_secs(1800)).await?;
     let verified = verify(&ids, &server.jobs().await?)?;
     report.figure("server peak RSS", server.peak_rss_mib(), "MiB");

@@ -45,6 +45,17 @@ impl Server {
                 .with_context(|| format!("clearing {}", data.display()))?;
         }
         std::fs::create_dir_all(data)?;
+        Server::spawn(bin, plugins, data, args, database)
+    }
+
+    /// Starts jobhost on a data directory (and database) as it is.
+    pub fn spawn(
+        bin: &Path,
+        plugins: &Path,
+        data: &Path,
+        args: &[String],
+        database: Option<String>,
+    ) -> Result<Server> {
         let mut child = Command::new(bin)
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--admin-token", TOKEN])

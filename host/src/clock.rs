@@ -22,6 +22,13 @@ impl Timestamp {
         )
     }
 
+    pub fn minus(self, d: Duration) -> Self {
+        Timestamp(
+            self.0
+                .saturating_sub(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+        )
+    }
+
     /// Time from `self` until `later`, zero if `later` is not later.
     pub fn until(self, later: Timestamp) -> Duration {
         Duration::from_micros(u64::try_from(later.0 - self.0).unwrap_or(0))

@@ -92,6 +92,28 @@ pub struct ServeConfig {
           value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub reap_interval_ms: u64,
 
+    /// How long a succeeded job is kept after it finished (`90s`, `30m`,
+    /// `24h`, `7d`; `forever` keeps every one). The pruner deletes older
+    /// ones, with their history, in small batches.
+    #[arg(long, env = "JOBHOST_RETAIN_SUCCEEDED", default_value = "24h",
+          value_parser = parse_retention)]
+    pub retain_succeeded: Retention,
+
+    /// How long a dead job (the dead-letter queue) is kept after it died.
+    #[arg(long, env = "JOBHOST_RETAIN_DEAD", default_value = "7d",
+          value_parser = parse_retention)]
+    pub retain_dead: Retention,
+
+    /// How long a cancelled job is kept after it was cancelled.
+    #[arg(long, env = "JOBHOST_RETAIN_CANCELLED", default_value = "7d",
+          value_parser = parse_retention)]
+    pub retain_cancelled: Retention,
+
+    /// How often the pruner looks for jobs past their retention, in ms.
+    #[arg(long, env = "JOBHOST_PRUNE_INTERVAL_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(10..=86_400_000))]
+    pub prune_interval_ms: u64,
+
     /// On SIGTERM/SIGINT, how long running attempts may take to finish, in ms,
     /// before they are stopped and their jobs returned to the queue.
     #[arg(long, env = "JOBHOST_SHUTDOWN_GRACE_MS", default_value_t = 30_000,
@@ -118,6 +140,22 @@ pub struct ServeConfig {
     /// power loss.
     #[arg(long, env = "JOBHOST_SQLITE_SYNC", value_enum, default_value_t = Durability::Full)]
     pub sqlite_sync: Durability,
+}
+
+/// How long finished jobs of one state are kept: `None` is forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention(pub Option<std::time::Duration>);
+
+fn parse_retention(s: &str) -> Result<Retention, String> {
+    if s == "forever" {
+        return Ok(Retention(None));
+    }
+    let keep = humantime::parse_duration(s)
+        .map_err(|e| format!("{e}: give a duration such as 24h, 7d or 90m, or `forever`"))?;
+    if keep.is_zero() {
+        return Err("a retention of 0 would delete jobs as they finish; give at least 1s".into());
+    }
+    Ok(Retention(Some(keep)))
 }
 
 fn parse_redis_prefix(s: &str) -> Result<String, String> {

@@ -6,7 +6,12 @@
 //! - the *promoter* moves scheduled jobs (delayed, or awaiting a retry) to the
 //!   queue when they fall due, sleeping until the earliest one.
 //!
-//! Both hint the dispatcher when they make jobs ready (with Redis, on each
+//! - the *pruner* deletes finished jobs past their retention (succeeded
+//!   after a day, dead and cancelled after a week, by default), a small
+//!   batch at a time, resting between batches so that it takes at most about
+//!   a tenth of the store's time from the work going on.
+//!
+//! The reaper and promoter hint the dispatcher when they make jobs ready (with Redis, on each
 //! job's type stream; the reaper's dead jobs are mirrored on the DLQ stream). Neither touches a job
 //! whose lease is live.
 
@@ -17,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::dispatch::Dispatch;
-use crate::store::Store;
+use crate::job::JobState;
+use crate::store::{Prune, Store, StoreError};
+use crate::telemetry;
 
 pub struct Maintenance {
     pub store: Arc<dyn Store>,
@@ -27,6 +34,45 @@ pub struct Maintenance {
     pub reap_interval: Duration,
     /// The longest the promoter sleeps without looking.
     pub promote_interval: Duration,
+    /// How long finished jobs are kept, per final state (`None`: forever).
+    pub retention: [(JobState, Option<Duration>); 3],
+    /// How often the pruner looks.
+    pub prune_interval: Duration,
+}
+
+/// Jobs one prune deletes: small enough that the transaction holds the
+/// store for a few milliseconds.
+pub const PRUNE_BATCH: usize = 1000;
+
+/// Deletes every finished job `template` picks (ignoring its limit), a batch
+/// of `batch` at a time; after each full batch, rests `rest` times as long as
+/// the batch took. Returns how many, or the first error with how many were
+/// deleted before it.
+pub async fn prune_all(
+    store: &dyn Store,
+    template: &Prune,
+    batch: usize,
+    rest: u32,
+    mut progress: impl FnMut(u64),
+) -> Result<u64, (StoreError, u64)> {
+    let prune = Prune {
+        limit: batch,
+        ..template.clone()
+    };
+    let mut deleted = 0;
+    loop {
+        let started = std::time::Instant::now();
+        let n = store.job_prune(&prune).await.map_err(|e| (e, deleted))?;
+        deleted += n;
+        metrics::counter!(telemetry::JOBS_PRUNED, "state" => prune.state.as_str()).increment(n);
+        progress(deleted);
+        if n < batch as u64 {
+            return Ok(deleted);
+        }
+        if rest > 0 {
+            tokio::time::sleep(started.elapsed() * rest).await;
+        }
+    }
 }
 
 impl Maintenance {
@@ -48,6 +94,38 @@ impl Maintenance {
             }
             tokio::select! {
                 () = tokio::time::sleep(self.reap_interval) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    pub async fn pruner(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            for (state, keep) in self.retention {
+                let Some(keep) = keep else { continue };
+                let prune = Prune {
+                    state,
+                    job_type: None,
+                    finished_before: self.clock.now().minus(keep),
+                    limit: PRUNE_BATCH,
+                };
+                let pruning = prune_all(&*self.store, &prune, PRUNE_BATCH, 9, |_| {});
+                let result = tokio::select! {
+                    r = pruning => r,
+                    () = stop.cancelled() => return,
+                };
+                match result {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(%state, deleted = n, "pruned jobs past their retention")
+                    }
+                    Err((e, n)) => {
+                        tracing::error!(%state, deleted = n, error = %e, "pruning failed")
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.prune_interval) => {}
                 () = stop.cancelled() => return,
             }
         }

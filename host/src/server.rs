@@ -16,6 +16,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::ServeConfig;
 use crate::dispatch::redis::Redis;
 use crate::dispatch::{self, Dispatch};
+use crate::job::JobState;
 use crate::maintenance::Maintenance;
 use crate::plugins::{Catalog, Loader, Registry};
 use crate::runtime::{Runtime, RuntimeConfig};
@@ -172,7 +173,14 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
         dispatch: dispatch.clone(),
         reap_interval: Duration::from_millis(config.reap_interval_ms),
         promote_interval: Duration::from_secs(1),
+        retention: [
+            (JobState::Succeeded, config.retain_succeeded.0),
+            (JobState::Dead, config.retain_dead.0),
+            (JobState::Cancelled, config.retain_cancelled.0),
+        ],
+        prune_interval: Duration::from_millis(config.prune_interval_ms),
     });
+    let pruner = tokio::spawn(maintenance.clone().pruner(stop.clone()));
     let reaper = tokio::spawn(maintenance.clone().reaper(stop.clone()));
     // Hot reload: the plugins directory, watched.
     let watcher = tokio::spawn(loader.clone().watch(stop.clone()));
@@ -218,7 +226,7 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
         abort.cancel();
         let _ = worker_task.await;
     }
-    let _ = tokio::join!(reaper, promoter, watcher, paused_types);
+    let _ = tokio::join!(reaper, promoter, pruner, watcher, paused_types);
     if let Some(follower) = follower {
         let _ = follower.await;
     }

@@ -16,6 +16,8 @@ pub const ATTEMPTS_STARTED: &str = "jobhost_attempts_started_total";
 pub const JOBS_SUCCEEDED: &str = "jobhost_jobs_succeeded_total";
 pub const JOBS_RETRIED: &str = "jobhost_jobs_retried_total";
 pub const JOBS_DEAD: &str = "jobhost_jobs_dead_total";
+/// Finished jobs deleted by retention (the pruner or an operator), per state.
+pub const JOBS_PRUNED: &str = "jobhost_jobs_pruned_total";
 pub const ATTEMPT_DURATION: &str = "jobhost_attempt_duration_seconds";
 pub const ATTEMPT_FUEL: &str = "jobhost_attempt_fuel_consumed";
 pub const QUEUE_LATENCY: &str = "jobhost_queue_latency_seconds";
@@ -155,6 +157,10 @@ fn describe() {
         "Failed attempts scheduled for a retry, per type"
     );
     describe_counter!(JOBS_DEAD, "Jobs moved to the dead-letter queue, per type");
+    describe_counter!(
+        JOBS_PRUNED,
+        "Finished jobs deleted by retention (the pruner or DELETE /admin/jobs), per state"
+    );
     describe_histogram!(
         ATTEMPT_DURATION,
         Unit::Seconds,

@@ -297,3 +297,126 @@ async fn a_paused_type_waits_across_restarts_until_resumed() {
         host.wait_for(id, "succeeded").await;
     }
 }
+
+/// Retention: the pruner deletes succeeded jobs once they outlive theirs and
+/// keeps what it is told to keep forever; an operator deletes finished jobs
+/// by state and age (over HTTP and from the CLI); bad requests delete
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_finished_jobs_and_operators_delete_them() {
+    let plugins = Plugins::new()
+        .testing("counter", "")
+        .testing("always_fatal", "max_attempts = 1\n");
+    let args = [
+        "--retain-succeeded",
+        "1s",
+        "--retain-dead",
+        "forever",
+        "--prune-interval-ms",
+        "100",
+    ];
+    let host = Server::start(plugins, &args).await;
+    let done = host.submit("counter", "{}").await;
+    let dead = [
+        host.submit("always_fatal", "{}").await,
+        host.submit("always_fatal", "{}").await,
+    ];
+    let (_, body) = host.post("/jobs/counter?delay_ms=3600000", "{}").await;
+    let cancelled = body["jobId"].as_i64().unwrap();
+    let (status, body) = host
+        .admin_post(&format!("/admin/jobs/{cancelled}/cancel"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    host.wait_for(done, "succeeded").await;
+    for id in dead {
+        host.wait_for(id, "dead").await;
+    }
+
+    // The succeeded job goes once it is a second old; nothing else does.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while host.get(&format!("/jobs/{done}")).await.0 != 404 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {done} never pruned"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, counts) = host.admin_get("/admin/metrics/jobs").await;
+    assert_eq!(
+        (&counts["succeeded"], &counts["dead"], &counts["cancelled"]),
+        (&json!(0), &json!(2), &json!(1)),
+        "{counts}"
+    );
+    assert!(
+        host.metrics_text()
+            .await
+            .contains("jobhost_jobs_pruned_total{state=\"succeeded\"} 1")
+    );
+
+    // By hand: bad requests answer a named error and delete nothing.
+    let delete = |query: &'static str, token: bool| {
+        let mut req = host.http.delete(format!("{}/admin/jobs?{query}", host.url));
+        if token {
+            req = req.bearer_auth(crate::support::ADMIN_TOKEN);
+        }
+        async move { crate::support::decode(req.send().await.unwrap()).await }
+    };
+    let (status, _) = delete("state=dead&olderThan=0s", false).await;
+    assert_eq!(status, 401);
+    for query in [
+        "",
+        "state=dead",
+        "olderThan=1h",
+        "state=queued&olderThan=0s",
+        "state=running&olderThan=0s",
+        "state=dead&olderThan=soon",
+        "state=dead&olderThan=0s&type=Not%20a%20type",
+        "state=dead&olderThan=0s&everything=yes",
+    ] {
+        let (status, body) = delete(query, true).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["code"], "invalid_filter", "{query}: {body}");
+    }
+    // Only what finished longer ago than asked.
+    let (status, body) = delete("state=dead&olderThan=1h", true).await;
+    assert_eq!((status, &body["deleted"]), (200, &json!(0)), "{body}");
+    let (status, body) = delete("state=dead&olderThan=0s&type=counter", true).await;
+    assert_eq!((status, &body["deleted"]), (200, &json!(0)), "{body}");
+    for id in dead {
+        assert_eq!(host.job(id).await["status"], "dead");
+    }
+    let (status, body) = delete("state=dead&olderThan=0s&type=always_fatal", true).await;
+    assert_eq!((status, &body["deleted"]), (200, &json!(2)), "{body}");
+    for id in dead {
+        assert_eq!(host.get(&format!("/jobs/{id}")).await.0, 404);
+    }
+    assert_eq!(host.job(cancelled).await["status"], "cancelled");
+
+    // From a shell.
+    let (code, out, err) = cli(
+        &host,
+        &[
+            "jobs",
+            "delete",
+            "--state",
+            "cancelled",
+            "--older-than",
+            "0s",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("deleted 1 cancelled jobs"), "{out}");
+    assert_eq!(host.get(&format!("/jobs/{cancelled}")).await.0, 404);
+    let (code, _, err) = cli(
+        &host,
+        &["jobs", "delete", "--state", "queued", "--older-than", "0s"],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid_filter"), "{err}");
+    let (_, counts) = host.admin_get("/admin/metrics/jobs").await;
+    assert_eq!(
+        (&counts["succeeded"], &counts["dead"], &counts["cancelled"]),
+        (&json!(0), &json!(0), &json!(0)),
+        "{counts}"
+    );
+}

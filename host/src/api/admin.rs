@@ -4,6 +4,9 @@
 //! - `POST /admin/jobs/{id}/cancel`: queued or scheduled → cancelled.
 //! - `POST /admin/dlq/replay`: every dead job a filter picks (type, ids,
 //!   error text, or all) → queued, in one transaction.
+//! - `DELETE /admin/jobs?state=&olderThan=[&type=]`: deletes the finished
+//!   jobs (succeeded, dead or cancelled) that finished more than `olderThan`
+//!   ago, with their history, in batches: retention by hand.
 //! - `POST /admin/queues/{type}/pause`, `/resume`: stop and restart claims
 //!   of one type on every host; kept in the store, so it survives restarts.
 //! - `GET /admin/metrics/jobs`: jobs per state.
@@ -23,11 +26,11 @@
 //! and compared in constant time.
 
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart};
-use axum::extract::{Request, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -35,14 +38,17 @@ use subtle::ConstantTimeEq;
 
 use super::jobs::render_job;
 use super::{ApiError, AppState, PathParam};
+use crate::clock::Timestamp;
 use crate::job::JobState;
+use crate::maintenance::prune_all;
 use crate::plugins::{LoadError, LoadedPlugin};
-use crate::store::{StateCounts, StoreError};
+use crate::store::{MAX_PRUNE, Prune, StateCounts, StoreError};
 
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/jobs/{id}/replay", post(replay))
         .route("/jobs/{id}/cancel", post(cancel))
+        .route("/jobs", delete(delete_jobs))
         .route("/dlq/replay", post(replay_dead))
         .route("/queues/{type}/pause", post(pause_queue))
         .route("/queues/{type}/resume", post(resume_queue))
@@ -118,6 +124,77 @@ async fn replay(
         &record,
         &events_after_commit(&app, job_id).await,
     )))
+}
+
+/// `DELETE /admin/jobs?state=S&olderThan=D[&type=T]`: both `state` (a
+/// final one) and `olderThan` (a duration: `90s`, `30m`, `24h`, `7d`; `0s`
+/// is every finished job of the state) are required, so nothing is deleted
+/// by accident. Deletes in batches of [`MAX_PRUNE`], each its own
+/// transaction, resting as long as each took so claims and completions go
+/// on; answers `{"deleted": n, "finishedBefore": time}`.
+async fn delete_jobs(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let prune = prune_query(query.as_deref(), app.clock.now())?;
+    match prune_all(&*app.store, &prune, MAX_PRUNE, 1, |_| {}).await {
+        Ok(deleted) => Ok(Json(json!({
+            "deleted": deleted,
+            "state": prune.state,
+            "type": prune.job_type,
+            "finishedBefore": prune.finished_before.to_rfc3339(),
+        }))),
+        Err((e, deleted)) => {
+            tracing::error!(deleted, error = %e, "deleting finished jobs stopped part way");
+            Err(e.into())
+        }
+    }
+}
+
+fn prune_query(query: Option<&str>, now: Timestamp) -> Result<Prune, ApiError> {
+    let bad = |why: String| ApiError::InvalidFilter(why);
+    let (mut state, mut older_than, mut job_type) = (None, None, None);
+    for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        let value = value.as_ref();
+        match name.as_ref() {
+            "state" => match value.parse::<JobState>() {
+                Ok(s @ (JobState::Succeeded | JobState::Dead | JobState::Cancelled)) => {
+                    state = Some(s)
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "state must be succeeded, dead or cancelled (only finished jobs are deleted), not {value:?}"
+                    )));
+                }
+            },
+            "olderThan" => match humantime::parse_duration(value) {
+                Ok(d) => older_than = Some(d),
+                Err(e) => {
+                    return Err(bad(format!(
+                        "olderThan must be a duration such as 24h, 7d or 90m, not {value:?} ({e})"
+                    )));
+                }
+            },
+            "type" if crate::plugins::valid_type_name(value) => job_type = Some(value.to_owned()),
+            "type" => return Err(bad(format!("{value:?} is not a job type name"))),
+            _ => {
+                return Err(bad(format!(
+                    "unknown parameter {name:?}; the parameters are state, olderThan and type"
+                )));
+            }
+        }
+    }
+    let (Some(state), Some(older_than)) = (state, older_than) else {
+        return Err(bad(
+            "give both state (succeeded, dead or cancelled) and olderThan (such as 7d)".into(),
+        ));
+    };
+    Ok(Prune {
+        state,
+        job_type,
+        finished_before: now.minus(older_than),
+        limit: MAX_PRUNE,
+    })
 }
 
 /// Longest error text a replay filters by.

@@ -1,4 +1,4 @@
-//! The command-line client: `jobhost enqueue`, `jobhost jobs get|list` and
+//! The command-line client: `jobhost enqueue`, `jobhost jobs get|list|delete` and
 //! `jobhost dlq replay`, talking to a running host over its HTTP API.
 //!
 //! Every command takes `--url` (`JOBHOST_URL`, default the local host) and
@@ -50,6 +50,20 @@ pub enum JobsCommand {
         /// How many (each page holds at most 1,000; more follow the cursor).
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Deletes finished jobs, with their history: retention by hand.
+    Delete {
+        /// succeeded, dead or cancelled.
+        #[arg(long)]
+        state: String,
+        /// Those that finished longer ago than this (`24h`, `7d`, `0s`: all).
+        #[arg(long)]
+        older_than: String,
+        /// Only jobs of this type.
+        #[arg(long = "type")]
+        job_type: Option<String>,
         #[command(flatten)]
         conn: Connection,
     },
@@ -252,6 +266,30 @@ pub fn jobs(command: JobsCommand) -> anyhow::Result<()> {
                 );
             }
             eprintln!("{} jobs", jobs.len());
+            Ok(())
+        }
+        JobsCommand::Delete {
+            state,
+            older_than,
+            job_type,
+            conn,
+        } => {
+            let mut path = format!(
+                "/admin/jobs?state={}&olderThan={}",
+                encode(&state),
+                encode(&older_than)
+            );
+            if let Some(t) = &job_type {
+                path.push_str(&format!("&type={}", encode(t)));
+            }
+            let answer = block_on(conn.send(reqwest::Method::DELETE, &path, None, None))?;
+            if let Some(body) = conn.accept(answer)? {
+                println!(
+                    "deleted {} {state} jobs that finished before {}",
+                    body["deleted"],
+                    text(&body["finishedBefore"])
+                );
+            }
             Ok(())
         }
     }

@@ -1059,6 +1059,100 @@ pub async fn a_bulk_replay_moves_the_dead_jobs_it_picks(s: &dyn Store) {
     assert_eq!(claimed, [ids[0], ids[2], ids[3]]);
 }
 
+/// Retention: a prune deletes only finished jobs of its state (and type)
+/// that finished before its time, oldest first, with their history, and
+/// keeps the counts; their idempotency keys are free again.
+pub async fn a_prune_deletes_only_old_finished_jobs(s: &dyn Store) {
+    // Succeeded at T0 + 1..=4 s (the third of type sms), dead at T0 + 1 s.
+    let mut succeeded = Vec::new();
+    for (i, job_type) in ["email", "email", "sms", "email"].into_iter().enumerate() {
+        let key = format!("key-{i}");
+        let id = insert(s, new_job(job_type, Some(&key))).await;
+        let job = s
+            .job_claim(claim_req(job_type, 1, 100 + i as i64, T0))
+            .await
+            .unwrap()
+            .remove(0);
+        let done = Outcome::Succeeded { result: None };
+        let at = T0.plus(SECOND * (i as u32 + 1));
+        assert!(s.job_complete(completion(&job, done, at)).await.unwrap());
+        succeeded.push(id);
+    }
+    let dead = bury(s, &[("email", "boom")]).await[0];
+    let cancelled = insert(s, new_job("email", None)).await;
+    s.job_cancel(cancelled, T0).await.unwrap();
+    let queued = insert(s, new_job("email", None)).await;
+    let prune = |state, job_type: Option<&str>, before: u32, limit| Prune {
+        state,
+        job_type: job_type.map(Into::into),
+        finished_before: T0.plus(SECOND * before),
+        limit,
+    };
+    let gone = |id| async move { s.job_get(id).await.unwrap().is_none() };
+
+    // Oldest first, at most `limit`.
+    let first = prune(JobState::Succeeded, None, 4, 1);
+    assert_eq!(s.job_prune(&first).await.unwrap(), 1);
+    assert!(gone(succeeded[0]).await);
+    assert!(s.job_events(succeeded[0]).await.unwrap().is_empty());
+    // One type only.
+    let sms = prune(JobState::Succeeded, Some("sms"), 10, 100);
+    assert_eq!(s.job_prune(&sms).await.unwrap(), 1);
+    assert!(gone(succeeded[2]).await);
+    // Only what finished before the time: the job done at T0 + 4 s stays.
+    let rest = prune(JobState::Succeeded, None, 4, 100);
+    assert_eq!(s.job_prune(&rest).await.unwrap(), 1);
+    assert!(gone(succeeded[1]).await);
+    assert!(!gone(succeeded[3]).await);
+    assert_eq!(s.job_events(succeeded[3]).await.unwrap().len(), 3);
+    // Other states are left alone by a prune of succeeded jobs, and an
+    // unfinished job is never pruned.
+    for state in [JobState::Queued, JobState::Running, JobState::Scheduled] {
+        assert_eq!(
+            s.job_prune(&prune(state, None, 3600, 100)).await.unwrap(),
+            0
+        );
+    }
+    assert!(!gone(dead).await && !gone(cancelled).await && !gone(queued).await);
+    assert_eq!(
+        s.job_prune(&prune(JobState::Dead, None, 3600, 100))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(gone(dead).await);
+    assert_eq!(
+        s.job_prune(&prune(JobState::Cancelled, None, 3600, 100))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(gone(cancelled).await && !gone(queued).await);
+
+    let all = s.counts().await.unwrap();
+    assert_eq!(
+        (all.succeeded, all.dead, all.cancelled, all.queued),
+        (1, 0, 0, 1)
+    );
+    let by_type = s.counts_by_type().await.unwrap();
+    let sms = by_type
+        .iter()
+        .find(|(t, _)| t == "sms")
+        .map(|(_, c)| c.succeeded);
+    assert_eq!(sms.unwrap_or(0), 0);
+    // A pruned job's key names no job any more; a kept one's still does.
+    let again = s
+        .job_insert(new_job("email", Some("key-0")), T0)
+        .await
+        .unwrap();
+    assert!(matches!(again, Enqueued::Created { id, .. } if id != succeeded[0]));
+    let kept = s
+        .job_insert(new_job("email", Some("key-3")), T0)
+        .await
+        .unwrap();
+    assert!(matches!(kept, Enqueued::Existing { id, .. } if id == succeeded[3]));
+}
+
 pub async fn counts_per_state_and_type(s: &dyn Store) {
     insert(s, new_job("email", None)).await;
     insert(s, new_job("email", None)).await;
@@ -1277,6 +1371,7 @@ macro_rules! store_contract_tests {
         scenario!(the_listing_pages_newest_first);
         scenario!(paused_types_are_kept_until_resumed);
         scenario!(a_bulk_replay_moves_the_dead_jobs_it_picks);
+        scenario!(a_prune_deletes_only_old_finished_jobs);
         scenario!(kv_keeps_each_scope_apart_and_sets_once);
         scenario!(kv_set_if_absent_has_one_winner, shared);
         scenario!(kv_calls_see_every_write_before_them);

@@ -17,8 +17,8 @@ use crate::job::JobState;
 pub(crate) struct Counts(Arc<Mutex<BTreeMap<String, StateCounts>>>);
 
 /// One batch's changes to [`Counts`]: `n` jobs of a type moved from a state
-/// (none for a new job) to another.
-pub(crate) type Moves = Vec<(String, Option<JobState>, JobState, u64)>;
+/// (none for a new job) to another (none for a deleted job).
+pub(crate) type Moves = Vec<(String, Option<JobState>, Option<JobState>, u64)>;
 
 /// Adds a move to `moves`, merged with a like one.
 pub(crate) fn moved(
@@ -28,6 +28,15 @@ pub(crate) fn moved(
     to: JobState,
     n: u64,
 ) {
+    change(moves, job_type, from, Some(to), n);
+}
+
+/// Adds `n` deleted jobs of a type in `state` to `moves`.
+pub(crate) fn removed(moves: &mut Moves, job_type: &str, state: JobState, n: u64) {
+    change(moves, job_type, Some(state), None, n);
+}
+
+fn change(moves: &mut Moves, job_type: &str, from: Option<JobState>, to: Option<JobState>, n: u64) {
     if n == 0 {
         return;
     }
@@ -67,7 +76,9 @@ impl Counts {
             if let Some(from) = from {
                 counts.sub(*from, *n);
             }
-            counts.add(*to, *n);
+            if let Some(to) = to {
+                counts.add(*to, *n);
+            }
         }
     }
 

@@ -28,7 +28,7 @@ mod query;
 pub(crate) mod rows;
 pub mod sqlite;
 
-pub use query::{DeadFilter, JobQuery, MAX_LIST};
+pub use query::{DeadFilter, JobQuery, MAX_LIST, MAX_PRUNE, Prune};
 
 #[cfg(test)]
 mod contract;
@@ -383,6 +383,10 @@ pub trait Store: Send + Sync + 'static {
     /// original order, which claims keep: they share one `run_at`).
     async fn job_replay_dead(&self, filter: &DeadFilter, now: Timestamp)
     -> StoreResult<Vec<Moved>>;
+
+    /// Deletes the finished jobs `prune` picks, with their history, in one
+    /// transaction; how many. Their idempotency keys are free again.
+    async fn job_prune(&self, prune: &Prune) -> StoreResult<u64>;
 
     /// Jobs per state, over all types.
     async fn counts(&self) -> StoreResult<StateCounts>;

@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+use crate::clock::Timestamp;
 use crate::job::{JobId, JobState};
 
 /// The most jobs one page of a listing holds.
@@ -30,6 +31,22 @@ pub struct DeadFilter {
     /// Jobs whose last error contains this text (case-sensitive).
     pub error_contains: Option<String>,
 }
+
+/// Which finished jobs one prune deletes: up to `limit` jobs in `state` (a
+/// final one: succeeded, dead or cancelled) that finished before
+/// `finished_before`, oldest first, with their history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prune {
+    pub state: JobState,
+    pub job_type: Option<String>,
+    pub finished_before: Timestamp,
+    /// 1 to [`MAX_PRUNE`]: a pruner deletes in small batches, so no
+    /// transaction holds the store for long.
+    pub limit: usize,
+}
+
+/// The most jobs one prune deletes.
+pub const MAX_PRUNE: usize = 10_000;
 
 /// A statement's parameters, in placeholder order.
 pub(crate) enum Param<'q> {
@@ -135,5 +152,35 @@ pub(crate) fn dead_conditions<'q>(
         let p = placeholder(taken + params.len());
         let _ = write!(sql, " AND {}", contains("last_error", &p));
     }
+    (sql, params)
+}
+
+/// The ids a prune deletes, oldest finished first: `SELECT id FROM <from>
+/// WHERE ...` (the state as a literal, so the finished jobs' partial index
+/// serves it) and its parameters; `suffix` ends the statement (PostgreSQL
+/// skips rows another host is deleting).
+pub(crate) fn prune_ids_sql<'q>(
+    p: &'q Prune,
+    from: &str,
+    suffix: &str,
+    placeholder: fn(usize) -> String,
+) -> (String, Vec<Param<'q>>) {
+    let mut params = vec![Param::Int(p.finished_before.as_micros())];
+    let mut sql = format!(
+        "SELECT id FROM {from} WHERE state = '{}' AND finished_at IS NOT NULL \
+         AND finished_at < {}",
+        p.state.as_str(),
+        placeholder(1)
+    );
+    if let Some(t) = &p.job_type {
+        params.push(Param::Text(t));
+        let _ = write!(sql, " AND job_type = {}", placeholder(params.len()));
+    }
+    params.push(Param::Int(p.limit.clamp(1, MAX_PRUNE) as i64));
+    let _ = write!(
+        sql,
+        " ORDER BY finished_at LIMIT {}{suffix}",
+        placeholder(params.len())
+    );
     (sql, params)
 }

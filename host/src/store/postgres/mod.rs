@@ -47,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     ClaimRequest, ClaimedJob, Completion, DeadFilter, Enqueued, JobQuery, KvWrite, Moved, NewJob,
-    Reaped, StateCounts, Store, StoreError, StoreResult,
+    Prune, Reaped, StateCounts, Store, StoreError, StoreResult,
 };
 use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobId, JobRecord};
@@ -374,6 +374,11 @@ impl Store for PgStore {
     ) -> StoreResult<Vec<Moved>> {
         self.open_for_work()?;
         upkeep::replay_dead(&self.pool, filter, now).await
+    }
+
+    async fn job_prune(&self, prune: &Prune) -> StoreResult<u64> {
+        self.open_for_work()?;
+        upkeep::prune(&self.pool, prune).await
     }
 
     async fn kv_write(&self, scope: &str, key: &str, write: KvWrite) -> StoreResult<bool> {

@@ -1,5 +1,6 @@
 //! The rarer transitions, each one statement with its events: release at
-//! shutdown, the reaper, the promoter, and the operator's replay and cancel.
+//! shutdown, the reaper, the promoter, the operator's replay and cancel, and
+//! the pruner.
 //! Those that make jobs ready also `NOTIFY` in the same transaction, so the
 //! other hosts' workers hear of it. The reaper and promoter skip rows
 //! another host holds, so every host may run them at once.
@@ -10,7 +11,7 @@ use super::READY_CHANNEL;
 use crate::clock::Timestamp;
 use crate::job::{JobId, JobRecord, JobState};
 use crate::store::history;
-use crate::store::query::{DeadFilter, Param, bound, dead_conditions};
+use crate::store::query::{DeadFilter, Param, Prune, bound, dead_conditions, prune_ids_sql};
 use crate::store::rows::{parse_state, record_of};
 use crate::store::{Buried, Moved, Reaped, StoreError, StoreResult};
 
@@ -203,6 +204,15 @@ pub(super) async fn replay_dead(
             })
         })
         .collect()
+}
+
+/// Deletes the finished jobs `p` picks; their events go with them (the
+/// foreign key cascades) and the count triggers see the DELETE. Rows another
+/// host's pruner holds are skipped, not waited for.
+pub(super) async fn prune(pool: &PgPool, p: &Prune) -> StoreResult<u64> {
+    let (ids, params) = prune_ids_sql(p, "jobs", " FOR UPDATE SKIP LOCKED", |n| format!("${n}"));
+    let sql = format!("DELETE FROM jobs WHERE id IN ({ids})");
+    Ok(bound(sql, params).execute(pool).await?.rows_affected())
 }
 
 const CANCEL: &str = "

@@ -34,6 +34,7 @@ pub(super) enum Op {
     Replay(JobId, Timestamp),
     ReplayDead(crate::store::DeadFilter, Timestamp),
     Cancel(JobId, Timestamp),
+    Prune(crate::store::Prune),
     /// A key-value write already answered ([`super::kv`]): settled by the
     /// writer once its transaction commits, never answered.
     Kv(super::kv::Deferred),
@@ -61,6 +62,7 @@ pub(super) enum Reply {
     Reaped(Reaped),
     Promoted(Vec<Moved>),
     Replayed(Vec<Moved>),
+    Pruned(u64),
     Record(Box<JobRecord>),
     Closed,
     /// (Writer-internal, never sent.) A `ClaimWait` found nothing: keep it.

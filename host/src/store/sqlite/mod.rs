@@ -60,7 +60,7 @@ use tokio_util::sync::CancellationToken;
 use super::counts::Counts;
 use super::{
     ClaimRequest, ClaimWait, ClaimedJob, Completion, DeadFilter, Enqueued, JobQuery, KvWrite,
-    Moved, NewJob, Reaped, StateCounts, Store, StoreError, StoreResult,
+    Moved, NewJob, Prune, Reaped, StateCounts, Store, StoreError, StoreResult,
 };
 use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobId, JobRecord};
@@ -448,6 +448,13 @@ impl Store for SqliteStore {
         match self.send(Op::ReplayDead(filter.clone(), now)).await? {
             Reply::Replayed(moved) => Ok(moved),
             _ => unreachable!("the writer answers ReplayDead with Replayed"),
+        }
+    }
+
+    async fn job_prune(&self, prune: &Prune) -> StoreResult<u64> {
+        match self.send(Op::Prune(prune.clone())).await? {
+            Reply::Pruned(n) => Ok(n),
+            _ => unreachable!("the writer answers Prune with Pruned"),
         }
     }
 

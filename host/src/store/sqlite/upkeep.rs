@@ -1,14 +1,14 @@
 //! The rarer transitions, one statement each: release at shutdown, the
-//! reaper, the promoter, and the operator's replay and cancel.
+//! reaper, the promoter, the operator's replay and cancel, and the pruner.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::events::{Event, Events};
 use crate::clock::Timestamp;
 use crate::job::{JobId, JobRecord, JobState};
-use crate::store::counts::{Moves, moved};
+use crate::store::counts::{Moves, moved, removed};
 use crate::store::history;
-use crate::store::query::{DeadFilter, Param, dead_conditions};
+use crate::store::query::{DeadFilter, Param, Prune, dead_conditions, prune_ids_sql};
 use crate::store::rows::{parse_state, record_of};
 use crate::store::{Buried, Moved, Reaped, StoreError, StoreResult};
 
@@ -234,6 +234,42 @@ pub(super) fn replay_dead(
         moved(moves, job_type, Some(JobState::Dead), JobState::Queued, n);
     }
     Ok(replayed)
+}
+
+/// Deletes the finished jobs `p` picks and their events; how many.
+pub(super) fn prune(conn: &Connection, p: &Prune, moves: &mut Moves) -> StoreResult<u64> {
+    let (ids, params) = prune_ids_sql(p, "jobs INDEXED BY jobs_finished", "", |n| format!("?{n}"));
+    let values = params.into_iter().map(|p| match p {
+        Param::Text(t) => rusqlite::types::Value::Text(t.to_owned()),
+        Param::Int(n) => rusqlite::types::Value::Integer(n),
+        Param::Ids(doc) => rusqlite::types::Value::Text(doc),
+    });
+    let gone: Vec<(JobId, String)> = conn
+        .prepare_cached(&format!(
+            "DELETE FROM jobs WHERE id IN ({ids}) RETURNING id, job_type"
+        ))?
+        .query_map(rusqlite::params_from_iter(values), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    if gone.is_empty() {
+        return Ok(0);
+    }
+    // The writer does not enforce the events' foreign key: delete them here.
+    let doc = serde_json::to_string(&gone.iter().map(|(id, _)| id).collect::<Vec<_>>())
+        .map_err(|e| StoreError::Backend(e.to_string()))?;
+    conn.prepare_cached(
+        "DELETE FROM job_events WHERE job_id IN (SELECT value FROM json_each(?1))",
+    )?
+    .execute([doc])?;
+    let mut per_type: std::collections::BTreeMap<&str, u64> = Default::default();
+    for (_, job_type) in &gone {
+        *per_type.entry(job_type).or_default() += 1;
+    }
+    for (job_type, n) in per_type {
+        removed(moves, job_type, p.state, n);
+    }
+    Ok(gone.len() as u64)
 }
 
 /// Pauses or resumes claims of `job_type`; whether that changed anything.

@@ -17,7 +17,7 @@ use super::enqueue::{insert, insert_many};
 use super::events::Events;
 use super::known::{Ids, Known, Readied, may_ready};
 use super::tx::Tx;
-use super::upkeep::{cancel, promote, reap, release, replay, replay_dead};
+use super::upkeep::{cancel, promote, prune, reap, release, replay, replay_dead};
 use super::wal::{WalState, checkpoint, wal_restart};
 use crate::clock::Timestamp;
 use crate::store::counts::{Counts, Moves};
@@ -321,7 +321,8 @@ pub(super) fn apply(tx: &mut Tx<'_>, op: &Op, events: &mut Events) -> StoreResul
         | Op::Promote(_)
         | Op::Replay(..)
         | Op::ReplayDead(..)
-        | Op::Cancel(..) => {
+        | Op::Cancel(..)
+        | Op::Prune(_) => {
             let mut moves = Moves::new();
             let conn = tx.conn()?;
             let reply = match op {
@@ -339,6 +340,7 @@ pub(super) fn apply(tx: &mut Tx<'_>, op: &Op, events: &mut Events) -> StoreResul
                 Op::Cancel(id, now) => {
                     cancel(conn, *id, *now, events, &mut moves).map(|r| Reply::Record(Box::new(r)))
                 }
+                Op::Prune(p) => prune(conn, p, &mut moves).map(Reply::Pruned),
                 _ => unreachable!("matched above"),
             };
             tx.moves.extend(moves);
