@@ -4,6 +4,7 @@
 mod browser;
 mod email;
 mod mail;
+mod openapi;
 mod operators;
 mod plugins;
 mod postgres;

@@ -25,16 +25,17 @@
 //! The token is taken from `Authorization: Bearer <token>` or `X-Admin-Token`
 //! and compared in constant time.
 
+use axum::Json;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart};
 use axum::extract::{RawQuery, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post, put};
-use axum::{Json, Router};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use super::jobs::render_job;
 use super::{ApiError, AppState, PathParam};
@@ -44,26 +45,24 @@ use crate::maintenance::prune_all;
 use crate::plugins::{LoadError, LoadedPlugin};
 use crate::store::{MAX_PRUNE, Prune, StateCounts, StoreError};
 
-pub fn router(state: AppState) -> Router<AppState> {
-    Router::new()
-        .route("/jobs/{id}/replay", post(replay))
-        .route("/jobs/{id}/cancel", post(cancel))
-        .route("/jobs", delete(delete_jobs))
-        .route("/dlq/replay", post(replay_dead))
-        .route("/queues/{type}/pause", post(pause_queue))
-        .route("/queues/{type}/resume", post(resume_queue))
-        .route("/metrics/jobs", get(job_counts))
-        .route("/metrics/queue", get(queue_counts))
-        .route("/plugins", get(plugins))
-        .route(
-            "/plugins/{type}",
-            put(upload_plugin)
-                .delete(delete_plugin)
+pub fn router(state: AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(replay))
+        .routes(routes!(cancel))
+        .routes(routes!(delete_jobs))
+        .routes(routes!(replay_dead))
+        .routes(routes!(pause_queue))
+        .routes(routes!(resume_queue))
+        .routes(routes!(job_counts))
+        .routes(routes!(queue_counts))
+        .routes(routes!(plugins))
+        .routes(
+            routes!(upload_plugin, delete_plugin)
                 .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES + MULTIPART_SLACK)),
         )
-        .route("/workers", get(workers))
-        .route("/workers/pause", post(pause))
-        .route("/workers/resume", post(resume))
+        .routes(routes!(workers))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 
@@ -101,6 +100,22 @@ fn job_id(id: &str) -> Result<i64, ApiError> {
     }
 }
 
+/// Replays a dead job: back to `queued` with a fresh attempt budget.
+#[utoipa::path(
+    post,
+    path = "/jobs/{id}/replay",
+    tag = "operators",
+    params(("id" = i64, Path, description = "The job id")),
+    security(("admin" = []), ("adminHeader" = [])),
+    responses(
+        (status = 200, description = "The job as `GET /jobs/{id}` shows it", body = Object),
+        (status = 400, description = "`invalid_job_id`", body = ApiError),
+        (status = 404, description = "`job_not_found`", body = ApiError),
+        (status = 409, description = "`invalid_job_state`: only dead jobs are replayed", body = ApiError),
+        (status = 503, description = "`store_unavailable`, `unavailable`", body = ApiError),
+        (status = 401, description = "`unauthorized`", body = ApiError),
+    )
+)]
 async fn replay(
     State(app): State<AppState>,
     PathParam(id): PathParam,
@@ -126,12 +141,25 @@ async fn replay(
     )))
 }
 
-/// `DELETE /admin/jobs?state=S&olderThan=D[&type=T]`: both `state` (a
-/// final one) and `olderThan` (a duration: `90s`, `30m`, `24h`, `7d`; `0s`
-/// is every finished job of the state) are required, so nothing is deleted
-/// by accident. Deletes in batches of [`MAX_PRUNE`], each its own
-/// transaction, resting as long as each took so claims and completions go
-/// on; answers `{"deleted": n, "finishedBefore": time}`.
+/// Deletes finished jobs by state and age, with their history.
+///
+/// Both `state` (a final one) and `olderThan` are required, so nothing is
+/// deleted by accident. Deleted in transactions of 10,000,
+/// oldest first, resting as long as each took so claims and completions go
+/// on.
+#[utoipa::path(
+    delete,
+    path = "/jobs",
+    tag = "operators",
+    params(("state" = String, Query, description = "succeeded, dead or cancelled"), ("olderThan" = String, Query, description = "A duration: `90s`, `30m`, `24h`, `7d`; `0s` is every finished job of the state"), ("type" = Option<String>, Query, description = "Only jobs of this type")),
+    security(("admin" = []), ("adminHeader" = [])),
+    responses(
+        (status = 200, description = "How many were deleted", body = Object, example = json!({"deleted": 120, "state": "dead", "type": null, "finishedBefore": "2026-12-01T09:00:00.000000Z"})),
+        (status = 400, description = "`invalid_filter`: nothing deleted", body = ApiError),
+        (status = 503, description = "`store_unavailable`, `unavailable`", body = ApiError),
+        (status = 401, description = "`unauthorized`", body = ApiError),
+    )
+)]
 async fn delete_jobs(
     State(app): State<AppState>,
     RawQuery(query): RawQuery,
@@ -202,8 +230,23 @@ const MAX_FILTER_TEXT: usize = 1024;
 /// Most ids one replay names.
 const MAX_REPLAY_IDS: usize = 100_000;
 
-/// `POST /admin/dlq/replay`: `{"type": T, "ids": [..], "error": "text"}`
-/// (every condition given must hold) or `{"all": true}`.
+/// Replays every dead job a filter picks, in one transaction.
+///
+/// The jobs go back to `queued` with a fresh attempt budget, each with its
+/// event, in their original order; no page-size cap.
+#[utoipa::path(
+    post,
+    path = "/dlq/replay",
+    tag = "operators",
+    request_body(content = Object, description = "`{\"type\": T, \"ids\": [..], \"error\": \"text\"}` (every condition given must hold; `error` is a substring of `lastError`, 1 to 1,024 bytes; 1 to 100,000 ids), or `{\"all\": true}`", content_type = "application/json", example = json!({"type": "email_welcome", "error": "timeout"})),
+    security(("admin" = []), ("adminHeader" = [])),
+    responses(
+        (status = 200, description = "How many moved, per type", body = Object, example = json!({"replayed": 5, "types": {"email_welcome": 5}})),
+        (status = 400, description = "`invalid_filter`, `invalid_json`", body = ApiError),
+        (status = 503, description = "`store_unavailable`, `unavailable`", body = ApiError),
+        (status = 401, description = "`unauthorized`", body = ApiError),
+    )
+)]
 async fn replay_dead(
     State(app): State<AppState>,
     body: axum::body::Bytes,
@@ -268,6 +311,20 @@ async fn replay_dead(
     Ok(Json(json!({ "replayed": moved.len(), "types": types })))
 }
 
+/// Pauses claims of a job type on every host (kept across restarts).
+#[utoipa::path(
+    post,
+    path = "/queues/{type}/pause",
+    tag = "operators",
+    params(("type" = String, Path, description = "The job type")),
+    security(("admin" = []), ("adminHeader" = [])),
+    responses(
+        (status = 200, description = "Whether it changed anything", body = Object, example = json!({"type": "email_welcome", "paused": true, "changed": true})),
+        (status = 404, description = "`plugin_not_found`", body = ApiError),
+        (status = 503, description = "`store_unavailable`, `unavailable`", body = ApiError),
+        (status = 401, description = "`unauthorized`", body = ApiError),
+    )
+)]
 async fn pause_queue(
     State(app): State<AppState>,
     PathParam(job_type): PathParam,
@@ -275,6 +332,20 @@ async fn pause_queue(
     set_queue_paused(app, job_type, true).await
 }
 
+/// Resumes claims of a paused job type on every host.
+#[utoipa::path(
+    post,
+    path = "/queues/{type}/resume",
+    tag = "operators",
+    params(("type" = String, Path, description = "The job type")),
+    security(("admin" = []), ("adminHeader" = [])),
+    responses(
+        (status = 200, description = "Whether it changed anything", body = Object, example = json!({"type": "email_welcome", "paused": false, "changed": true})),
+        (status = 404, description = "`plugin_not_found`", body = ApiError),
+        (status = 503, description = "`store_unavailable`, `unavailable`", body = ApiError),
+        (status = 401, description = "`unauthorized`", body = ApiError),
+    )
+)]
 async fn resume_queue(
     State(app): State<AppState>,
     PathParam(job_type): PathParam,
@@ -307,6 +378,22 @@ async fn set_queue_paused(
     ))
 }
 
+/// Cancels a job that has not started (queued or scheduled).
+#[utoipa::path(
+    post,
+    path = "/jobs/{id}/cancel",
+    tag = "operators",
+    params(("id" = i64, Path, description = "The job id")),
+    security(("admin" = []), ("adminHeader" = [])),
+    responses(
+        (status = 200, description = "The job as `GET /jobs/{id}` shows it", body = Object),
+        (status = 400, description = "`invalid_job_id`", body = ApiError),
+        (status = 404, description = "`job_not_found`", body = ApiError),
+        (status = 409, description = "`invalid_job_state`", body = ApiError),
+        (status = 503, description = "`store_unavailable`, `unavailable`", body = ApiError),
+        (status = 401, description = "`unauthorized`", body = ApiError),
+    )
+)]
 async fn cancel(
     State(app): State<AppState>,
     PathParam(id): PathParam,
@@ -340,6 +427,18 @@ async fn events_after_commit(app: &AppState, id: i64) -> Vec<crate::job::JobEven
     })
 }
 
+/// Jobs per state, and the total (never a scan of the jobs table).
+#[utoipa::path(
+    get,
+    path = "/metrics/jobs",
+    tag = "operators",
+    security(("admin" = []), ("adminHeader" = [])),
+    responses(
+        (status = 200, description = "Counts", body = Object, example = json!({"queued": 3, "scheduled": 0, "running": 1, "succeeded": 120, "dead": 2, "cancelled": 0, "total": 126})),
+        (status = 503, description = "`store_unavailable`, `unavailable`", body = ApiError),
+        (status = 401, description = "`unauthorized`", body = ApiError),
+    )
+)]
 async fn job_counts(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
     let counts = app.store.counts().await?;
     let total: u64 = JobState::ALL.iter().map(|s| counts.get(*s)).sum();
@@ -348,6 +447,18 @@ async fn job_counts(State(app): State<AppState>) -> Result<Json<Value>, ApiError
     Ok(Json(body))
 }
 
+/// Per job type: queued, scheduled, running, dead, paused; with Redis, its stream.
+#[utoipa::path(
+    get,
+    path = "/metrics/queue",
+    tag = "operators",
+    security(("admin" = []), ("adminHeader" = [])),
+    responses(
+        (status = 200, description = "Per type", body = Object),
+        (status = 503, description = "`store_unavailable`, `unavailable`", body = ApiError),
+        (status = 401, description = "`unauthorized`", body = ApiError),
+    )
+)]
 async fn queue_counts(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut by_type: std::collections::BTreeMap<String, StateCounts> = app
         .registry
@@ -392,6 +503,17 @@ pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
 /// Room for a multipart upload's boundaries, headers and manifest.
 const MULTIPART_SLACK: usize = 1 << 20;
 
+/// Every plugin: version, limits, status and last error.
+#[utoipa::path(
+    get,
+    path = "/plugins",
+    tag = "plugins",
+    security(("admin" = []), ("adminHeader" = [])),
+    responses(
+        (status = 200, description = "`{\"plugins\": [...]}`", body = Object),
+        (status = 401, description = "`unauthorized`", body = ApiError),
+    )
+)]
 async fn plugins(State(app): State<AppState>) -> Json<Value> {
     let mut failures = app.registry.failures();
     let mut plugins: Vec<Value> = app
@@ -548,6 +670,25 @@ async fn read_upload(request: Request) -> Result<(Vec<u8>, Option<String>), ApiE
     Ok((wasm, manifest))
 }
 
+/// Installs a plugin version (on every host, in scale-out).
+///
+/// Checked and compiled before anything is written; at most 64 MiB.
+#[utoipa::path(
+    put,
+    path = "/plugins/{type}",
+    tag = "plugins",
+    params(("type" = String, Path, description = "The plugin's name")),
+    request_body(content = Vec<u8>, description = "The `.wasm` (`application/wasm`), or `multipart/form-data` with a `wasm` part and an optional `manifest` part (TOML)", content_type = "application/wasm"),
+    security(("admin" = []), ("adminHeader" = [])),
+    responses(
+        (status = 200, description = "The plugin as `GET /admin/plugins` shows it", body = Object),
+        (status = 400, description = "`invalid_upload`, `invalid_path`", body = ApiError),
+        (status = 413, description = "`payload_too_large`", body = ApiError),
+        (status = 422, description = "`invalid_plugin`: nothing changed", body = ApiError),
+        (status = 503, description = "`store_unavailable`, `unavailable`", body = ApiError),
+        (status = 401, description = "`unauthorized`", body = ApiError),
+    )
+)]
 async fn upload_plugin(
     State(app): State<AppState>,
     PathParam(name): PathParam,
@@ -573,6 +714,20 @@ async fn upload_plugin(
     Ok(Json(render_plugin(&installed)))
 }
 
+/// Deletes a plugin (its jobs wait; new submissions are refused).
+#[utoipa::path(
+    delete,
+    path = "/plugins/{type}",
+    tag = "plugins",
+    params(("type" = String, Path, description = "The plugin's name")),
+    security(("admin" = []), ("adminHeader" = [])),
+    responses(
+        (status = 200, description = "Deleted", body = Object, example = json!({"type": "noop", "deleted": true})),
+        (status = 404, description = "`plugin_not_found`", body = ApiError),
+        (status = 503, description = "`store_unavailable`, `unavailable`", body = ApiError),
+        (status = 401, description = "`unauthorized`", body = ApiError),
+    )
+)]
 async fn delete_plugin(
     State(app): State<AppState>,
     PathParam(name): PathParam,
@@ -593,16 +748,49 @@ async fn delete_plugin(
     Ok(Json(json!({ "type": job_type, "deleted": true })))
 }
 
+/// Whether this host's workers are paused.
+#[utoipa::path(
+    get,
+    path = "/workers",
+    tag = "workers",
+    security(("admin" = []), ("adminHeader" = [])),
+    responses(
+        (status = 200, description = "This host", body = Object, example = json!({"paused": false})),
+        (status = 401, description = "`unauthorized`", body = ApiError),
+    )
+)]
 async fn workers(State(app): State<AppState>) -> Json<Value> {
     Json(json!({ "paused": app.workers.is_paused() }))
 }
 
+/// Stops claiming on this host (running attempts go on).
+#[utoipa::path(
+    post,
+    path = "/workers/pause",
+    tag = "workers",
+    security(("admin" = []), ("adminHeader" = [])),
+    responses(
+        (status = 200, description = "Paused", body = Object, example = json!({"paused": true})),
+        (status = 401, description = "`unauthorized`", body = ApiError),
+    )
+)]
 async fn pause(State(app): State<AppState>) -> Json<Value> {
     app.workers.set_paused(true);
     tracing::info!("workers paused by an operator");
     Json(json!({ "paused": true }))
 }
 
+/// Starts claiming again on this host.
+#[utoipa::path(
+    post,
+    path = "/workers/resume",
+    tag = "workers",
+    security(("admin" = []), ("adminHeader" = [])),
+    responses(
+        (status = 200, description = "Resumed", body = Object, example = json!({"paused": false})),
+        (status = 401, description = "`unauthorized`", body = ApiError),
+    )
+)]
 async fn resume(State(app): State<AppState>) -> Json<Value> {
     app.workers.set_paused(false);
     app.dispatch.hint();

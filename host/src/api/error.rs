@@ -48,8 +48,144 @@ pub enum ApiError {
     Internal,
 }
 
+/// Every error code, with its status and when it is answered: the OpenAPI
+/// document's `Error` schema lists them (a test checks that every variant's
+/// code and status are here).
+pub const ERROR_CODES: &[(&str, u16, &str)] = &[
+    (
+        "job_not_found",
+        404,
+        "No job has that id (or it was deleted by retention).",
+    ),
+    (
+        "invalid_job_id",
+        400,
+        "A job id that is not a positive integer.",
+    ),
+    (
+        "unknown_job_type",
+        404,
+        "No loaded plugin handles that job type; `loadedTypes` lists those that are.",
+    ),
+    (
+        "invalid_json",
+        400,
+        "The body is not the JSON the route takes.",
+    ),
+    (
+        "payload_too_large",
+        413,
+        "The body is larger than `--body-limit`; `limitBytes` says how large it may be.",
+    ),
+    (
+        "idempotency_key_too_long",
+        400,
+        "An idempotency key over 200 bytes.",
+    ),
+    (
+        "invalid_idempotency_key",
+        400,
+        "An empty or non-string idempotency key, or an `Idempotency-Key` header on a batch.",
+    ),
+    (
+        "invalid_query",
+        400,
+        "A query parameter that is unknown or out of range.",
+    ),
+    (
+        "invalid_batch",
+        400,
+        "A batch that is not a JSON array of 1 to 10,000 payloads.",
+    ),
+    (
+        "invalid_filter",
+        400,
+        "A bulk replay or delete whose filter is missing, contradictory or out of range.",
+    ),
+    (
+        "invalid_path",
+        400,
+        "A path segment that is not valid percent-encoded UTF-8.",
+    ),
+    (
+        "unauthorized",
+        401,
+        "An admin route without the admin token (`Authorization: Bearer` or `X-Admin-Token`).",
+    ),
+    (
+        "invalid_job_state",
+        409,
+        "The job is not in a state this action applies to; `state` says which it is in.",
+    ),
+    (
+        "plugin_not_found",
+        404,
+        "No plugin is installed under that name.",
+    ),
+    (
+        "invalid_plugin",
+        422,
+        "An uploaded plugin that does not load (manifest, world, limits, a job type another plugin handles); nothing was changed.",
+    ),
+    (
+        "invalid_upload",
+        400,
+        "An upload that is not a `.wasm` body or a multipart form with a `wasm` part.",
+    ),
+    ("route_not_found", 404, "No such route."),
+    (
+        "method_not_allowed",
+        405,
+        "The route does not take that method.",
+    ),
+    ("unavailable", 503, "jobhost is shutting down."),
+    (
+        "store_unavailable",
+        503,
+        "The database cannot be reached; retry (with an idempotency key a retry never creates a second job).",
+    ),
+    (
+        "internal_error",
+        500,
+        "A store failure; the details are in the log.",
+    ),
+];
+
+impl utoipa::PartialSchema for ApiError {
+    /// The one error shape, with every code (from [`ERROR_CODES`]).
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let table: String = ERROR_CODES
+            .iter()
+            .map(|(code, status, when)| format!("- `{code}` ({status}): {when}\n"))
+            .collect();
+        let code = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(ERROR_CODES.iter().map(|(code, _, _)| *code)))
+            .description(Some(format!("Stable and machine-readable:\n\n{table}")));
+        ObjectBuilder::new()
+            .description(Some("Every error: a code, a message that says what to do, the HTTP status, and for some codes one more field."))
+            .property("code", code)
+            .required("code")
+            .property("message", ObjectBuilder::new().schema_type(Type::String))
+            .required("message")
+            .property("status", ObjectBuilder::new().schema_type(Type::Integer))
+            .required("status")
+            .property("loadedTypes", ObjectBuilder::new().schema_type(Type::Array).description(Some("unknown_job_type: the job types that are loaded")))
+            .property("limitBytes", ObjectBuilder::new().schema_type(Type::Integer).description(Some("payload_too_large: the limit")))
+            .property("state", ObjectBuilder::new().schema_type(Type::String).description(Some("invalid_job_state: the job's state")))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ApiError {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "Error".into()
+    }
+}
+
 impl ApiError {
-    /// The stable, machine-readable code (listed in the README).
+    /// The stable, machine-readable code (listed in [`ERROR_CODES`]).
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::JobNotFound(_) => "job_not_found",
@@ -182,5 +318,61 @@ impl From<StoreError> for ApiError {
                 ApiError::Internal
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One of each variant: a new variant without a line in `ERROR_CODES`
+    /// (or with a status that disagrees) fails here.
+    #[test]
+    fn every_error_code_is_documented() {
+        let all = [
+            ApiError::JobNotFound("1".into()),
+            ApiError::InvalidJobId("x".into()),
+            ApiError::UnknownJobType {
+                name: "x".into(),
+                loaded: vec![],
+            },
+            ApiError::InvalidJson(String::new()),
+            ApiError::PayloadTooLarge { limit: 1 },
+            ApiError::IdempotencyKeyTooLong { len: 201 },
+            ApiError::InvalidIdempotencyKey(""),
+            ApiError::InvalidQuery(String::new()),
+            ApiError::InvalidBatch(String::new()),
+            ApiError::InvalidFilter(String::new()),
+            ApiError::InvalidPath(String::new()),
+            ApiError::Unauthorized,
+            ApiError::WrongState {
+                id: 1,
+                state: JobState::Queued,
+                action: "",
+                allowed: "",
+            },
+            ApiError::PluginNotFound(String::new()),
+            ApiError::InvalidPlugin(String::new()),
+            ApiError::InvalidUpload(String::new()),
+            ApiError::RouteNotFound,
+            ApiError::MethodNotAllowed,
+            ApiError::Unavailable,
+            ApiError::StoreUnavailable,
+            ApiError::Internal,
+        ];
+        for e in &all {
+            let documented = ERROR_CODES.iter().find(|(code, _, _)| *code == e.code());
+            assert_eq!(
+                documented.map(|(_, status, _)| *status),
+                Some(e.status().as_u16()),
+                "{} is not documented with its status",
+                e.code()
+            );
+        }
+        assert_eq!(
+            all.len(),
+            ERROR_CODES.len(),
+            "a code documented twice or for no variant"
+        );
     }
 }

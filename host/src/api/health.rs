@@ -1,15 +1,24 @@
 //! `GET /healthz`: the process is up and serving.
 
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/healthz", get(healthz))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default().routes(routes!(healthz))
 }
 
+/// The process is up and serving.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "host",
+    responses((status = 200, description = "Always, while the process serves", body = Object,
+               example = json!({"status": "ok"})))
+)]
 async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }

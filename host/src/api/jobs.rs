@@ -15,12 +15,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{ApiError, AppState, MAX_BATCH, MAX_IDEMPOTENCY_KEY, PathParam};
 use crate::job::{JobEvent, JobRecord, JobState};
@@ -30,12 +31,13 @@ use crate::store::{Enqueued, JobQuery, MAX_LIST, NewJob};
 /// Longest delay a job may be submitted with: one year.
 const MAX_DELAY_MS: u64 = 365 * 24 * 3600 * 1000;
 
-pub fn router() -> Router<AppState> {
-    // One path for both: axum needs one parameter name per segment.
-    Router::new()
-        .route("/jobs", get(list))
-        .route("/jobs/{key}", post(submit).get(show))
-        .route("/jobs/{key}/batch", post(submit_batch))
+pub fn router() -> OpenApiRouter<AppState> {
+    // One path for both submit and show: axum (and OpenAPI) take one
+    // parameter name per segment.
+    OpenApiRouter::default()
+        .routes(routes!(list))
+        .routes(routes!(submit, show))
+        .routes(routes!(submit_batch))
 }
 
 /// The handler of `job_type`, or the error that lists the types handled.
@@ -48,6 +50,30 @@ fn handler_for(app: &AppState, job_type: String) -> Result<Arc<Handler>, ApiErro
         })
 }
 
+/// Submits a job.
+///
+/// The body is the job's JSON payload, whatever the `Content-Type`. Answers
+/// once the job is durably committed.
+#[utoipa::path(
+    post,
+    path = "/jobs/{key}",
+    tag = "jobs",
+    params(
+        ("key" = String, Path, description = "The job type"),
+        ("delay_ms" = Option<u64>, Query, description = "Run it no sooner than this many ms from now (at most a year)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 200 bytes; else the payload's `idempotencyKey` field. Resubmitting with a used key returns that job."),
+    ),
+    request_body(content = Object, description = "The payload: any JSON document", content_type = "application/json"),
+    responses(
+        (status = 202, description = "Committed", body = Object, example = json!({"jobId": 17, "status": "queued"})),
+        (status = 200, description = "The idempotency key names a job already: that job, nothing run", body = Object,
+         example = json!({"jobId": 17, "status": "succeeded", "duplicate": true})),
+        (status = 400, description = "`invalid_json`, `invalid_query`, `invalid_idempotency_key`, `idempotency_key_too_long`, `invalid_path`", body = ApiError),
+        (status = 404, description = "`unknown_job_type`", body = ApiError),
+        (status = 413, description = "`payload_too_large`", body = ApiError),
+        (status = 503, description = "`store_unavailable`, `unavailable`", body = ApiError),
+    )
+)]
 async fn submit(
     State(app): State<AppState>,
     PathParam(job_type): PathParam,
@@ -92,6 +118,25 @@ async fn submit(
     }
 }
 
+/// Submits many jobs in one transaction: all of them or none.
+#[utoipa::path(
+    post,
+    path = "/jobs/{key}/batch",
+    tag = "jobs",
+    params(
+        ("key" = String, Path, description = "The job type"),
+        ("delay_ms" = Option<u64>, Query, description = "Run them no sooner than this many ms from now"),
+    ),
+    request_body(content = [Object], description = "1 to 10,000 payloads; each may carry its own `idempotencyKey`", content_type = "application/json"),
+    responses(
+        (status = 202, description = "Committed; ids in the order of the array (a used key gives its job's id)", body = Object,
+         example = json!({"jobIds": [18, 19, 17], "created": 2, "duplicates": 1})),
+        (status = 400, description = "`invalid_batch`, `invalid_json`, `invalid_query`, `invalid_idempotency_key`, `idempotency_key_too_long`", body = ApiError),
+        (status = 404, description = "`unknown_job_type`", body = ApiError),
+        (status = 413, description = "`payload_too_large`", body = ApiError),
+        (status = 503, description = "`store_unavailable`, `unavailable`", body = ApiError),
+    )
+)]
 async fn submit_batch(
     State(app): State<AppState>,
     PathParam(job_type): PathParam,
@@ -167,6 +212,22 @@ async fn submit_batch(
     ))
 }
 
+/// A job, with its attempts, result, errors and full history.
+///
+/// The job and its history are read from one snapshot, so the status always
+/// matches the last event.
+#[utoipa::path(
+    get,
+    path = "/jobs/{key}",
+    tag = "jobs",
+    params(("key" = i64, Path, description = "The job id")),
+    responses(
+        (status = 200, description = "The job: `jobId`, `type`, `status`, `payload`, `attempts`, `maxAttempts`, `progress`, `nextAttemptAt`, `lastError`, `result`, `pluginDigest`, `createdAt`, `startedAt`, `finishedAt`, `updatedAt`, and `events` (at, from, to, attempt, actor, reason, pluginDigest)", body = Object),
+        (status = 400, description = "`invalid_job_id`", body = ApiError),
+        (status = 404, description = "`job_not_found`", body = ApiError),
+        (status = 503, description = "`store_unavailable`", body = ApiError),
+    )
+)]
 async fn show(
     State(app): State<AppState>,
     PathParam(id): PathParam,
@@ -186,8 +247,29 @@ async fn show(
 /// Default page size of `GET /jobs`.
 const DEFAULT_LIST: usize = 50;
 
-/// `GET /jobs?state=&type=&limit=&cursor=`: jobs newest first, behind the
-/// admin token (payloads may hold what only operators should see).
+/// Jobs, newest first, a page at a time (admin token).
+///
+/// Each as `GET /jobs/{id}` shows it, without `events`. Behind the admin
+/// token: payloads may hold what only operators should see.
+#[utoipa::path(
+    get,
+    path = "/jobs",
+    tag = "jobs",
+    params(
+        ("state" = Option<String>, Query, description = "queued, scheduled, running, succeeded, dead or cancelled"),
+        ("type" = Option<String>, Query, description = "A job type"),
+        ("limit" = Option<usize>, Query, description = "1 to 1,000 (default 50)"),
+        ("cursor" = Option<i64>, Query, description = "The `nextCursor` of the page before"),
+    ),
+    security(("admin" = []), ("adminHeader" = [])),
+    responses(
+        (status = 200, description = "A page; `nextCursor` is set when it is full. Pages never repeat or skip a job.", body = Object,
+         example = json!({"jobs": [], "nextCursor": null})),
+        (status = 400, description = "`invalid_query`", body = ApiError),
+        (status = 401, description = "`unauthorized`", body = ApiError),
+        (status = 503, description = "`store_unavailable`", body = ApiError),
+    )
+)]
 async fn list(
     State(app): State<AppState>,
     RawQuery(query): RawQuery,

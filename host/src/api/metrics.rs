@@ -1,20 +1,31 @@
 //! `GET /metrics`: Prometheus text. Queue depth gauges are read from the
 //! store at scrape time, so they are right on every host.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{ApiError, AppState};
 use crate::job::JobState;
 use crate::telemetry;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(render))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default().routes(routes!(render))
 }
 
+/// Prometheus metrics (text exposition format 0.0.4).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "host",
+    responses(
+        (status = 200, description = "Every metric, `jobhost_`-prefixed (see the README)",
+         content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+        (status = 503, description = "`store_unavailable`: the queue depths cannot be read", body = ApiError),
+    )
+)]
 async fn render(State(app): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let Some(handle) = &app.prometheus else {
         return Err(ApiError::RouteNotFound);

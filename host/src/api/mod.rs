@@ -9,6 +9,7 @@ mod error;
 mod health;
 mod jobs;
 mod metrics;
+mod openapi;
 
 use std::sync::Arc;
 
@@ -65,14 +66,17 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
     }
 }
 
-/// The whole HTTP application.
+/// The whole HTTP application, and its OpenAPI document at `/openapi.json`.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let (router, api) = openapi::router()
         .merge(dashboard::router())
         .merge(jobs::router())
         .nest("/admin", admin::router(state.clone()))
         .merge(metrics::router())
         .merge(health::router())
+        .split_for_parts();
+    router
+        .layer(axum::Extension(openapi::Served::new(&api)))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
