@@ -734,7 +734,7 @@ async fn prune(c: &Common, jobs: usize, burn: usize) -> Result<()> {
         filled_by = Instant::now();
     }
     report.figure("server peak RSS", server.peak_rss_mib(), "MiB");
-    report.note(format!("The pruner deletes {} jobs a transaction and rests 9 times as long as each took; succeeded jobs are kept {RETAIN_SECS} s in the pruning run.", 1000));
+    report.note(format!("The pruner deletes 1,000 jobs a transaction and rests 19 times as long as each took; succeeded jobs are kept {RETAIN_SECS} s in the pruning run."));
     server.stop()?;
     report.finish(&c.out)
 }

@@ -11,7 +11,7 @@ mod postgres;
 mod support;
 
 use mail::MailServer;
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::{ADMIN_TOKEN, Plugins, Server};
 
 /// email_welcome with fast retries, so the DLQ path takes milliseconds.
@@ -482,6 +482,153 @@ async fn after_kill_9_the_job_completes_once_its_lease_expires() {
         .iter()
         .any(|e| e["actor"] == "reaper" && e["to"] == "queued");
     assert!(reaped, "{job:#}");
+}
+
+/// Submit options: when a job is due (`runAt`, `delay_ms`) and how many
+/// attempts it gets (`maxAttempts`), on one job and per item of a batch;
+/// bad options change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_options_set_when_a_job_runs_and_its_attempts() {
+    let plugins = Plugins::new().testing("flaky", "max_attempts = 3\n[backoff]\nbase_ms = 10\n");
+    let server = Server::start(plugins, &[]).await;
+    let in_an_hour = humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(3600),
+    )
+    .to_string();
+    let an_hour_ago = humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() - std::time::Duration::from_secs(3600),
+    )
+    .to_string();
+
+    // One attempt only: the flaky job's first failure is its last.
+    let (status, body) = server.post("/jobs/flaky?maxAttempts=1", "{}").await;
+    assert_eq!(status, 202, "{body}");
+    let once = server
+        .wait_for(body["jobId"].as_i64().unwrap(), "dead")
+        .await;
+    assert_eq!(
+        (&once["attempts"], &once["maxAttempts"]),
+        (&json!(1), &json!(1))
+    );
+    // The manifest's three: it succeeds on its second.
+    let id = server.submit("flaky", "{}").await;
+    let twice = server.wait_for(id, "succeeded").await;
+    assert_eq!(
+        (&twice["attempts"], &twice["maxAttempts"]),
+        (&json!(2), &json!(3))
+    );
+    // Due in an hour: scheduled until then.
+    let (status, body) = server
+        .post(&format!("/jobs/flaky?runAt={in_an_hour}"), "{}")
+        .await;
+    assert_eq!(
+        (status, &body["status"]),
+        (202, &json!("scheduled")),
+        "{body}"
+    );
+    let later = server.job(body["jobId"].as_i64().unwrap()).await;
+    assert_eq!(
+        later["nextAttemptAt"].as_str().map(|t| &t[..19]),
+        Some(&in_an_hour[..19]),
+        "{later}"
+    );
+    // A time gone by is now.
+    let (status, body) = server
+        .post(&format!("/jobs/flaky?runAt={an_hour_ago}"), "{}")
+        .await;
+    assert_eq!((status, &body["status"]), (202, &json!("queued")), "{body}");
+    server
+        .wait_for(body["jobId"].as_i64().unwrap(), "succeeded")
+        .await;
+
+    // A batch's items, each with its own options over the query's.
+    let batch = json!({"jobs": [
+        {"payload": {"n": 1}},
+        {"payload": {"n": 2}, "maxAttempts": 1},
+        {"payload": {"n": 3}, "runAt": in_an_hour},
+        {"payload": {"n": 4}, "idempotencyKey": "four"},
+        {"payload": {"n": 5, "idempotencyKey": "four"}},
+    ]});
+    let (status, body) = server
+        .post("/jobs/flaky/batch?maxAttempts=2", &batch.to_string())
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        (&body["created"], &body["duplicates"]),
+        (&json!(4), &json!(1))
+    );
+    let ids: Vec<i64> = body["jobIds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(ids[3], ids[4], "one key, one job");
+    let first = server.wait_for(ids[0], "succeeded").await;
+    assert_eq!(first["maxAttempts"], 2);
+    assert_eq!(first["payload"], json!({"n": 1}));
+    server.wait_for(ids[1], "dead").await;
+    assert_eq!(server.job(ids[2]).await["status"], "scheduled");
+    server.wait_for(ids[3], "succeeded").await;
+    // The array form takes the query's options for every job.
+    let (status, body) = server
+        .post(
+            &format!("/jobs/flaky/batch?runAt={in_an_hour}"),
+            r#"[{"n": 6}, {"n": 7}]"#,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    for id in body["jobIds"].as_array().unwrap() {
+        assert_eq!(
+            server.job(id.as_i64().unwrap()).await["status"],
+            "scheduled"
+        );
+    }
+
+    // Bad options: a named error, nothing written.
+    let (_, before) = server.admin_get("/admin/metrics/jobs").await;
+    for query in [
+        "maxAttempts=0",
+        "maxAttempts=1001",
+        "maxAttempts=many",
+        "runAt=tomorrow",
+        "runAt=2999-01-01T00:00:00Z",
+        &format!("runAt={in_an_hour}&delay_ms=5"),
+        "priority=high",
+    ] {
+        let (status, body) = server.post(&format!("/jobs/flaky?{query}"), "{}").await;
+        assert_eq!(
+            (status, &body["code"]),
+            (400, &json!("invalid_query")),
+            "{query}: {body}"
+        );
+        let (status, body) = server
+            .post(&format!("/jobs/flaky/batch?{query}"), "[{}]")
+            .await;
+        assert_eq!(
+            (status, &body["code"]),
+            (400, &json!("invalid_query")),
+            "{query}: {body}"
+        );
+    }
+    for items in [
+        json!({"jobs": [{"payload": {}}, {"payload": {}, "maxAttempts": 0}]}),
+        json!({"jobs": [{"payload": {}, "runAt": "soon"}]}),
+        json!({"jobs": [{"payload": {}, "runAt": in_an_hour, "delayMs": 5}]}),
+        json!({"jobs": [{"payload": {}, "color": "red"}]}),
+        json!({"jobs": [{"n": 1}]}),
+        json!({"jobs": []}),
+        json!({"jobs": [{"payload": {}}], "more": 1}),
+    ] {
+        let (status, body) = server.post("/jobs/flaky/batch", &items.to_string()).await;
+        assert_eq!(
+            (status, &body["code"]),
+            (400, &json!("invalid_batch")),
+            "{items}: {body}"
+        );
+    }
+    let (_, after) = server.admin_get("/admin/metrics/jobs").await;
+    assert_eq!(before["total"], after["total"]);
 }
 
 #[tokio::test]

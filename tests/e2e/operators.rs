@@ -151,6 +151,33 @@ async fn the_cli_lists_jobs_and_replays_the_dead_letter_queue() {
     let id = serde_json::from_str::<Value>(&out).unwrap()["jobId"]
         .as_i64()
         .unwrap();
+    let in_an_hour = humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(3600),
+    )
+    .to_string();
+    let (code, out, err) = cli(
+        &host,
+        &[
+            "enqueue",
+            "noop",
+            "{}",
+            "--run-at",
+            &in_an_hour,
+            "--max-attempts",
+            "2",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let later = serde_json::from_str::<Value>(&out).unwrap()["jobId"]
+        .as_i64()
+        .unwrap();
+    let job = host.job(later).await;
+    assert_eq!(
+        (&job["status"], &job["maxAttempts"]),
+        (&json!("scheduled"), &json!(2)),
+        "{job}"
+    );
     let (code, out, _) = cli(&host, &["enqueue", "noop", "{}", "--idempotency-key", "k1"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("job ") && out.contains("queued"), "{out}");

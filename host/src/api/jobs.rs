@@ -3,13 +3,16 @@
 //! - `POST /jobs/{type}`: the body is the job's JSON payload, whatever the
 //!   `Content-Type` says (`curl -d` sends form encoding). Idempotency key from
 //!   the `Idempotency-Key` header, else the payload's `idempotencyKey` field.
-//!   Optional query `delay_ms=N` schedules the job N ms from now. Answers
-//!   `202 {"jobId", "status"}` once the job is durably committed, or
-//!   `200 {"jobId", "status", "duplicate": true}` if the key was used before.
-//! - `POST /jobs/{type}/batch`: the body is a JSON array of payloads (at most
-//!   [`MAX_BATCH`]); all are committed in one transaction, or none. Each
-//!   payload may carry its own `idempotencyKey`. Answers `202 {"jobIds": [...],
-//!   "created": n, "duplicates": m}` with the ids in the order of the array.
+//!   Options in the query: `delay_ms=N` or `runAt=<RFC 3339>` (when it is
+//!   due), `maxAttempts=N`. Answers `202 {"jobId", "status"}` once the job is
+//!   durably committed, or `200 {"jobId", "status", "duplicate": true}` if
+//!   the key was used before.
+//! - `POST /jobs/{type}/batch`: the body is a JSON array of payloads, or
+//!   `{"jobs": [{"payload", "idempotencyKey", "runAt" | "delayMs",
+//!   "maxAttempts"}]}` (at most [`MAX_BATCH`]); all are committed in one
+//!   transaction, or none. The query's options hold for every job, an item's
+//!   own over them. Answers `202 {"jobIds": [...], "created": n,
+//!   "duplicates": m}` with the ids in the order of the jobs.
 //! - `GET /jobs/{id}`: the job, its attempts, result, errors and history.
 
 use std::sync::Arc;
@@ -24,6 +27,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{ApiError, AppState, MAX_BATCH, MAX_IDEMPOTENCY_KEY, PathParam};
+use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobRecord, JobState};
 use crate::plugins::Handler;
 use crate::store::{Enqueued, JobQuery, MAX_LIST, NewJob};
@@ -61,6 +65,8 @@ fn handler_for(app: &AppState, job_type: String) -> Result<Arc<Handler>, ApiErro
     params(
         ("key" = String, Path, description = "The job type"),
         ("delay_ms" = Option<u64>, Query, description = "Run it no sooner than this many ms from now (at most a year)"),
+        ("runAt" = Option<String>, Query, description = "Or: run it no sooner than this time (RFC 3339, UTC, such as 2026-12-03T09:00:00Z; at most a year ahead; a past time is now)"),
+        ("maxAttempts" = Option<u32>, Query, description = "Attempts before the dead-letter queue, 1 to 1,000 (default: the plugin manifest's)"),
         ("Idempotency-Key" = Option<String>, Header, description = "1 to 200 bytes; else the payload's `idempotencyKey` field. Resubmitting with a used key returns that job."),
     ),
     request_body(content = Object, description = "The payload: any JSON document", content_type = "application/json"),
@@ -82,7 +88,8 @@ async fn submit(
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let handler = handler_for(&app, job_type)?;
-    let delay = parse_delay(query.as_deref())?;
+    let now = app.clock.now();
+    let options = SubmitOptions::from_query(query.as_deref(), now)?;
     let bytes = read_body(body, &headers, app.body_limit).await?;
     let payload: Value =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
@@ -91,13 +98,12 @@ async fn submit(
     let payload =
         String::from_utf8(bytes.to_vec()).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
 
-    let now = app.clock.now();
     let job = NewJob {
         job_type: handler.job_type.clone(),
         payload,
         idempotency_key,
-        max_attempts: handler.plugin.manifest.max_attempts,
-        run_at: now.plus(delay),
+        max_attempts: options.max_attempts(&handler),
+        run_at: options.run_at(now),
     };
     match app.store.job_insert(job, now).await? {
         Enqueued::Created { id, state } => {
@@ -126,8 +132,10 @@ async fn submit(
     params(
         ("key" = String, Path, description = "The job type"),
         ("delay_ms" = Option<u64>, Query, description = "Run them no sooner than this many ms from now"),
+        ("runAt" = Option<String>, Query, description = "Or: no sooner than this time (RFC 3339, UTC)"),
+        ("maxAttempts" = Option<u32>, Query, description = "Attempts before the dead-letter queue, 1 to 1,000"),
     ),
-    request_body(content = [Object], description = "1 to 10,000 payloads; each may carry its own `idempotencyKey`", content_type = "application/json"),
+    request_body(content = [Object], description = "1 to 10,000 jobs: an array of payloads (each may carry its own `idempotencyKey`), all with the query's options; or `{\"jobs\": [{\"payload\": ..., \"idempotencyKey\": ..., \"runAt\" or \"delayMs\": ..., \"maxAttempts\": ...}]}`, each item's options over the query's", content_type = "application/json"),
     responses(
         (status = 202, description = "Committed; ids in the order of the array (a used key gives its job's id)", body = Object,
          example = json!({"jobIds": [18, 19, 17], "created": 2, "duplicates": 1})),
@@ -150,55 +158,34 @@ async fn submit_batch(
             "a batch takes no Idempotency-Key header; put an idempotencyKey in each payload",
         ));
     }
-    let delay = parse_delay(query.as_deref())?;
-    let bytes = read_body(body, &headers, app.body_limit).await?;
-    let payloads: Vec<&serde_json::value::RawValue> =
-        serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::InvalidBatch(format!("the body must be a JSON array of payloads: {e}"))
-        })?;
-    if payloads.is_empty() || payloads.len() > MAX_BATCH {
-        return Err(ApiError::InvalidBatch(format!(
-            "a batch holds 1 to {MAX_BATCH} jobs, not {}",
-            payloads.len()
-        )));
-    }
     let now = app.clock.now();
-    let run_at = now.plus(delay);
-    let mut jobs = Vec::with_capacity(payloads.len());
-    for raw in payloads {
-        let text = raw.get();
-        // Only an object can carry a key.
-        let idempotency_key = if text.starts_with('{') {
-            let value: Value =
-                serde_json::from_str(text).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-            payload_key(&value)?
-        } else {
-            None
-        };
-        jobs.push(NewJob {
-            job_type: handler.job_type.clone(),
-            payload: text.to_owned(),
-            idempotency_key,
-            max_attempts: handler.plugin.manifest.max_attempts,
-            run_at,
-        });
-    }
+    let options = SubmitOptions::from_query(query.as_deref(), now)?;
+    let bytes = read_body(body, &headers, app.body_limit).await?;
+    let jobs = if bytes.trim_ascii_start().starts_with(b"{") {
+        batch_items(&bytes, options, &handler, now)?
+    } else {
+        batch_payloads(&bytes, options, &handler, now)?
+    };
     let results = app.store.job_insert_batch(jobs, now).await?;
     let created = results
         .iter()
         .filter(|r| matches!(r, Enqueued::Created { .. }))
         .count();
     handler.metrics.enqueued.increment(created as u64);
-    if created > 0 {
-        if delay.is_zero() {
-            let created = results.iter().filter_map(|r| match r {
-                Enqueued::Created { id, .. } => Some(*id),
-                Enqueued::Existing { .. } => None,
-            });
-            app.dispatch.ready(&handler.job_type, created);
-        } else {
-            app.dispatch.scheduled();
-        }
+    let ready = results.iter().filter(|r| r.is_ready()).map(|r| match r {
+        Enqueued::Created { id, .. } | Enqueued::Existing { id, .. } => *id,
+    });
+    app.dispatch.ready(&handler.job_type, ready);
+    if results.iter().any(|r| {
+        matches!(
+            r,
+            Enqueued::Created {
+                state: JobState::Scheduled,
+                ..
+            }
+        )
+    }) {
+        app.dispatch.scheduled();
     }
     let ids: Vec<i64> = results
         .iter()
@@ -210,6 +197,116 @@ async fn submit_batch(
         StatusCode::ACCEPTED,
         Json(json!({ "jobIds": ids, "created": created, "duplicates": results.len() - created })),
     ))
+}
+
+/// The array form of a batch: `[payload, ...]`, every job with the
+/// query's options.
+fn batch_payloads(
+    bytes: &[u8],
+    options: SubmitOptions,
+    handler: &Handler,
+    now: Timestamp,
+) -> Result<Vec<NewJob>, ApiError> {
+    let payloads: Vec<&serde_json::value::RawValue> =
+        serde_json::from_slice(bytes).map_err(|e| {
+            ApiError::InvalidBatch(format!(
+                "the body must be a JSON array of payloads, or {{\"jobs\": [...]}}: {e}"
+            ))
+        })?;
+    batch_size(payloads.len())?;
+    let (run_at, max_attempts) = (options.run_at(now), options.max_attempts(handler));
+    payloads
+        .into_iter()
+        .map(|raw| {
+            let text = raw.get();
+            // Only an object can carry a key.
+            let idempotency_key = if text.starts_with('{') {
+                let value: Value =
+                    serde_json::from_str(text).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+                payload_key(&value)?
+            } else {
+                None
+            };
+            Ok(NewJob {
+                job_type: handler.job_type.clone(),
+                payload: text.to_owned(),
+                idempotency_key,
+                max_attempts,
+                run_at,
+            })
+        })
+        .collect()
+}
+
+/// The object form of a batch: `{"jobs": [{"payload": ..., "idempotencyKey",
+/// "runAt" | "delayMs", "maxAttempts"}, ...]}`, each item's options over the
+/// query's.
+fn batch_items(
+    bytes: &[u8],
+    options: SubmitOptions,
+    handler: &Handler,
+    now: Timestamp,
+) -> Result<Vec<NewJob>, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Items<'a> {
+        #[serde(borrow)]
+        jobs: Vec<Item<'a>>,
+    }
+    let items: Items = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::InvalidBatch(format!(
+            "the object form is {{\"jobs\": [{{\"payload\": ..., \"idempotencyKey\", \"runAt\" or \"delayMs\", \"maxAttempts\"}}, ...]}}: {e}"
+        ))
+    })?;
+    batch_size(items.jobs.len())?;
+    items
+        .jobs
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let own = options
+                .with_item(&item, now)
+                .map_err(|why| ApiError::InvalidBatch(format!("jobs[{i}]: {why}")))?;
+            let text = item.payload.get();
+            let idempotency_key = match item.idempotency_key {
+                Some(key) => checked_key(Some(key))?,
+                None if text.starts_with('{') => {
+                    let value: Value = serde_json::from_str(text)
+                        .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+                    payload_key(&value)?
+                }
+                None => None,
+            };
+            Ok(NewJob {
+                job_type: handler.job_type.clone(),
+                payload: text.to_owned(),
+                idempotency_key,
+                max_attempts: own.max_attempts(handler),
+                run_at: own.run_at(now),
+            })
+        })
+        .collect()
+}
+
+/// One job of a batch's object form: the payload as sent, and its options.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Item<'a> {
+    #[serde(borrow)]
+    payload: &'a serde_json::value::RawValue,
+    idempotency_key: Option<String>,
+    run_at: Option<String>,
+    delay_ms: Option<u64>,
+    max_attempts: Option<u32>,
+}
+
+fn batch_size(n: usize) -> Result<(), ApiError> {
+    if n == 0 || n > MAX_BATCH {
+        return Err(ApiError::InvalidBatch(format!(
+            "a batch holds 1 to {MAX_BATCH} jobs, not {n}"
+        )));
+    }
+    Ok(())
 }
 
 /// A job, with its attempts, result, errors and full history.
@@ -381,30 +478,129 @@ fn raw_json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
 }
 
-fn parse_delay(query: Option<&str>) -> Result<Duration, ApiError> {
-    let mut delay = Duration::ZERO;
-    for pair in query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        match pair.split_once('=') {
-            Some(("delay_ms", v)) => {
-                let ms: u64 = v
-                    .parse()
-                    .ok()
-                    .filter(|ms| *ms <= MAX_DELAY_MS)
-                    .ok_or_else(|| ApiError::InvalidQuery(format!("delay_ms must be a whole number of milliseconds up to {MAX_DELAY_MS}, not {v:?}")))?;
-                delay = Duration::from_millis(ms);
-            }
-            _ => {
-                return Err(ApiError::InvalidQuery(format!(
-                    "unknown parameter {pair:?}; the only one is delay_ms"
-                )));
+/// Most attempts a submission may ask for (as a manifest may).
+const MAX_ATTEMPTS: u32 = 1_000;
+
+/// A submission's options: from the query string, and in a batch's object
+/// form from each item too (an item's own win).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct SubmitOptions {
+    due: Due,
+    /// Instead of the manifest's `max_attempts`.
+    max_attempts: Option<u32>,
+}
+
+/// When a job is due.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+enum Due {
+    #[default]
+    Now,
+    /// `delay_ms` from now.
+    After(Duration),
+    /// `runAt` (RFC 3339, UTC); in the past means now.
+    At(Timestamp),
+}
+
+impl SubmitOptions {
+    /// The options of the query string: `delay_ms` or `runAt`, and
+    /// `maxAttempts`.
+    fn from_query(query: Option<&str>, now: Timestamp) -> Result<SubmitOptions, ApiError> {
+        let mut options = SubmitOptions::default();
+        for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            let bad = ApiError::InvalidQuery;
+            match name.as_ref() {
+                "delay_ms" => options.set_due(delay(&value).map_err(bad)?).map_err(bad)?,
+                "runAt" => options
+                    .set_due(run_at(&value, now).map_err(bad)?)
+                    .map_err(bad)?,
+                "maxAttempts" => options.max_attempts = Some(max_attempts(&value).map_err(bad)?),
+                _ => {
+                    return Err(ApiError::InvalidQuery(format!(
+                        "unknown parameter {name:?}; the parameters are delay_ms, runAt and maxAttempts"
+                    )));
+                }
             }
         }
+        Ok(options)
     }
-    Ok(delay)
+
+    fn set_due(&mut self, due: Due) -> Result<(), String> {
+        if self.due != Due::Now && self.due != due {
+            return Err("give one of delay_ms and runAt".into());
+        }
+        self.due = due;
+        Ok(())
+    }
+
+    /// A batch item's own options over these: its `runAt` or `delayMs`
+    /// replaces when it is due, its `maxAttempts` the attempts.
+    fn with_item(self, item: &Item, now: Timestamp) -> Result<SubmitOptions, String> {
+        let mut own = SubmitOptions::default();
+        if let Some(ms) = item.delay_ms {
+            own.set_due(delay(&ms.to_string())?)?;
+        }
+        if let Some(at) = &item.run_at {
+            own.set_due(run_at(at, now)?)?;
+        }
+        if let Some(n) = item.max_attempts {
+            own.max_attempts = Some(max_attempts(&n.to_string())?);
+        }
+        Ok(SubmitOptions {
+            due: if own.due == Due::Now {
+                self.due
+            } else {
+                own.due
+            },
+            max_attempts: own.max_attempts.or(self.max_attempts),
+        })
+    }
+
+    fn run_at(&self, now: Timestamp) -> Timestamp {
+        match self.due {
+            Due::Now => now,
+            Due::After(delay) => now.plus(delay),
+            Due::At(at) => at.max(now),
+        }
+    }
+
+    fn max_attempts(&self, handler: &Handler) -> u32 {
+        self.max_attempts
+            .unwrap_or(handler.plugin.manifest.max_attempts)
+    }
+}
+
+fn delay(v: &str) -> Result<Due, String> {
+    v.parse::<u64>()
+        .ok()
+        .filter(|ms| *ms <= MAX_DELAY_MS)
+        .map(|ms| Due::After(Duration::from_millis(ms)))
+        .ok_or_else(|| {
+            format!("a delay is a whole number of milliseconds up to {MAX_DELAY_MS}, not {v:?}")
+        })
+}
+
+fn run_at(v: &str, now: Timestamp) -> Result<Due, String> {
+    let at = humantime::parse_rfc3339(v).map_err(|e| {
+        format!(
+            "runAt must be an RFC 3339 time in UTC such as 2026-12-03T09:00:00Z, not {v:?} ({e})"
+        )
+    })?;
+    let micros = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    let at = Timestamp(i64::try_from(micros).unwrap_or(i64::MAX));
+    if at > now.plus(Duration::from_millis(MAX_DELAY_MS)) {
+        return Err(format!("runAt is more than a year from now: {v:?}"));
+    }
+    Ok(Due::At(at))
+}
+
+fn max_attempts(v: &str) -> Result<u32, String> {
+    v.parse::<u32>()
+        .ok()
+        .filter(|n| (1..=MAX_ATTEMPTS).contains(n))
+        .ok_or_else(|| format!("maxAttempts must be 1 to {MAX_ATTEMPTS}, not {v:?}"))
 }
 
 async fn read_body(

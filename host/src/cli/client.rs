@@ -102,8 +102,14 @@ pub struct Enqueue {
     #[arg(long)]
     idempotency_key: Option<String>,
     /// Run it no sooner than this many milliseconds from now.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "run_at")]
     delay_ms: Option<u64>,
+    /// Run it no sooner than this time (RFC 3339, UTC: 2026-12-03T09:00:00Z).
+    #[arg(long)]
+    run_at: Option<String>,
+    /// Attempts before the dead-letter queue (default: the plugin's).
+    #[arg(long)]
+    max_attempts: Option<u32>,
     #[command(flatten)]
     conn: Connection,
 }
@@ -204,9 +210,19 @@ pub fn enqueue(args: Enqueue) -> anyhow::Result<()> {
         );
     }
     serde_json::from_str::<Value>(&payload).context("the payload must be a JSON document")?;
-    let mut path = format!("/jobs/{}", args.job_type);
+    let mut options = Vec::new();
     if let Some(ms) = args.delay_ms {
-        path.push_str(&format!("?delay_ms={ms}"));
+        options.push(format!("delay_ms={ms}"));
+    }
+    if let Some(at) = &args.run_at {
+        options.push(format!("runAt={}", encode(at)));
+    }
+    if let Some(n) = args.max_attempts {
+        options.push(format!("maxAttempts={n}"));
+    }
+    let mut path = format!("/jobs/{}", args.job_type);
+    if !options.is_empty() {
+        path.push_str(&format!("?{}", options.join("&")));
     }
     let conn = &args.conn;
     let answer = block_on(conn.send(
