@@ -219,14 +219,7 @@ fn batch_payloads(
         .into_iter()
         .map(|raw| {
             let text = raw.get();
-            // Only an object can carry a key.
-            let idempotency_key = if text.starts_with('{') {
-                let value: Value =
-                    serde_json::from_str(text).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-                payload_key(&value)?
-            } else {
-                None
-            };
+            let idempotency_key = raw_payload_key(text)?;
             Ok(NewJob {
                 job_type: handler.job_type.clone(),
                 payload: text.to_owned(),
@@ -270,12 +263,7 @@ fn batch_items(
             let text = item.payload.get();
             let idempotency_key = match item.idempotency_key {
                 Some(key) => checked_key(Some(key))?,
-                None if text.starts_with('{') => {
-                    let value: Value = serde_json::from_str(text)
-                        .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-                    payload_key(&value)?
-                }
-                None => None,
+                None => raw_payload_key(text)?,
             };
             Ok(NewJob {
                 job_type: handler.job_type.clone(),
@@ -645,6 +633,17 @@ fn idempotency_key(headers: &HeaderMap, payload: &Value) -> Result<Option<String
 }
 
 /// The payload's own `idempotencyKey` field, checked.
+/// The `idempotencyKey` of a batch payload kept as sent (only an object
+/// can carry one).
+fn raw_payload_key(text: &str) -> Result<Option<String>, ApiError> {
+    if !text.starts_with('{') {
+        return Ok(None);
+    }
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    payload_key(&value)
+}
+
 fn payload_key(payload: &Value) -> Result<Option<String>, ApiError> {
     let key = match payload.get("idempotencyKey") {
         None | Some(Value::Null) => None,

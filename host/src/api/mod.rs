@@ -75,8 +75,8 @@ pub fn app(state: AppState) -> Router {
         .merge(metrics::router())
         .merge(health::router())
         .split_for_parts();
+    openapi::serve(&api);
     router
-        .layer(axum::Extension(openapi::Served::new(&api)))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)

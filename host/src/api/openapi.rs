@@ -5,10 +5,7 @@
 //! added any other way, and the end-to-end suite calls every documented
 //! route on the real binary.
 
-use std::sync::Arc;
-
 use axum::Json;
-use axum::extract::Extension;
 use utoipa::Modify;
 use utoipa::openapi::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -67,16 +64,13 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(Document::openapi()).routes(utoipa_axum::routes!(document))
 }
 
-/// The document as served: what the routes collected, made ready once.
-#[derive(Clone)]
-pub struct Served(pub Arc<serde_json::Value>);
+/// The document as served, made once from what the routes collected (the
+/// same for every app in a process): kept here rather than in a layer, so no
+/// other request pays for it.
+static SERVED: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
 
-impl Served {
-    pub fn new(api: &OpenApi) -> Served {
-        Served(Arc::new(
-            serde_json::to_value(api).expect("the OpenAPI document serializes"),
-        ))
-    }
+pub fn serve(api: &OpenApi) {
+    SERVED.get_or_init(|| serde_json::to_value(api).expect("the OpenAPI document serializes"));
 }
 
 /// This API's OpenAPI 3.1 document.
@@ -86,8 +80,8 @@ impl Served {
     tag = "host",
     responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
 )]
-async fn document(Extension(served): Extension<Served>) -> Json<serde_json::Value> {
-    Json(served.0.as_ref().clone())
+async fn document() -> Json<serde_json::Value> {
+    Json(SERVED.get().cloned().unwrap_or_default())
 }
 
 #[cfg(test)]

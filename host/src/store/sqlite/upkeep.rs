@@ -199,13 +199,8 @@ pub(super) fn replay_dead(
          WHERE state = 'dead'{conditions}
          RETURNING id, job_type"
     );
-    let values = std::iter::once(rusqlite::types::Value::Integer(now.as_micros())).chain(
-        params.into_iter().map(|p| match p {
-            Param::Text(t) => rusqlite::types::Value::Text(t.to_owned()),
-            Param::Int(n) => rusqlite::types::Value::Integer(n),
-            Param::Ids(doc) => rusqlite::types::Value::Text(doc),
-        }),
-    );
+    let values =
+        std::iter::once(rusqlite::types::Value::Integer(now.as_micros())).chain(sql_values(params));
     let mut replayed: Vec<Moved> = conn
         .prepare_cached(&sql)?
         .query_map(rusqlite::params_from_iter(values), |r| {
@@ -236,14 +231,20 @@ pub(super) fn replay_dead(
     Ok(replayed)
 }
 
-/// Deletes the finished jobs `p` picks and their events; how many.
-pub(super) fn prune(conn: &Connection, p: &Prune, moves: &mut Moves) -> StoreResult<u64> {
-    let (ids, params) = prune_ids_sql(p, "jobs INDEXED BY jobs_finished", "", |n| format!("?{n}"));
-    let values = params.into_iter().map(|p| match p {
+/// The operator's statements' parameters (`store/query.rs`) as rusqlite
+/// binds them.
+fn sql_values(params: Vec<Param<'_>>) -> impl Iterator<Item = rusqlite::types::Value> + '_ {
+    params.into_iter().map(|p| match p {
         Param::Text(t) => rusqlite::types::Value::Text(t.to_owned()),
         Param::Int(n) => rusqlite::types::Value::Integer(n),
         Param::Ids(doc) => rusqlite::types::Value::Text(doc),
-    });
+    })
+}
+
+/// Deletes the finished jobs `p` picks and their events; how many.
+pub(super) fn prune(conn: &Connection, p: &Prune, moves: &mut Moves) -> StoreResult<u64> {
+    let (ids, params) = prune_ids_sql(p, "jobs INDEXED BY jobs_finished", "", |n| format!("?{n}"));
+    let values = sql_values(params);
     let gone: Vec<(JobId, String)> = conn
         .prepare_cached(&format!(
             "DELETE FROM jobs WHERE id IN ({ids}) RETURNING id, job_type"
