@@ -104,7 +104,8 @@ pub enum Transition {
     Promote,
     /// operator: a dead job runs again with a fresh attempt budget.
     Replay,
-    /// operator: withdraws a job that has not started.
+    /// operator: withdraws a job that has not finished. A running job's
+    /// lease goes with it, so its attempt's outcome is fenced out.
     Cancel,
 }
 
@@ -138,7 +139,7 @@ impl Transition {
             | Transition::ReapDead => &[Running],
             Transition::Promote => &[Scheduled],
             Transition::Replay => &[Dead],
-            Transition::Cancel => &[Queued, Scheduled],
+            Transition::Cancel => &[Queued, Scheduled, Running],
         }
     }
 
@@ -190,6 +191,10 @@ pub struct JobRecord {
     pub finished_at: Option<Timestamp>,
     /// How far the latest attempt got (0-100), as its plugin last reported.
     pub progress: Option<u8>,
+    /// Higher is claimed first.
+    pub priority: i16,
+    /// Its own deadline per attempt, if it set one.
+    pub timeout_ms: Option<u32>,
 }
 
 /// One entry of a job's append-only history.
@@ -229,6 +234,7 @@ mod tests {
             (Running, Scheduled),
             (Running, Dead),
             (Running, Queued),
+            (Running, Cancelled),
             (Dead, Queued),
         ];
         for from in JobState::ALL {
@@ -259,7 +265,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_lease_holder_and_reaper_leave_running() {
+    fn only_the_lease_holder_the_reaper_and_a_cancel_leave_running() {
         let leaving_running: Vec<_> = Transition::ALL
             .into_iter()
             .filter(|t| t.from_states().contains(&Running))
@@ -272,7 +278,8 @@ mod tests {
                 Transition::Fail,
                 Transition::Release,
                 Transition::ReapRequeue,
-                Transition::ReapDead
+                Transition::ReapDead,
+                Transition::Cancel,
             ]
         );
     }

@@ -16,6 +16,9 @@ pub const ATTEMPTS_STARTED: &str = "jobhost_attempts_started_total";
 pub const JOBS_SUCCEEDED: &str = "jobhost_jobs_succeeded_total";
 pub const JOBS_RETRIED: &str = "jobhost_jobs_retried_total";
 pub const JOBS_DEAD: &str = "jobhost_jobs_dead_total";
+/// Attempts stopped before they ended because their job was cancelled
+/// while running (or their lease was lost), per type.
+pub const ATTEMPTS_INTERRUPTED: &str = "jobhost_attempts_interrupted_total";
 /// Finished jobs deleted by retention (the pruner or an operator), per state.
 pub const JOBS_PRUNED: &str = "jobhost_jobs_pruned_total";
 pub const ATTEMPT_DURATION: &str = "jobhost_attempt_duration_seconds";
@@ -75,6 +78,7 @@ pub struct TypeMetrics {
     pub succeeded: Counter,
     pub retried: Counter,
     pub dead: Counter,
+    pub interrupted: Counter,
     pub attempt_duration: Histogram,
     pub attempt_fuel: Histogram,
     pub queue_latency: Histogram,
@@ -91,6 +95,7 @@ impl TypeMetrics {
             succeeded: metrics::counter!(JOBS_SUCCEEDED, &labels),
             retried: metrics::counter!(JOBS_RETRIED, &labels),
             dead: metrics::counter!(JOBS_DEAD, &labels),
+            interrupted: metrics::counter!(ATTEMPTS_INTERRUPTED, &labels),
             attempt_duration: metrics::histogram!(ATTEMPT_DURATION, &labels),
             attempt_fuel: metrics::histogram!(ATTEMPT_FUEL, &labels),
             queue_latency: metrics::histogram!(QUEUE_LATENCY, &labels),

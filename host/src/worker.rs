@@ -10,7 +10,7 @@
 //! `abort` ends the attempts still running and gives their jobs back to the
 //! queue without spending the attempt.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -22,8 +22,11 @@ use tokio_util::task::TaskTracker;
 use crate::backoff::Backoff;
 use crate::clock::{Clock, Timestamp};
 use crate::dispatch::Dispatch;
+use crate::job::JobId;
 use crate::plugins::{Handler, Registry};
-use crate::runtime::{AttemptInput, AttemptOutcome, KvWrite, Runtime, Services, cap_plugin_text};
+use crate::runtime::{
+    AttemptInput, AttemptOutcome, KvWrite, Limits, Runtime, Services, cap_plugin_text,
+};
 use crate::store::{ClaimRequest, ClaimWait, ClaimedJob, Completion, Outcome, Store, StoreError};
 
 #[derive(Debug, Clone)]
@@ -58,7 +61,8 @@ pub struct Worker {
 /// The operator's handle on the worker: pause and resume claiming on this
 /// host, and the job types paused on every host (kept in the store; this is
 /// this host's copy, refreshed by [`follow_paused_types`]). Attempts already
-/// running are not affected by a pause.
+/// running are not affected by a pause; they are stopped one by one
+/// ([`Control::interrupt`]).
 #[derive(Debug)]
 pub struct Control {
     paused: watch::Sender<bool>,
@@ -66,6 +70,9 @@ pub struct Control {
     /// Held across a read of the paused types from the store and taking
     /// it, so an older read never replaces a newer one.
     refreshing: tokio::sync::Mutex<()>,
+    /// The attempts running on this host, by job and lease token, each
+    /// with what stops it.
+    running: std::sync::Mutex<HashMap<(JobId, i64), CancellationToken>>,
 }
 
 impl Control {
@@ -74,6 +81,42 @@ impl Control {
             paused: watch::Sender::new(paused),
             paused_types: watch::Sender::new(Arc::default()),
             refreshing: tokio::sync::Mutex::new(()),
+            running: Default::default(),
+        }
+    }
+
+    /// Stops the attempt of job `id` if one runs on this host (its job was
+    /// cancelled, or its lease lost): nothing it does after is recorded, and
+    /// its slot is free at once. Whether one was running here.
+    pub fn interrupt(&self, id: JobId) -> bool {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut found = false;
+        for ((job, _), stop) in running.iter() {
+            if *job == id {
+                stop.cancel();
+                found = true;
+            }
+        }
+        found
+    }
+
+    /// The leases of the attempts running on this host.
+    fn held(&self) -> Vec<(JobId, i64)> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.keys().copied().collect()
+    }
+
+    /// Registers a starting attempt until the guard is dropped.
+    fn attempt_started(&self, id: JobId, token: i64) -> RunningAttempt<'_> {
+        let stop = CancellationToken::new();
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((id, token), stop.clone());
+        RunningAttempt {
+            control: self,
+            lease: (id, token),
+            stop,
         }
     }
 
@@ -110,6 +153,28 @@ impl Control {
         });
     }
 }
+
+/// An attempt in [`Control`]'s register while it runs.
+struct RunningAttempt<'a> {
+    control: &'a Control,
+    lease: (JobId, i64),
+    /// Cancelled when the attempt is to stop.
+    stop: CancellationToken,
+}
+
+impl Drop for RunningAttempt<'_> {
+    fn drop(&mut self) {
+        self.control
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.lease);
+    }
+}
+
+/// How often a host asks the store whether the leases of its running
+/// attempts still hold (an operator on another host may have cancelled one).
+pub const LEASE_WATCH: Duration = Duration::from_secs(1);
 
 /// How often a host looks for types paused or resumed by another host.
 pub const PAUSED_TYPES_REFRESH: Duration = Duration::from_secs(1);
@@ -198,6 +263,8 @@ impl Worker {
         let mut plugins = self.registry.subscribe();
         let mut paused_types = self.control.paused_types.subscribe();
         let parks = self.store.parks_claims();
+        let watching = CancellationToken::new();
+        let watcher = tokio::spawn(self.clone().watch_leases(watching.clone()));
         while !stop.is_cancelled() {
             plugins.borrow_and_update();
             paused_types.borrow_and_update();
@@ -249,6 +316,34 @@ impl Worker {
         }
         executors.close();
         executors.wait().await;
+        watching.cancel();
+        let _ = watcher.await;
+    }
+
+    /// Every [`LEASE_WATCH`], stops the running attempts whose lease no
+    /// longer holds: cancelled through another host (this host's own
+    /// cancels stop theirs at once), or reaped. Until `stop`.
+    async fn watch_leases(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(LEASE_WATCH) => {}
+                () = stop.cancelled() => return,
+            }
+            let held = self.control.held();
+            if held.is_empty() {
+                continue;
+            }
+            match self.store.leases_lost(&held).await {
+                Ok(lost) => {
+                    for id in lost {
+                        self.control.interrupt(id);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not check the leases of running attempts; looking again in a second")
+                }
+            }
+        }
     }
 
     /// The next claim: every loaded plugin with a free slot, starting at the
@@ -496,8 +591,20 @@ impl Worker {
             grants: &plugin.manifest.grants,
             services: &self.services,
         };
+        let limits = job_limits(&plugin.manifest.limits, &job);
+        let running = self.control.attempt_started(job.id, job.token);
         let report = tokio::select! {
-            report = self.runtime.run(&plugin.compiled, &plugin.manifest.limits, input) => report,
+            report = self.runtime.run(&plugin.compiled, &limits, input) => report,
+            () = running.stop.cancelled() => {
+                // Cancelled, or the lease was lost: the store has moved on
+                // and would refuse the outcome.
+                metrics.interrupted.increment(1);
+                tracing::info!(job = job.id, attempt = job.attempt, "attempt stopped: the job was cancelled or its lease lost");
+                drop(running);
+                drop(slots);
+                self.dispatch.freed();
+                return;
+            }
             () = abort.cancelled() => {
                 match self.store.lease_release(job.id, job.token, self.clock.now()).await {
                     Ok(_) => tracing::warn!(job = job.id, "attempt cut short at shutdown; job returned to the queue"),
@@ -610,6 +717,18 @@ impl Worker {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(1));
         }
+    }
+}
+
+/// The limits of one attempt: the plugin's, with the job's own deadline
+/// where it asked for a shorter one (the plugin's caps it).
+fn job_limits(plugin: &Limits, job: &ClaimedJob) -> Limits {
+    let own = job
+        .timeout_ms
+        .map(|ms| Duration::from_millis(u64::from(ms)));
+    Limits {
+        timeout: own.map_or(plugin.timeout, |own| own.min(plugin.timeout)),
+        ..*plugin
     }
 }
 

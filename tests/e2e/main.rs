@@ -595,6 +595,11 @@ async fn submit_options_set_when_a_job_runs_and_its_attempts() {
         "runAt=2999-01-01T00:00:00Z",
         &format!("runAt={in_an_hour}&delay_ms=5"),
         "priority=high",
+        "priority=101",
+        "priority=-101",
+        "priority=1.5",
+        "timeoutMs=0",
+        "timeoutMs=86400001",
     ] {
         let (status, body) = server.post(&format!("/jobs/flaky?{query}"), "{}").await;
         assert_eq!(
@@ -616,6 +621,9 @@ async fn submit_options_set_when_a_job_runs_and_its_attempts() {
         json!({"jobs": [{"payload": {}, "runAt": "soon"}]}),
         json!({"jobs": [{"payload": {}, "runAt": in_an_hour, "delayMs": 5}]}),
         json!({"jobs": [{"payload": {}, "color": "red"}]}),
+        json!({"jobs": [{"payload": {}, "priority": 500}]}),
+        json!({"jobs": [{"payload": {}, "priority": "high"}]}),
+        json!({"jobs": [{"payload": {}, "timeoutMs": 0}]}),
         json!({"jobs": [{"n": 1}]}),
         json!({"jobs": []}),
         json!({"jobs": [{"payload": {}}], "more": 1}),
@@ -629,6 +637,113 @@ async fn submit_options_set_when_a_job_runs_and_its_attempts() {
     }
     let (_, after) = server.admin_get("/admin/metrics/jobs").await;
     assert_eq!(before["total"], after["total"]);
+}
+
+/// Priorities order claims (higher first, first come first served within
+/// one), on the real binary: jobs submitted while their queue is paused run
+/// one at a time in priority order once it resumes. A job's own deadline
+/// stops its attempt, and the plugin's deadline caps it.
+#[tokio::test]
+async fn priorities_order_claims_and_a_jobs_deadline_is_capped_by_its_plugin() {
+    let plugins = Plugins::new().testing(
+        "sleeper",
+        "concurrency = 1\ntimeout_ms = 400\nmax_attempts = 1\n",
+    );
+    let server = Server::start(plugins, &[]).await;
+    let (status, body) = server.admin_post("/admin/queues/sleeper/pause").await;
+    assert_eq!(status, 200, "{body}");
+    let mut submitted = Vec::new();
+    for (name, query) in [
+        ("normal-1", ""),
+        ("low", "?priority=-5"),
+        ("urgent-1", "?priority=10"),
+        ("normal-2", "?priority=0"),
+        ("urgent-2", "?priority=10"),
+    ] {
+        let payload = json!({"ms": 20, "name": name}).to_string();
+        let (status, body) = server
+            .post(&format!("/jobs/sleeper{query}"), &payload)
+            .await;
+        assert_eq!(status, 202, "{body}");
+        submitted.push((name, body["jobId"].as_i64().unwrap()));
+    }
+    // A batch: the query's priority for all, an item's own over it.
+    let batch = json!({"jobs": [
+        {"payload": {"ms": 20, "name": "batch-low"}},
+        {"payload": {"ms": 20, "name": "batch-top"}, "priority": 100},
+    ]});
+    let (status, body) = server
+        .post("/jobs/sleeper/batch?priority=-10", &batch.to_string())
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let ids = body["jobIds"].as_array().unwrap();
+    submitted.push(("batch-low", ids[0].as_i64().unwrap()));
+    submitted.push(("batch-top", ids[1].as_i64().unwrap()));
+    let (status, body) = server.admin_post("/admin/queues/sleeper/resume").await;
+    assert_eq!(status, 200, "{body}");
+
+    let mut runs = Vec::new();
+    for (name, id) in &submitted {
+        let job = server.wait_for(*id, "succeeded").await;
+        let started = job["startedAt"].as_str().unwrap().to_owned();
+        runs.push((started, *name, job["priority"].clone()));
+    }
+    runs.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        runs.iter().map(|(_, name, _)| *name).collect::<Vec<_>>(),
+        [
+            "batch-top",
+            "urgent-1",
+            "urgent-2",
+            "normal-1",
+            "normal-2",
+            "low",
+            "batch-low"
+        ],
+        "{runs:?}"
+    );
+    assert_eq!(
+        runs.iter().map(|(_, _, p)| p.clone()).collect::<Vec<_>>(),
+        [
+            json!(100),
+            json!(10),
+            json!(10),
+            json!(0),
+            json!(0),
+            json!(-5),
+            json!(-10)
+        ]
+    );
+
+    // Its own deadline stops a long attempt...
+    let (status, body) = server
+        .post("/jobs/sleeper?timeoutMs=100", r#"{"ms": 5000}"#)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let short = server
+        .wait_for(body["jobId"].as_i64().unwrap(), "dead")
+        .await;
+    assert_eq!(short["timeoutMs"], 100);
+    assert!(
+        short["lastError"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("timed out after 100 ms")),
+        "{short}"
+    );
+    // ... and asking for more than the plugin allows gets the plugin's.
+    let (_, body) = server
+        .post("/jobs/sleeper?timeoutMs=60000", r#"{"ms": 5000}"#)
+        .await;
+    let capped = server
+        .wait_for(body["jobId"].as_i64().unwrap(), "dead")
+        .await;
+    assert_eq!(capped["timeoutMs"], 60000);
+    assert!(
+        capped["lastError"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("timed out after 400 ms")),
+        "{capped}"
+    );
 }
 
 #[tokio::test]

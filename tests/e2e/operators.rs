@@ -447,3 +447,74 @@ async fn retention_prunes_finished_jobs_and_operators_delete_them() {
         "{counts}"
     );
 }
+
+/// Cancel, on one host: a waiting job never runs; a running job's attempt
+/// is stopped at once (its slot runs the next job), and the job ends
+/// `cancelled`, not retried. A finished job is refused with its state.
+#[tokio::test]
+async fn cancel_stops_a_running_attempt_and_withdraws_a_waiting_job() {
+    let plugins = Plugins::new().testing(
+        "progress",
+        "concurrency = 1\ntimeout_ms = 600000\nmax_attempts = 3\n",
+    );
+    let server = Server::start(plugins, &[]).await;
+    // Reports 10%, then sleeps ten minutes unless stopped.
+    let long = server
+        .submit("progress", r#"{"percent": 10, "ms": 600000}"#)
+        .await;
+    let waiting = server.submit("progress", r#"{"percent": 1}"#).await;
+    let running = server.wait_for(long, "running").await;
+    assert_eq!(server.job(waiting).await["status"], "queued", "{running}");
+    let (status, body) = server
+        .admin_post(&format!("/admin/jobs/{long}/cancel"))
+        .await;
+    assert_eq!(
+        (
+            status,
+            body["status"].as_str(),
+            body["leaseExpiresAt"].is_null()
+        ),
+        (200, Some("cancelled"), true),
+        "{body}"
+    );
+    let last = body["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (&last["from"], &last["to"]),
+        (&json!("running"), &json!("cancelled"))
+    );
+    // The one slot is free at once: the waiting job runs.
+    server.wait_for(waiting, "succeeded").await;
+    let job = server.job(long).await;
+    assert_eq!(
+        (&job["status"], &job["attempts"]),
+        (&json!("cancelled"), &json!(1)),
+        "{job}"
+    );
+    let metrics = server.metrics_text().await;
+    assert!(
+        metrics.contains("jobhost_attempts_interrupted_total{type=\"progress\"} 1"),
+        "{metrics}"
+    );
+    // A queued job is withdrawn before it runs.
+    let (status, _) = server.admin_post("/admin/queues/progress/pause").await;
+    assert_eq!(status, 200);
+    let queued = server.submit("progress", "{}").await;
+    let (code, out, err) = cli(&server, &["jobs", "cancel", &queued.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(&format!("job {queued}  progress  cancelled")),
+        "{out}"
+    );
+    server.admin_post("/admin/queues/progress/resume").await;
+    // Finished jobs stay as they are.
+    for id in [waiting, long] {
+        let state = server.job(id).await["status"].clone();
+        let (status, err) = server.admin_post(&format!("/admin/jobs/{id}/cancel")).await;
+        assert_eq!(
+            (status, err["code"].as_str(), &err["state"]),
+            (409, Some("invalid_job_state"), &state),
+            "{err}"
+        );
+    }
+    assert_eq!(server.job(queued).await["attempts"], 0);
+}

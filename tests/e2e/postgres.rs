@@ -779,3 +779,44 @@ async fn postgres_a_type_paused_on_one_host_waits_on_every_host() {
         a.wait_for(*id, "succeeded").await;
     }
 }
+
+/// A running job cancelled through a host that does not run it: the host
+/// that runs it stops the attempt (it sees the lease gone), the job ends
+/// `cancelled` and is not retried, and the freed slot runs the next job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_job_cancelled_on_one_host_stops_running_on_another() {
+    let db = TestDb::create().await;
+    let flags = [
+        "--database-url",
+        db.url.as_str(),
+        "--poll-interval-ms",
+        "200",
+    ];
+    // One attempt at a time, for ten minutes if nobody stops it.
+    let plugins = || Plugins::new().testing("sleeper", "concurrency = 1\ntimeout_ms = 600000\n");
+    let runner = Server::start(plugins(), &flags).await;
+    let mut paused_flags = flags.to_vec();
+    paused_flags.push("--paused");
+    let other = Server::start(plugins(), &paused_flags).await;
+    let long = other.submit("sleeper", r#"{"ms": 600000}"#).await;
+    runner.wait_for(long, "running").await;
+    let (status, body) = other
+        .admin_post(&format!("/admin/jobs/{long}/cancel"))
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("cancelled")),
+        "{body}"
+    );
+    // The runner's only slot comes free: the next job runs.
+    let next = other.submit("sleeper", r#"{"ms": 1}"#).await;
+    runner.wait_for(next, "succeeded").await;
+    let job = runner.job(long).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert_eq!(job["attempts"], 1, "not retried: {job}");
+    let metrics = runner.metrics_text().await;
+    assert!(
+        metrics.contains("jobhost_attempts_interrupted_total{type=\"sleeper\"} 1"),
+        "{metrics}"
+    );
+}

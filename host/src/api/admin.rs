@@ -1,7 +1,9 @@
 //! `/admin`: operator routes, behind the admin token.
 //!
 //! - `POST /admin/jobs/{id}/replay`: dead → queued with a fresh attempt budget.
-//! - `POST /admin/jobs/{id}/cancel`: queued or scheduled → cancelled.
+//! - `POST /admin/jobs/{id}/cancel`: queued, scheduled or running →
+//!   cancelled. A running attempt is stopped: at once on this host, within
+//!   a second on another ([`crate::worker::LEASE_WATCH`]).
 //! - `POST /admin/dlq/replay`: every dead job a filter picks (type, ids,
 //!   error text, or all) → queued, in one transaction.
 //! - `DELETE /admin/jobs?state=&olderThan=[&type=]`: deletes the finished
@@ -378,7 +380,11 @@ async fn set_queue_paused(
     ))
 }
 
-/// Cancels a job that has not started (queued or scheduled).
+/// Cancels a job that has not finished (queued, scheduled or running).
+///
+/// A running job ends `cancelled`, not retried: its attempt is stopped
+/// wherever it runs (at once on this host, within a second on another), and
+/// whatever it does after the cancel is not recorded.
 #[utoipa::path(
     post,
     path = "/jobs/{id}/cancel",
@@ -408,10 +414,13 @@ async fn cancel(
                 id,
                 state,
                 action: "cancelled",
-                allowed: "queued or scheduled",
+                allowed: "queued, scheduled or running",
             },
             other => other.into(),
         })?;
+    // Committed: a running attempt on this host stops now (other hosts'
+    // workers see the lease gone).
+    app.workers.interrupt(job_id);
     Ok(Json(render_job(
         &record,
         &events_after_commit(&app, job_id).await,

@@ -4,12 +4,13 @@
 //!   `Content-Type` says (`curl -d` sends form encoding). Idempotency key from
 //!   the `Idempotency-Key` header, else the payload's `idempotencyKey` field.
 //!   Options in the query: `delay_ms=N` or `runAt=<RFC 3339>` (when it is
-//!   due), `maxAttempts=N`. Answers `202 {"jobId", "status"}` once the job is
+//!   due), `maxAttempts=N`, `priority=N` (-100 to 100, higher first) and
+//!   `timeoutMs=N` (per attempt; the plugin's own timeout caps it). Answers `202 {"jobId", "status"}` once the job is
 //!   durably committed, or `200 {"jobId", "status", "duplicate": true}` if
 //!   the key was used before.
 //! - `POST /jobs/{type}/batch`: the body is a JSON array of payloads, or
 //!   `{"jobs": [{"payload", "idempotencyKey", "runAt" | "delayMs",
-//!   "maxAttempts"}]}` (at most [`MAX_BATCH`]); all are committed in one
+//!   "maxAttempts", "priority", "timeoutMs"}]}` (at most [`MAX_BATCH`]); all are committed in one
 //!   transaction, or none. The query's options hold for every job, an item's
 //!   own over them. Answers `202 {"jobIds": [...], "created": n,
 //!   "duplicates": m}` with the ids in the order of the jobs.
@@ -30,7 +31,7 @@ use super::{ApiError, AppState, MAX_BATCH, MAX_IDEMPOTENCY_KEY, PathParam};
 use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobRecord, JobState};
 use crate::plugins::Handler;
-use crate::store::{Enqueued, JobQuery, MAX_LIST, NewJob};
+use crate::store::{Enqueued, JobQuery, MAX_LIST, NewJob, PRIORITIES};
 
 /// Longest delay a job may be submitted with: one year.
 const MAX_DELAY_MS: u64 = 365 * 24 * 3600 * 1000;
@@ -67,6 +68,8 @@ fn handler_for(app: &AppState, job_type: String) -> Result<Arc<Handler>, ApiErro
         ("delay_ms" = Option<u64>, Query, description = "Run it no sooner than this many ms from now (at most a year)"),
         ("runAt" = Option<String>, Query, description = "Or: run it no sooner than this time (RFC 3339, UTC, such as 2026-12-03T09:00:00Z; at most a year ahead; a past time is now)"),
         ("maxAttempts" = Option<u32>, Query, description = "Attempts before the dead-letter queue, 1 to 1,000 (default: the plugin manifest's)"),
+        ("priority" = Option<i16>, Query, description = "-100 to 100 (default 0): higher is claimed first, first come first served within a priority"),
+        ("timeoutMs" = Option<u32>, Query, description = "Deadline per attempt in ms, 1 to 86,400,000; the plugin manifest's `timeout_ms` caps it"),
         ("Idempotency-Key" = Option<String>, Header, description = "1 to 200 bytes; else the payload's `idempotencyKey` field. Resubmitting with a used key returns that job."),
     ),
     request_body(content = Object, description = "The payload: any JSON document", content_type = "application/json"),
@@ -104,6 +107,8 @@ async fn submit(
         idempotency_key,
         max_attempts: options.max_attempts(&handler),
         run_at: options.run_at(now),
+        priority: options.priority.unwrap_or(0),
+        timeout_ms: options.timeout_ms,
     };
     match app.store.job_insert(job, now).await? {
         Enqueued::Created { id, state } => {
@@ -134,8 +139,10 @@ async fn submit(
         ("delay_ms" = Option<u64>, Query, description = "Run them no sooner than this many ms from now"),
         ("runAt" = Option<String>, Query, description = "Or: no sooner than this time (RFC 3339, UTC)"),
         ("maxAttempts" = Option<u32>, Query, description = "Attempts before the dead-letter queue, 1 to 1,000"),
+        ("priority" = Option<i16>, Query, description = "-100 to 100 (default 0): higher is claimed first"),
+        ("timeoutMs" = Option<u32>, Query, description = "Deadline per attempt in ms, capped by the plugin manifest's"),
     ),
-    request_body(content = [Object], description = "1 to 10,000 jobs: an array of payloads (each may carry its own `idempotencyKey`), all with the query's options; or `{\"jobs\": [{\"payload\": ..., \"idempotencyKey\": ..., \"runAt\" or \"delayMs\": ..., \"maxAttempts\": ...}]}`, each item's options over the query's", content_type = "application/json"),
+    request_body(content = [Object], description = "1 to 10,000 jobs: an array of payloads (each may carry its own `idempotencyKey`), all with the query's options; or `{\"jobs\": [{\"payload\": ..., \"idempotencyKey\": ..., \"runAt\" or \"delayMs\": ..., \"maxAttempts\": ..., \"priority\": ..., \"timeoutMs\": ...}]}`, each item's options over the query's", content_type = "application/json"),
     responses(
         (status = 202, description = "Committed; ids in the order of the array (a used key gives its job's id)", body = Object,
          example = json!({"jobIds": [18, 19, 17], "created": 2, "duplicates": 1})),
@@ -226,6 +233,8 @@ fn batch_payloads(
                 idempotency_key,
                 max_attempts,
                 run_at,
+                priority: options.priority.unwrap_or(0),
+                timeout_ms: options.timeout_ms,
             })
         })
         .collect()
@@ -248,7 +257,7 @@ fn batch_items(
     }
     let items: Items = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::InvalidBatch(format!(
-            "the object form is {{\"jobs\": [{{\"payload\": ..., \"idempotencyKey\", \"runAt\" or \"delayMs\", \"maxAttempts\"}}, ...]}}: {e}"
+            "the object form is {{\"jobs\": [{{\"payload\": ..., \"idempotencyKey\", \"runAt\" or \"delayMs\", \"maxAttempts\", \"priority\", \"timeoutMs\"}}, ...]}}: {e}"
         ))
     })?;
     batch_size(items.jobs.len())?;
@@ -271,6 +280,8 @@ fn batch_items(
                 idempotency_key,
                 max_attempts: own.max_attempts(handler),
                 run_at: own.run_at(now),
+                priority: own.priority.unwrap_or(0),
+                timeout_ms: own.timeout_ms,
             })
         })
         .collect()
@@ -286,6 +297,8 @@ struct Item<'a> {
     run_at: Option<String>,
     delay_ms: Option<u64>,
     max_attempts: Option<u32>,
+    priority: Option<i64>,
+    timeout_ms: Option<u64>,
 }
 
 fn batch_size(n: usize) -> Result<(), ApiError> {
@@ -439,6 +452,8 @@ pub(super) fn render_job(job: &JobRecord, events: &[JobEvent]) -> Value {
         "idempotencyKey": job.idempotency_key,
         "attempts": job.attempt,
         "maxAttempts": job.max_attempts,
+        "priority": job.priority,
+        "timeoutMs": job.timeout_ms,
         "nextAttemptAt": waiting.then(|| job.run_at.to_rfc3339()),
         "lastError": job.last_error,
         "result": job.result.as_deref().map(raw_json),
@@ -476,6 +491,10 @@ struct SubmitOptions {
     due: Due,
     /// Instead of the manifest's `max_attempts`.
     max_attempts: Option<u32>,
+    /// Higher is claimed first (0 if not given).
+    priority: Option<i16>,
+    /// A deadline per attempt shorter than the manifest's.
+    timeout_ms: Option<u32>,
 }
 
 /// When a job is due.
@@ -490,8 +509,8 @@ enum Due {
 }
 
 impl SubmitOptions {
-    /// The options of the query string: `delay_ms` or `runAt`, and
-    /// `maxAttempts`.
+    /// The options of the query string: `delay_ms` or `runAt`,
+    /// `maxAttempts`, `priority` and `timeoutMs`.
     fn from_query(query: Option<&str>, now: Timestamp) -> Result<SubmitOptions, ApiError> {
         let mut options = SubmitOptions::default();
         for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
@@ -502,9 +521,11 @@ impl SubmitOptions {
                     .set_due(run_at(&value, now).map_err(bad)?)
                     .map_err(bad)?,
                 "maxAttempts" => options.max_attempts = Some(max_attempts(&value).map_err(bad)?),
+                "priority" => options.priority = Some(priority(&value).map_err(bad)?),
+                "timeoutMs" => options.timeout_ms = Some(timeout_ms(&value).map_err(bad)?),
                 _ => {
                     return Err(ApiError::InvalidQuery(format!(
-                        "unknown parameter {name:?}; the parameters are delay_ms, runAt and maxAttempts"
+                        "unknown parameter {name:?}; the parameters are delay_ms, runAt, maxAttempts, priority and timeoutMs"
                     )));
                 }
             }
@@ -521,7 +542,7 @@ impl SubmitOptions {
     }
 
     /// A batch item's own options over these: its `runAt` or `delayMs`
-    /// replaces when it is due, its `maxAttempts` the attempts.
+    /// replaces when it is due, each of its other options the query's.
     fn with_item(self, item: &Item, now: Timestamp) -> Result<SubmitOptions, String> {
         let mut own = SubmitOptions::default();
         if let Some(ms) = item.delay_ms {
@@ -533,6 +554,12 @@ impl SubmitOptions {
         if let Some(n) = item.max_attempts {
             own.max_attempts = Some(max_attempts(&n.to_string())?);
         }
+        if let Some(n) = item.priority {
+            own.priority = Some(priority(&n.to_string())?);
+        }
+        if let Some(ms) = item.timeout_ms {
+            own.timeout_ms = Some(timeout_ms(&ms.to_string())?);
+        }
         Ok(SubmitOptions {
             due: if own.due == Due::Now {
                 self.due
@@ -540,6 +567,8 @@ impl SubmitOptions {
                 own.due
             },
             max_attempts: own.max_attempts.or(self.max_attempts),
+            priority: own.priority.or(self.priority),
+            timeout_ms: own.timeout_ms.or(self.timeout_ms),
         })
     }
 
@@ -591,6 +620,29 @@ fn max_attempts(v: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("maxAttempts must be 1 to {MAX_ATTEMPTS}, not {v:?}"))
 }
 
+fn priority(v: &str) -> Result<i16, String> {
+    v.parse::<i16>()
+        .ok()
+        .filter(|n| PRIORITIES.contains(n))
+        .ok_or_else(|| {
+            format!(
+                "priority must be a whole number from {} to {}, not {v:?}",
+                PRIORITIES.start(),
+                PRIORITIES.end()
+            )
+        })
+}
+
+/// The longest deadline a submission may ask for (as a manifest may).
+const MAX_TIMEOUT_MS: u32 = 24 * 3600 * 1000;
+
+fn timeout_ms(v: &str) -> Result<u32, String> {
+    v.parse::<u32>()
+        .ok()
+        .filter(|ms| (1..=MAX_TIMEOUT_MS).contains(ms))
+        .ok_or_else(|| format!("timeoutMs must be 1 to {MAX_TIMEOUT_MS} milliseconds, not {v:?}"))
+}
+
 async fn read_body(
     body: Body,
     headers: &HeaderMap,
@@ -632,7 +684,6 @@ fn idempotency_key(headers: &HeaderMap, payload: &Value) -> Result<Option<String
     checked_key(key)
 }
 
-/// The payload's own `idempotencyKey` field, checked.
 /// The `idempotencyKey` of a batch payload kept as sent (only an object
 /// can carry one).
 fn raw_payload_key(text: &str) -> Result<Option<String>, ApiError> {
@@ -644,6 +695,7 @@ fn raw_payload_key(text: &str) -> Result<Option<String>, ApiError> {
     payload_key(&value)
 }
 
+/// The payload's own `idempotencyKey` field, checked.
 fn payload_key(payload: &Value) -> Result<Option<String>, ApiError> {
     let key = match payload.get("idempotencyKey") {
         None | Some(Value::Null) => None,

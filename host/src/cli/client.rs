@@ -53,6 +53,13 @@ pub enum JobsCommand {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Cancels a job that has not finished; a running attempt is stopped
+    /// wherever it runs.
+    Cancel {
+        id: i64,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Deletes finished jobs, with their history: retention by hand.
     Delete {
         /// succeeded, dead or cancelled.
@@ -110,6 +117,12 @@ pub struct Enqueue {
     /// Attempts before the dead-letter queue (default: the plugin's).
     #[arg(long)]
     max_attempts: Option<u32>,
+    /// -100 to 100 (default 0): higher is run first.
+    #[arg(long, allow_hyphen_values = true)]
+    priority: Option<i16>,
+    /// Deadline per attempt in milliseconds (the plugin's own caps it).
+    #[arg(long)]
+    timeout_ms: Option<u32>,
     #[command(flatten)]
     conn: Connection,
 }
@@ -220,6 +233,12 @@ pub fn enqueue(args: Enqueue) -> anyhow::Result<()> {
     if let Some(n) = args.max_attempts {
         options.push(format!("maxAttempts={n}"));
     }
+    if let Some(n) = args.priority {
+        options.push(format!("priority={n}"));
+    }
+    if let Some(ms) = args.timeout_ms {
+        options.push(format!("timeoutMs={ms}"));
+    }
     let mut path = format!("/jobs/{}", args.job_type);
     if !options.is_empty() {
         path.push_str(&format!("?{}", options.join("&")));
@@ -247,6 +266,14 @@ pub fn jobs(command: JobsCommand) -> anyhow::Result<()> {
         JobsCommand::Get { id, conn } => {
             let answer =
                 block_on(conn.send(reqwest::Method::GET, &format!("/jobs/{id}"), None, None))?;
+            if let Some(job) = conn.accept(answer)? {
+                print_job(&job);
+            }
+            Ok(())
+        }
+        JobsCommand::Cancel { id, conn } => {
+            let path = format!("/admin/jobs/{id}/cancel");
+            let answer = block_on(conn.send(reqwest::Method::POST, &path, None, None))?;
             if let Some(job) = conn.accept(answer)? {
                 print_job(&job);
             }
@@ -400,11 +427,15 @@ fn print_job(job: &Value) {
         text(&job["status"])
     );
     println!("  attempts   {}/{}", job["attempts"], job["maxAttempts"]);
+    if job["priority"].as_i64().is_some_and(|p| p != 0) {
+        println!("  priority   {}", job["priority"]);
+    }
     for (label, field) in [
         ("created", "createdAt"),
         ("next try", "nextAttemptAt"),
         ("finished", "finishedAt"),
         ("progress", "progress"),
+        ("timeout ms", "timeoutMs"),
         ("plugin", "pluginDigest"),
         ("last error", "lastError"),
     ] {

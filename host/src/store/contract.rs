@@ -20,6 +20,8 @@ fn new_job(job_type: &str, key: Option<&str>) -> NewJob {
         idempotency_key: key.map(Into::into),
         max_attempts: 3,
         run_at: T0,
+        priority: 0,
+        timeout_ms: None,
     }
 }
 
@@ -360,6 +362,81 @@ pub async fn claim_takes_oldest_due_of_one_type_and_counts_the_attempt(s: &dyn S
         events.last().unwrap().plugin_digest.as_deref(),
         Some("sha256:test")
     );
+}
+
+/// Claims take the highest priority first and, within a priority, the
+/// oldest due first (then the lowest id); a job's priority and deadline
+/// are kept as submitted, by one insert or a batch, and through a retry.
+pub async fn claims_take_the_highest_priority_first_fifo_within_one(s: &dyn Store) {
+    let job = |priority: i16, due: u32| NewJob {
+        priority,
+        run_at: T0.plus(SECOND * due),
+        ..new_job("email", None)
+    };
+    // Inserted out of order: late normal, early low, two urgent (the
+    // later-due one first), early normal.
+    let normal_late = insert(s, job(0, 2)).await;
+    let low = insert(s, job(-100, 0)).await;
+    let urgent_late = insert(s, job(100, 1)).await;
+    let batch = s
+        .job_insert_batch(
+            vec![
+                job(100, 0),
+                NewJob {
+                    timeout_ms: Some(250),
+                    ..job(0, 0)
+                },
+            ],
+            T0,
+        )
+        .await
+        .unwrap();
+    let [
+        Enqueued::Created {
+            id: urgent_early, ..
+        },
+        Enqueued::Created {
+            id: normal_early, ..
+        },
+    ] = batch[..]
+    else {
+        panic!("two new jobs: {batch:?}")
+    };
+    let now = T0.plus(3 * SECOND);
+    s.job_promote(now).await.unwrap();
+    let first = s.job_claim(claim_req("email", 3, 1, now)).await.unwrap();
+    assert_eq!(
+        first.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [urgent_early, urgent_late, normal_early],
+        "the two urgent jobs, oldest due first, then the oldest normal one"
+    );
+    assert_eq!(
+        first
+            .iter()
+            .map(|j| (j.priority, j.timeout_ms))
+            .collect::<Vec<_>>(),
+        [(100, None), (100, None), (0, Some(250))]
+    );
+    let record = s.job_get(normal_early).await.unwrap().unwrap();
+    assert_eq!((record.priority, record.timeout_ms), (0, Some(250)));
+    // A retry keeps its priority: due again, it goes before the normal job
+    // and the low one.
+    let retry = Outcome::Retry {
+        error: "again".into(),
+        run_at: now,
+    };
+    assert!(
+        s.job_complete(completion(&first[0], retry, now))
+            .await
+            .unwrap()
+    );
+    s.job_promote(now).await.unwrap();
+    let rest = s.job_claim(claim_req("email", 10, 2, now)).await.unwrap();
+    assert_eq!(
+        rest.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [urgent_early, normal_late, low]
+    );
+    assert_eq!(s.job_get(low).await.unwrap().unwrap().priority, -100);
 }
 
 pub async fn concurrent_claims_hand_each_job_to_one_claimer(s: Arc<dyn Store>) {
@@ -741,7 +818,7 @@ pub async fn replay_moves_only_dead_jobs_with_a_fresh_budget(s: &dyn Store) {
     );
 }
 
-pub async fn cancel_withdraws_only_waiting_jobs(s: &dyn Store) {
+pub async fn cancel_withdraws_waiting_and_running_jobs(s: &dyn Store) {
     let queued = insert(s, new_job("email", None)).await;
     let scheduled = insert(
         s,
@@ -766,15 +843,64 @@ pub async fn cancel_withdraws_only_waiting_jobs(s: &dyn Store) {
             ..
         })
     ));
+    // A running job: cancelled, its lease taken away.
     let running = insert(s, new_job("email", None)).await;
-    s.job_claim(claim_req("email", 1, 1, T0)).await.unwrap();
+    let other = insert(s, new_job("email", None)).await;
+    let leased = s.job_claim(claim_req("email", 2, 1, T0)).await.unwrap();
+    assert_eq!(leased.len(), 2);
+    let held: Vec<(JobId, i64)> = leased.iter().map(|j| (j.id, j.token)).collect();
+    assert!(s.leases_lost(&held).await.unwrap().is_empty());
+    let cancelled = s.job_cancel(running, T0.plus(SECOND)).await.unwrap();
+    assert_eq!(
+        (
+            cancelled.state,
+            cancelled.lease_expires_at,
+            cancelled.finished_at
+        ),
+        (JobState::Cancelled, None, Some(T0.plus(SECOND)))
+    );
+    // The worker that holds it learns so; the other lease still holds, and
+    // a lease never held (a wrong token, an unknown job) is lost.
+    assert_eq!(s.leases_lost(&held).await.unwrap(), [running]);
+    assert_eq!(
+        s.leases_lost(&[(other, 999), (other + 1000, 1)])
+            .await
+            .unwrap(),
+        [other, other + 1000]
+    );
+    // Its attempt's end changes nothing: it never completes as succeeded,
+    // nor reports progress.
+    let attempt = leased.iter().find(|j| j.id == running).unwrap();
+    let ok = Outcome::Succeeded { result: None };
+    assert!(
+        !s.job_complete(completion(attempt, ok, T0.plus(2 * SECOND)))
+            .await
+            .unwrap()
+    );
+    assert!(!s.job_progress(running, attempt.token, 50).await.unwrap());
+    assert_eq!(state(s, running).await, JobState::Cancelled);
+    let history = s.job_events(running).await.unwrap();
+    let last = history.last().unwrap();
+    assert_eq!(
+        (last.from, last.to),
+        (Some(JobState::Running), JobState::Cancelled)
+    );
+    // A finished job is not cancelled.
+    let done = leased.iter().find(|j| j.id == other).unwrap();
+    let ok = Outcome::Succeeded { result: None };
+    assert!(s.job_complete(completion(done, ok, T0)).await.unwrap());
     assert!(matches!(
-        s.job_cancel(running, T0).await,
+        s.job_cancel(other, T0).await,
         Err(StoreError::WrongState {
-            state: JobState::Running,
+            state: JobState::Succeeded,
             ..
         })
     ));
+    // Nor is the cancelled one reaped when its lease would have expired.
+    let reaped = s.lease_reap(T0.plus(3600 * SECOND)).await.unwrap();
+    assert!(reaped.requeued.iter().all(|m| m.id != running));
+    assert!(reaped.dead.iter().all(|b| b.id != running));
+    assert_eq!(state(s, running).await, JobState::Cancelled);
     // A cancelled job is never claimed or promoted.
     assert!(s.job_promote(T0.plus(SECOND)).await.unwrap().is_empty());
     assert!(
@@ -1357,6 +1483,7 @@ macro_rules! store_contract_tests {
         scenario!(delayed_jobs_wait_for_the_promoter);
         scenario!(a_claim_sees_every_way_a_job_becomes_ready);
         scenario!(claim_takes_oldest_due_of_one_type_and_counts_the_attempt);
+        scenario!(claims_take_the_highest_priority_first_fifo_within_one);
         scenario!(concurrent_claims_hand_each_job_to_one_claimer, shared);
         scenario!(a_failing_write_fails_alone, shared);
         scenario!(concurrent_completions_apply_once_each, shared);
@@ -1366,7 +1493,7 @@ macro_rules! store_contract_tests {
         scenario!(reaper_sends_an_expired_last_attempt_to_the_dlq);
         scenario!(release_returns_the_job_without_spending_the_attempt);
         scenario!(replay_moves_only_dead_jobs_with_a_fresh_budget);
-        scenario!(cancel_withdraws_only_waiting_jobs);
+        scenario!(cancel_withdraws_waiting_and_running_jobs);
         scenario!(counts_per_state_and_type);
         scenario!(the_listing_pages_newest_first);
         scenario!(paused_types_are_kept_until_resumed);
@@ -1417,7 +1544,7 @@ mod postgres {
         let (store, db) = crate::testing::postgres_store().await;
         let other = PgStore::open(&db.url, Default::default()).await.unwrap();
         super::a_claim_sees_every_way_a_job_becomes_ready(&store).await;
-        super::cancel_withdraws_only_waiting_jobs(&other).await;
+        super::cancel_withdraws_waiting_and_running_jobs(&other).await;
         super::retry_schedules_and_dead_records_the_error(&store).await;
         super::reaper_sends_an_expired_last_attempt_to_the_dlq(&other).await;
         // Two stores (two hosts) enqueue, claim and complete the same type at
@@ -1553,7 +1680,7 @@ mod sqlite {
         use sqlx::Connection;
         let (store, url, _dir) = store_in_file().await;
         super::a_claim_sees_every_way_a_job_becomes_ready(&store).await;
-        super::cancel_withdraws_only_waiting_jobs(&store).await;
+        super::cancel_withdraws_waiting_and_running_jobs(&store).await;
         store.close().await;
         let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
         let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM job_events")
@@ -1627,7 +1754,7 @@ mod sqlite {
         use sqlx::Connection;
         let (store, url, _dir) = store_in_file().await;
         super::a_claim_sees_every_way_a_job_becomes_ready(&store).await;
-        super::cancel_withdraws_only_waiting_jobs(&store).await;
+        super::cancel_withdraws_waiting_and_running_jobs(&store).await;
         super::retry_schedules_and_dead_records_the_error(&store).await;
         super::reaper_sends_an_expired_last_attempt_to_the_dlq(&store).await;
         let kept = store.counts_by_type().await.unwrap();

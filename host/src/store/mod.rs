@@ -43,7 +43,14 @@ pub struct NewJob {
     pub max_attempts: u32,
     /// When it becomes due: `<= now` means queued at once, later means scheduled.
     pub run_at: Timestamp,
+    /// Higher is claimed first ([`PRIORITIES`]); FIFO within a priority.
+    pub priority: i16,
+    /// Its own deadline per attempt, when shorter than its plugin's.
+    pub timeout_ms: Option<u32>,
 }
+
+/// The priorities a job may have; 0 is the default.
+pub const PRIORITIES: std::ops::RangeInclusive<i16> = -100..=100;
 
 /// What an enqueue did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +121,17 @@ pub struct ClaimedJob {
     /// When the client's request made it due: start of its queueing latency.
     pub run_at: Timestamp,
     pub token: i64,
+    pub priority: i16,
+    /// The job's own deadline per attempt, if it set one.
+    pub timeout_ms: Option<u32>,
+}
+
+impl ClaimedJob {
+    /// The order claims hand jobs out in: highest priority first, then
+    /// oldest due.
+    pub fn claim_order(&self) -> (std::cmp::Reverse<i16>, Timestamp, JobId) {
+        (std::cmp::Reverse(self.priority), self.run_at, self.id)
+    }
 }
 
 /// How an attempt ended, as the store records it.
@@ -351,6 +369,12 @@ pub trait Store: Send + Sync + 'static {
     /// (graceful shutdown). Fenced like `job_complete`.
     async fn lease_release(&self, id: JobId, token: i64, now: Timestamp) -> StoreResult<bool>;
 
+    /// Of the leases `held` (job id, lease token), the ones that no longer
+    /// hold their job: it was cancelled while running, or reaped and
+    /// perhaps leased again. The worker stops those attempts: nothing they
+    /// do can be recorded.
+    async fn leases_lost(&self, held: &[(JobId, i64)]) -> StoreResult<Vec<JobId>>;
+
     /// Moves every running job whose lease expired at or before `now` back to
     /// `queued`, or to `dead` if that was its last attempt.
     async fn lease_reap(&self, now: Timestamp) -> StoreResult<Reaped>;
@@ -364,7 +388,9 @@ pub trait Store: Send + Sync + 'static {
     /// dead → queued with a fresh attempt budget.
     async fn job_replay(&self, id: JobId, now: Timestamp) -> StoreResult<JobRecord>;
 
-    /// queued | scheduled → cancelled.
+    /// queued | scheduled | running → cancelled. A running job's lease is
+    /// taken away with it: its attempt's completion is fenced out (and the
+    /// worker stops the attempt when it sees, [`Store::leases_lost`]).
     async fn job_cancel(&self, id: JobId, now: Timestamp) -> StoreResult<JobRecord>;
 
     /// Pauses (`paused`) or resumes claims of `job_type` on every host

@@ -30,6 +30,11 @@ fn count(row: &impl Row, col: &str) -> StoreResult<u32> {
     u32::try_from(v).map_err(|_| StoreError::Backend(format!("{col} out of range: {v}")))
 }
 
+fn small(row: &impl Row, col: &str) -> StoreResult<i16> {
+    let v = int(row, col)?;
+    i16::try_from(v).map_err(|_| StoreError::Backend(format!("{col} out of range: {v}")))
+}
+
 /// A row of `jobs` (every column).
 pub(crate) fn record_of(row: &impl Row) -> StoreResult<JobRecord> {
     Ok(JobRecord {
@@ -50,6 +55,10 @@ pub(crate) fn record_of(row: &impl Row) -> StoreResult<JobRecord> {
         started_at: row.int("started_at")?.map(Timestamp),
         finished_at: row.int("finished_at")?.map(Timestamp),
         progress: row.int("progress")?.map(|p| p.clamp(0, 100) as u8),
+        priority: small(row, "priority")?,
+        timeout_ms: row
+            .int("timeout_ms")?
+            .map(|ms| u32::try_from(ms).unwrap_or(u32::MAX)),
     })
 }
 

@@ -1,6 +1,6 @@
-//! Claims: lease the oldest due jobs of a type. `FOR UPDATE SKIP LOCKED`
-//! hands each job to one claimer however many hosts claim at once; the
-//! lease and its events are one statement.
+//! Claims: lease the first jobs of a type (highest priority, then oldest
+//! due). `FOR UPDATE SKIP LOCKED` hands each job to one claimer however many
+//! hosts claim at once; the lease and its events are one statement.
 
 use std::time::Instant;
 
@@ -14,21 +14,23 @@ use crate::telemetry;
 const CLAIM: &str = "
     WITH picked AS (
         SELECT id FROM jobs WHERE state = 'queued' AND job_type = $5
-        ORDER BY run_at, id LIMIT $6
+        ORDER BY priority DESC, run_at, id LIMIT $6
         FOR UPDATE SKIP LOCKED
     ), leased AS (
         UPDATE jobs SET state = 'running', attempt = jobs.attempt + 1, lease_owner = $1,
                lease_token = $2, lease_expires_at = $3, started_at = $4, updated_at = $4,
                progress = NULL
         FROM picked WHERE jobs.id = picked.id
-        RETURNING jobs.id, jobs.payload, jobs.attempt, jobs.max_attempts, jobs.run_at
+        RETURNING jobs.id, jobs.payload, jobs.attempt, jobs.max_attempts, jobs.run_at,
+                  jobs.priority, jobs.timeout_ms
     ), events AS (
         INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, plugin_digest)
         SELECT id, $4, 'queued', 'running', attempt, $7, $8 FROM leased
     )
-    SELECT id, payload, attempt, max_attempts, run_at FROM leased";
+    SELECT id, payload, attempt, max_attempts, run_at, priority, timeout_ms FROM leased";
 
-/// Leases up to `req.limit` queued jobs of one type, oldest due first.
+/// Leases up to `req.limit` queued jobs of one type, highest priority
+/// first, oldest due first within a priority.
 pub(super) async fn claim(pool: &PgPool, req: &ClaimRequest) -> StoreResult<Vec<ClaimedJob>> {
     if req.limit == 0 {
         return Ok(Vec::new());
@@ -63,9 +65,13 @@ pub(super) async fn claim(pool: &PgPool, req: &ClaimRequest) -> StoreResult<Vec<
                 max_attempts: count("max_attempts")?,
                 run_at: Timestamp(r.try_get("run_at")?),
                 token: req.token,
+                priority: i16::try_from(r.try_get::<i64, _>("priority")?).unwrap_or(0),
+                timeout_ms: r
+                    .try_get::<Option<i64>, _>("timeout_ms")?
+                    .map(|ms| u32::try_from(ms).unwrap_or(u32::MAX)),
             })
         })
         .collect::<StoreResult<Vec<_>>>()?;
-    jobs.sort_by_key(|j| (j.run_at, j.id));
+    jobs.sort_by_key(ClaimedJob::claim_order);
     Ok(jobs)
 }

@@ -22,11 +22,15 @@ fn initial_state(job: &NewJob, now: Timestamp) -> JobState {
 const INSERT_MANY: &str = "
     WITH input AS MATERIALIZED (
         SELECT nextval('jobs_id_seq') AS id, r.*
-        FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])
-             WITH ORDINALITY AS r (job_type, state, payload, max_attempts, run_at, created_at, n)
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
+                    $7::bigint[], $8::bigint[])
+             WITH ORDINALITY AS r (job_type, state, payload, max_attempts, run_at, created_at,
+                                   priority, timeout_ms, n)
     ), created AS (
-        INSERT INTO jobs (id, job_type, state, payload, max_attempts, run_at, created_at, updated_at)
-        SELECT id, job_type, state, payload, max_attempts, run_at, created_at, created_at
+        INSERT INTO jobs (id, job_type, state, payload, max_attempts, run_at, created_at, updated_at,
+                          priority, timeout_ms)
+        SELECT id, job_type, state, payload, max_attempts, run_at, created_at, created_at,
+               priority, timeout_ms
         FROM input ORDER BY n
         RETURNING id, state, created_at
     ), events AS (
@@ -70,6 +74,16 @@ pub(super) async fn insert_many(
                 .map(|(_, now)| now.as_micros())
                 .collect::<Vec<_>>(),
         )
+        .bind(
+            jobs.iter()
+                .map(|(j, _)| i64::from(j.priority))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            jobs.iter()
+                .map(|(j, _)| j.timeout_ms.map(i64::from))
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&mut *conn)
         .await?;
     Ok(ids
@@ -82,8 +96,8 @@ pub(super) async fn insert_many(
 const INSERT_KEYED: &str = "
     WITH created AS (
         INSERT INTO jobs (job_type, state, payload, idempotency_key, max_attempts, run_at,
-                          created_at, updated_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+                          created_at, updated_at, priority, timeout_ms)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)
         ON CONFLICT (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING id, state, created_at
     ), events AS (
@@ -108,6 +122,8 @@ pub(super) async fn insert(
         .bind(i64::from(job.max_attempts))
         .bind(job.run_at.as_micros())
         .bind(now.as_micros())
+        .bind(i64::from(job.priority))
+        .bind(job.timeout_ms.map(i64::from))
         .fetch_optional(&mut *conn)
         .await?;
     if let Some(id) = created {

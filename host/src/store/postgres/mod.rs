@@ -327,6 +327,13 @@ impl Store for PgStore {
         upkeep::replay(&self.pool, id, now).await
     }
 
+    async fn leases_lost(&self, held: &[(JobId, i64)]) -> StoreResult<Vec<JobId>> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.read(|| reads::leases_lost(&self.pool, held)).await
+    }
+
     async fn job_cancel(&self, id: JobId, now: Timestamp) -> StoreResult<JobRecord> {
         self.open_for_work()?;
         upkeep::cancel(&self.pool, id, now).await

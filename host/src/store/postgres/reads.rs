@@ -109,3 +109,19 @@ pub(super) async fn list(
     let rows = query.fetch_all(pool).await?;
     rows.iter().map(record_of).collect()
 }
+
+/// [`crate::store::Store::leases_lost`], each lease looked up by the
+/// primary key.
+pub(super) async fn leases_lost(pool: &PgPool, held: &[(JobId, i64)]) -> StoreResult<Vec<JobId>> {
+    let (ids, tokens): (Vec<i64>, Vec<i64>) = held.iter().copied().unzip();
+    Ok(sqlx::query_scalar(
+        "SELECT h.id FROM unnest($1::bigint[], $2::bigint[]) AS h (id, token)
+         WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = h.id AND jobs.state = 'running'
+                                                AND jobs.lease_token = h.token)
+         ORDER BY 1",
+    )
+    .bind(ids)
+    .bind(tokens)
+    .fetch_all(pool)
+    .await?)
+}

@@ -219,8 +219,9 @@ const CANCEL: &str = "
     WITH old AS (
         SELECT id, state FROM jobs WHERE id = $2 FOR UPDATE
     ), cancelled AS (
-        UPDATE jobs SET state = 'cancelled', finished_at = $1, updated_at = $1
-        FROM old WHERE jobs.id = old.id AND old.state IN ('queued', 'scheduled')
+        UPDATE jobs SET state = 'cancelled', finished_at = $1, updated_at = $1,
+                        lease_token = NULL, lease_expires_at = NULL
+        FROM old WHERE jobs.id = old.id AND old.state IN ('queued', 'scheduled', 'running')
         RETURNING jobs.*, old.state AS from_state
     ), events AS (
         INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)

@@ -1,4 +1,5 @@
-//! Claims: lease the oldest due jobs of a type, and write their events from
+//! Claims: lease the first jobs of a type (highest priority, then oldest
+//! due), and write their events from
 //! the leased rows.
 
 use std::time::Instant;
@@ -86,6 +87,8 @@ pub(super) fn claim(
                     max_attempts: r.get(3)?,
                     run_at: Timestamp(r.get(4)?),
                     token: req.token,
+                    priority: r.get(5)?,
+                    timeout_ms: r.get(6)?,
                 })
             },
         )?
@@ -98,7 +101,7 @@ pub(super) fn claim(
         req.token,
     ])?;
     metrics::histogram!(telemetry::CLAIM_DURATION).record(started.elapsed());
-    jobs.sort_by_key(|j| (j.run_at, j.id));
+    jobs.sort_by_key(ClaimedJob::claim_order);
     if jobs.len() < req.limit {
         tx.found_empty.push((req.job_type.clone(), tx.last_phase));
     }
@@ -112,7 +115,8 @@ pub(super) fn claim(
     Ok(jobs)
 }
 
-/// The claim: lease the oldest due jobs of one type.
+/// The claim: lease the jobs of one type with the highest priority, the
+/// oldest due first within a priority.
 ///
 /// The limit is `(?6 + 0)`, not a bare `?6`: SQLite (3.47 and later) reads a
 /// bare bound LIMIT while planning and marks the statement to be prepared
@@ -125,8 +129,8 @@ pub(super) const CLAIM: &str =
             lease_token = ?2, lease_expires_at = ?3, started_at = ?4, updated_at = ?4,
             progress = NULL
      WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND job_type = ?5
-                  ORDER BY run_at, id LIMIT (?6 + 0))
-     RETURNING id, payload, attempt, max_attempts, run_at";
+                  ORDER BY priority DESC, run_at, id LIMIT (?6 + 0))
+     RETURNING id, payload, attempt, max_attempts, run_at, priority, timeout_ms";
 
 /// The events of the jobs a [`CLAIM`] just leased, written from their rows,
 /// found by that lease (the reaper's index, on its exact expiry, then the

@@ -46,13 +46,17 @@ pub(super) fn insert_many(
             job.max_attempts,
             job.run_at.as_micros(),
             now.as_micros(),
+            job.priority,
+            job.timeout_ms,
         ]));
         created.push(Enqueued::Created { id, state });
     }
     let doc = serde_json::to_string(&rows).map_err(|e| StoreError::Backend(e.to_string()))?;
     tx.conn()?.prepare_cached(
-        "INSERT OR FAIL INTO jobs (id, job_type, state, payload, max_attempts, run_at, created_at, updated_at)
-         SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>6
+        "INSERT OR FAIL INTO jobs (id, job_type, state, payload, max_attempts, run_at, created_at, updated_at,
+                                   priority, timeout_ms)
+         SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>6,
+                value->>7, value->>8
          FROM jsonb_each(?)",
     )?
     .execute([doc])?;
@@ -80,8 +84,9 @@ pub(super) fn insert(
     let state = initial_state(job, now);
     let created: Option<i64> = conn
         .prepare_cached(
-            "INSERT INTO jobs (job_type, state, payload, idempotency_key, max_attempts, run_at, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+            "INSERT INTO jobs (job_type, state, payload, idempotency_key, max_attempts, run_at, created_at, updated_at,
+                               priority, timeout_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)
              ON CONFLICT (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING id",
         )?
@@ -94,6 +99,8 @@ pub(super) fn insert(
                 job.max_attempts,
                 job.run_at.as_micros(),
                 now.as_micros(),
+                job.priority,
+                job.timeout_ms,
             ],
             |r| r.get(0),
         )

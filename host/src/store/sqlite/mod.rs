@@ -407,6 +407,14 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn leases_lost(&self, held: &[(JobId, i64)]) -> StoreResult<Vec<JobId>> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.readers.acquire().await?;
+        reads::leases_lost(&mut conn, held).await
+    }
+
     async fn job_cancel(&self, id: JobId, now: Timestamp) -> StoreResult<JobRecord> {
         match self.send(Op::Cancel(id, now)).await? {
             Reply::Record(r) => Ok(*r),

@@ -78,3 +78,22 @@ impl Row for rusqlite::Row<'_> {
         Ok(self.get(col)?)
     }
 }
+
+/// [`crate::store::Store::leases_lost`]: `held` as a JSON array of
+/// `[id, token]`, each looked up by its primary key.
+pub(super) async fn leases_lost(
+    conn: &mut SqliteConnection,
+    held: &[(JobId, i64)],
+) -> StoreResult<Vec<JobId>> {
+    let doc = serde_json::to_string(held)
+        .map_err(|e| crate::store::StoreError::Backend(e.to_string()))?;
+    Ok(sqlx::query_scalar(
+        "SELECT h.value->>0 FROM json_each(?1) AS h
+         WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = h.value->>0 AND state = 'running'
+                                                AND lease_token = h.value->>1)
+         ORDER BY 1",
+    )
+    .bind(doc)
+    .fetch_all(conn)
+    .await?)
+}

@@ -310,8 +310,9 @@ pub(super) fn cancel(
     };
     let changed = conn
         .prepare_cached(
-            "UPDATE jobs SET state = 'cancelled', finished_at = ?1, updated_at = ?1
-             WHERE id = ?2 AND state IN ('queued', 'scheduled')",
+            "UPDATE jobs SET state = 'cancelled', finished_at = ?1, updated_at = ?1,
+                             lease_token = NULL, lease_expires_at = NULL
+             WHERE id = ?2 AND state IN ('queued', 'scheduled', 'running')",
         )?
         .execute(params![now.as_micros(), id])?;
     operator_transition(
