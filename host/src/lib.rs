@@ -18,8 +18,9 @@
 //!   pooling allocator, a fresh sandbox per attempt with fuel, deadline and
 //!   memory cap.
 //! - [`plugins`]: manifests and the registry of loaded plugin versions.
-//! - [`maintenance`]: the reaper (expired leases) and the promoter (due
-//!   scheduled jobs).
+//! - [`maintenance`]: the reaper (expired leases), the promoter (due
+//!   scheduled jobs) and the pruner (retention).
+//! - [`schedules`]: cron: periodic jobs, one per tick however many hosts.
 //! - [`job`], [`backoff`], [`clock`]: the vocabulary: states and transitions,
 //!   retry delays, injectable time.
 //! - [`telemetry`]: metric names and the Prometheus recorder.
@@ -34,6 +35,7 @@ pub mod job;
 pub mod maintenance;
 pub mod plugins;
 pub mod runtime;
+pub mod schedules;
 pub mod server;
 pub mod store;
 pub mod telemetry;

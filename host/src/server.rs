@@ -192,6 +192,21 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
         ))
     });
     let promoter = tokio::spawn(maintenance.promoter(stop.clone()));
+    let manifest_schedules = tokio::spawn(crate::schedules::follow_manifests(
+        registry.clone(),
+        store.clone(),
+        clock.clone(),
+        stop.clone(),
+    ));
+    let scheduler = tokio::spawn(
+        crate::schedules::Scheduler {
+            store: store.clone(),
+            clock: clock.clone(),
+            dispatch: dispatch.clone(),
+            registry: registry.clone(),
+        }
+        .run(stop.clone()),
+    );
 
     let app = api::app(AppState {
         store: store.clone(),
@@ -226,7 +241,15 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
         abort.cancel();
         let _ = worker_task.await;
     }
-    let _ = tokio::join!(reaper, promoter, pruner, watcher, paused_types);
+    let _ = tokio::join!(
+        reaper,
+        promoter,
+        pruner,
+        scheduler,
+        manifest_schedules,
+        watcher,
+        paused_types
+    );
     if let Some(follower) = follower {
         let _ = follower.await;
     }

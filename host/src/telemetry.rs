@@ -19,6 +19,8 @@ pub const JOBS_DEAD: &str = "jobhost_jobs_dead_total";
 /// Attempts stopped before they ended because their job was cancelled
 /// while running (or their lease was lost), per type.
 pub const ATTEMPTS_INTERRUPTED: &str = "jobhost_attempts_interrupted_total";
+/// Jobs created by schedules (cron), per schedule.
+pub const SCHEDULE_JOBS: &str = "jobhost_schedule_jobs_total";
 /// Finished jobs deleted by retention (the pruner or an operator), per state.
 pub const JOBS_PRUNED: &str = "jobhost_jobs_pruned_total";
 pub const ATTEMPT_DURATION: &str = "jobhost_attempt_duration_seconds";

@@ -8,6 +8,7 @@ mod openapi;
 mod operators;
 mod plugins;
 mod postgres;
+mod schedules;
 mod support;
 
 use mail::MailServer;

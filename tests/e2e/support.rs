@@ -209,6 +209,23 @@ impl Server {
         decode(req.send().await.unwrap()).await
     }
 
+    /// Any admin request, with an optional JSON body.
+    pub async fn admin_send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        decode(req.send().await.unwrap()).await
+    }
+
     /// Submits a job that must be accepted; returns its id.
     pub async fn submit(&self, job_type: &str, payload: &str) -> i64 {
         let (status, body) = self.post(&format!("/jobs/{job_type}"), payload).await;

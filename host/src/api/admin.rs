@@ -21,6 +21,7 @@
 //!   written; at most [`MAX_PLUGIN_BYTES`].
 //! - `DELETE /admin/plugins/{type}`: deletes its files; its jobs are no
 //!   longer claimed here, queued ones wait.
+//! - `/admin/schedules`: periodic jobs (cron), in [`super::schedules`].
 //! - `GET /admin/workers`, `POST /admin/workers/pause`, `POST /admin/workers/resume`:
 //!   stop and restart claiming on this host (running attempts go on).
 //!
@@ -65,6 +66,7 @@ pub fn router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(workers))
         .routes(routes!(pause))
         .routes(routes!(resume))
+        .merge(super::schedules::router())
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 

@@ -40,6 +40,8 @@ pub enum ApiError {
     },
     PluginNotFound(String),
     InvalidPlugin(String),
+    InvalidSchedule(String),
+    ScheduleNotFound(String),
     InvalidUpload(String),
     RouteNotFound,
     MethodNotAllowed,
@@ -52,6 +54,12 @@ pub enum ApiError {
 /// document's `Error` schema lists them (a test checks that every variant's
 /// code and status are here).
 pub const ERROR_CODES: &[(&str, u16, &str)] = &[
+    (
+        "invalid_schedule",
+        400,
+        "A schedule's name, body, cron pattern, time zone or payload is not one jobhost takes; the message says which.",
+    ),
+    ("schedule_not_found", 404, "No schedule has that name."),
     (
         "job_not_found",
         404,
@@ -203,6 +211,8 @@ impl ApiError {
             ApiError::WrongState { .. } => "invalid_job_state",
             ApiError::PluginNotFound(_) => "plugin_not_found",
             ApiError::InvalidPlugin(_) => "invalid_plugin",
+            ApiError::InvalidSchedule(_) => "invalid_schedule",
+            ApiError::ScheduleNotFound(_) => "schedule_not_found",
             ApiError::InvalidUpload(_) => "invalid_upload",
             ApiError::RouteNotFound => "route_not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
@@ -217,6 +227,7 @@ impl ApiError {
             ApiError::JobNotFound(_)
             | ApiError::UnknownJobType { .. }
             | ApiError::PluginNotFound(_)
+            | ApiError::ScheduleNotFound(_)
             | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::InvalidPlugin(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::InvalidJobId(_)
@@ -227,6 +238,7 @@ impl ApiError {
             | ApiError::InvalidBatch(_)
             | ApiError::InvalidFilter(_)
             | ApiError::InvalidPath(_)
+            | ApiError::InvalidSchedule(_)
             | ApiError::InvalidUpload(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -265,6 +277,8 @@ impl ApiError {
             ApiError::PluginNotFound(name) => format!("no plugin is installed for job type {name:?}"),
             ApiError::InvalidPlugin(why) => format!("the plugin was not installed (the version before, if any, keeps serving): {why}"),
             ApiError::InvalidUpload(why) => format!("invalid plugin upload: {why}"),
+            ApiError::InvalidSchedule(why) => format!("invalid schedule: {why}"),
+            ApiError::ScheduleNotFound(name) => format!("no schedule is named {name:?}"),
             ApiError::RouteNotFound => "no such route; see the README for the API".to_owned(),
             ApiError::MethodNotAllowed => "this route does not take that method".to_owned(),
             ApiError::Unavailable => "jobhost is shutting down; retry against another host or later".to_owned(),
@@ -354,6 +368,8 @@ mod tests {
             ApiError::PluginNotFound(String::new()),
             ApiError::InvalidPlugin(String::new()),
             ApiError::InvalidUpload(String::new()),
+            ApiError::InvalidSchedule(String::new()),
+            ApiError::ScheduleNotFound(String::new()),
             ApiError::RouteNotFound,
             ApiError::MethodNotAllowed,
             ApiError::Unavailable,

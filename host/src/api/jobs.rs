@@ -643,7 +643,7 @@ fn timeout_ms(v: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("timeoutMs must be 1 to {MAX_TIMEOUT_MS} milliseconds, not {v:?}"))
 }
 
-async fn read_body(
+pub(super) async fn read_body(
     body: Body,
     headers: &HeaderMap,
     limit: usize,

@@ -10,6 +10,7 @@ mod health;
 mod jobs;
 mod metrics;
 mod openapi;
+mod schedules;
 
 use std::sync::Arc;
 

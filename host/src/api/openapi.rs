@@ -26,6 +26,7 @@ use super::AppState;
     tags(
         (name = "jobs", description = "Submit and read jobs"),
         (name = "operators", description = "The dead-letter queue, queues, retention and counts"),
+        (name = "schedules", description = "Periodic jobs (cron)"),
         (name = "plugins", description = "The handler plugins"),
         (name = "workers", description = "This host's workers"),
         (name = "host", description = "Health, metrics, the dashboard and this document"),

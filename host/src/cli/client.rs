@@ -128,9 +128,9 @@ pub struct Enqueue {
 }
 
 /// An answer from the API: its status and JSON body.
-struct Answer {
-    status: u16,
-    body: Value,
+pub(super) struct Answer {
+    pub(super) status: u16,
+    pub(super) body: Value,
 }
 
 impl Connection {
@@ -148,7 +148,7 @@ impl Connection {
         Ok(token.trim().to_owned())
     }
 
-    async fn send(
+    pub(super) async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -179,7 +179,7 @@ impl Connection {
     }
 
     /// The answer, printed as JSON if asked; an API error is an error.
-    fn accept(&self, answer: Answer) -> anyhow::Result<Option<Value>> {
+    pub(super) fn accept(&self, answer: Answer) -> anyhow::Result<Option<Value>> {
         if answer.status >= 400 {
             if self.json {
                 println!("{}", serde_json::to_string_pretty(&answer.body)?);
@@ -204,7 +204,7 @@ fn api_error(answer: &Answer) -> anyhow::Error {
     anyhow::anyhow!("{code} ({}): {message}", answer.status)
 }
 
-fn block_on<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+pub(super) fn block_on<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
@@ -465,7 +465,7 @@ fn print_job(job: &Value) {
 }
 
 /// `value` percent-encoded for a query string (all but unreserved bytes).
-fn encode(value: &str) -> String {
+pub(super) fn encode(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {
@@ -478,7 +478,7 @@ fn encode(value: &str) -> String {
 }
 
 /// A JSON value as plain text (strings without their quotes).
-fn text(v: &Value) -> String {
+pub(super) fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),

@@ -3,6 +3,7 @@
 mod client;
 mod plugin;
 mod scaffold;
+mod schedules;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +34,9 @@ enum Command {
     /// Act on a running host's dead-letter queue.
     #[command(subcommand)]
     Dlq(client::DlqCommand),
+    /// Manage a running host's schedules (cron).
+    #[command(subcommand)]
+    Schedules(schedules::SchedulesCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -42,6 +46,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Enqueue(args) => client::enqueue(args),
         Command::Jobs(command) => client::jobs(command),
         Command::Dlq(command) => client::dlq(command),
+        Command::Schedules(command) => schedules::run(command),
     }
 }
 

@@ -21,6 +21,13 @@
 //! [config]                  # what the plugin reads with `config.get`
 //! mail_api_url = "https://mail.example.com/v1/send"
 //! api_key = { env = "JOBHOST_PLUGIN_MAIL_API_KEY" }   # from the host's environment, at load
+//!
+//! [[schedules]]             # periodic jobs (cron), as `PUT /admin/schedules/{name}` makes
+//! name = "weekly-digest"
+//! cron = "0 9 * * MON"      # five fields, six with seconds first, or @daily and the like
+//! timezone = "Europe/Paris" # default UTC
+//! job_type = "email_digest" # one of job_types (default: the first)
+//! payload = { full = true } # sent as JSON (default {})
 //! ```
 
 use std::collections::BTreeMap;
@@ -44,7 +51,24 @@ pub struct Manifest {
     pub backoff: Backoff,
     /// What the plugin's attempts may use: its config, resolved.
     pub grants: Arc<Grants>,
+    /// Periodic jobs the plugin brings (`[[schedules]]`).
+    pub schedules: Vec<ManifestSchedule>,
 }
+
+/// A `[[schedules]]` entry, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManifestSchedule {
+    pub name: String,
+    pub cron: String,
+    pub timezone: String,
+    /// `None`: the plugin's first type (its own name without `job_types`).
+    pub job_type: Option<String>,
+    /// JSON text.
+    pub payload: String,
+}
+
+/// The most `[[schedules]]` one manifest may have.
+pub const MAX_MANIFEST_SCHEDULES: usize = 64;
 
 /// The only environment variables a manifest may read: a manifest (which
 /// an admin can upload) must not be a way to read the host's own secrets.
@@ -69,6 +93,7 @@ impl Default for Manifest {
             rate_per_second: None,
             backoff: Backoff::default(),
             grants: Arc::default(),
+            schedules: Vec::new(),
         }
     }
 }
@@ -97,6 +122,17 @@ struct Raw {
     backoff: Option<RawBackoff>,
     config: Option<BTreeMap<String, toml::Value>>,
     allowed_outbound_hosts: Option<Vec<String>>,
+    schedules: Option<Vec<RawSchedule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    name: String,
+    cron: String,
+    timezone: Option<String>,
+    job_type: Option<String>,
+    payload: Option<toml::Value>,
 }
 
 /// The most job types one plugin may handle.
@@ -204,8 +240,84 @@ impl Manifest {
             }
         }
         m.grants = Arc::new(grants);
+        if let Some(schedules) = raw.schedules {
+            m.schedules = manifest_schedules(schedules, m.job_types.as_deref())?;
+        }
         Ok(m)
     }
+}
+
+/// Checks `[[schedules]]`: valid, distinct names; patterns and time zones
+/// that parse; types the plugin handles.
+fn manifest_schedules(
+    raw: Vec<RawSchedule>,
+    job_types: Option<&[String]>,
+) -> Result<Vec<ManifestSchedule>, ManifestError> {
+    let invalid = |i: usize, field: &str, problem: String| ManifestError::Invalid {
+        field: format!("schedules[{i}].{field}"),
+        problem,
+    };
+    if raw.len() > MAX_MANIFEST_SCHEDULES {
+        return Err(ManifestError::Invalid {
+            field: "schedules".to_owned(),
+            problem: format!(
+                "has {} entries; at most {MAX_MANIFEST_SCHEDULES}",
+                raw.len()
+            ),
+        });
+    }
+    let mut out: Vec<ManifestSchedule> = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        if !super::valid_type_name(&r.name) {
+            return Err(invalid(
+                i,
+                "name",
+                format!(
+                    "({:?}) is not a schedule name (1-64 of a-z, 0-9, _ and -, starting with a letter)",
+                    r.name
+                ),
+            ));
+        }
+        if out.iter().any(|s| s.name == r.name) {
+            return Err(invalid(i, "name", format!("({:?}) is used twice", r.name)));
+        }
+        let timezone = r.timezone.unwrap_or_else(|| "UTC".to_owned());
+        crate::schedules::Cadence::parse(&r.cron, &timezone)
+            .map_err(|problem| invalid(i, "cron", problem))?;
+        if let Some(t) = &r.job_type {
+            match job_types {
+                Some(types) if types.contains(t) => {}
+                Some(_) => {
+                    return Err(invalid(
+                        i,
+                        "job_type",
+                        format!("({t:?}) is not one of job_types"),
+                    ));
+                }
+                None => {
+                    return Err(invalid(
+                        i,
+                        "job_type",
+                        "is only for a plugin with job_types; without them it handles its own name"
+                            .to_owned(),
+                    ));
+                }
+            }
+        }
+        let payload = match r.payload {
+            None => "{}".to_owned(),
+            Some(value) => serde_json::to_string(&value)
+                .map_err(|e| invalid(i, "payload", format!("cannot be sent as JSON: {e}")))?,
+        };
+        out.push(ManifestSchedule {
+            name: r.name,
+            cron: r.cron.trim().to_owned(),
+            timezone,
+            job_type: r.job_type,
+            payload,
+        });
+    }
+    Ok(out)
 }
 
 /// Checks `job_types`: 1 to [`MAX_JOB_TYPES`] valid names, none twice.
@@ -349,6 +461,55 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("backoff.jitter"), "{e}");
+    }
+
+    #[test]
+    fn schedules_are_checked_and_their_payload_is_json() {
+        let m = Manifest::parse(
+            "job_types = [\"a\", \"b\"]\n\
+             [[schedules]]\nname = \"nightly\"\ncron = \"0 2 * * *\"\n\
+             [[schedules]]\nname = \"weekly\"\ncron = \"0 9 * * MON\"\ntimezone = \"Europe/Paris\"\n\
+             job_type = \"b\"\npayload = { full = true, n = 3 }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            m.schedules,
+            [
+                ManifestSchedule {
+                    name: "nightly".into(),
+                    cron: "0 2 * * *".into(),
+                    timezone: "UTC".into(),
+                    job_type: None,
+                    payload: "{}".into(),
+                },
+                ManifestSchedule {
+                    name: "weekly".into(),
+                    cron: "0 9 * * MON".into(),
+                    timezone: "Europe/Paris".into(),
+                    job_type: Some("b".into()),
+                    payload: r#"{"full":true,"n":3}"#.into(),
+                },
+            ]
+        );
+        let entry =
+            |extra: &str| format!("[[schedules]]\nname = \"s\"\ncron = \"0 2 * * *\"\n{extra}");
+        for (text, says) in [
+            (entry("timezone = \"Mars/Olympus\""), "schedules[0].cron"),
+            (
+                "[[schedules]]\nname = \"s\"\ncron = \"0 2 * *\"".to_owned(),
+                "schedules[0].cron",
+            ),
+            (
+                "[[schedules]]\nname = \"Bad\"\ncron = \"0 2 * * *\"".to_owned(),
+                "schedules[0].name",
+            ),
+            (format!("{}\n{}", entry(""), entry("")), "schedules[1].name"),
+            (entry("job_type = \"other\""), "schedules[0].job_type"),
+            (entry("every = \"day\""), "every"),
+        ] {
+            let e = Manifest::parse(&text).unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
     }
 
     /// Every field, out of range or of the wrong kind: the error names it.

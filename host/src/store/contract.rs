@@ -911,6 +911,91 @@ pub async fn cancel_withdraws_waiting_and_running_jobs(s: &dyn Store) {
     );
 }
 
+/// Schedules: created, replaced (keeping the next tick when the cadence is
+/// the same), moved past a tick only from the tick it was fired from, and
+/// deleted.
+pub async fn schedules_are_kept_and_advance_once_per_tick(s: &dyn Store) {
+    let daily = Schedule {
+        name: "digest".into(),
+        job_type: "email".into(),
+        cron: "0 9 * * *".into(),
+        timezone: "UTC".into(),
+        payload: r#"{"n":1}"#.into(),
+        source: "api".into(),
+        next_run_at: T0.plus(SECOND),
+        last_run_at: None,
+        last_job_id: None,
+        created_at: T0,
+        updated_at: T0,
+    };
+    assert!(s.schedules().await.unwrap().is_empty());
+    assert!(s.schedule_put(&daily).await.unwrap(), "created");
+    assert_eq!(s.schedules().await.unwrap(), std::slice::from_ref(&daily));
+    // Fired by two hosts: the move applies once.
+    let advance = Advance {
+        name: "digest".into(),
+        from: T0.plus(SECOND),
+        next: T0.plus(60 * SECOND),
+        fired: T0.plus(SECOND),
+        job: 17,
+        now: T0.plus(2 * SECOND),
+    };
+    assert!(s.schedule_advance(&advance).await.unwrap());
+    assert!(!s.schedule_advance(&advance).await.unwrap());
+    let fired = s.schedules().await.unwrap().remove(0);
+    assert_eq!(
+        (fired.next_run_at, fired.last_run_at, fired.last_job_id),
+        (T0.plus(60 * SECOND), Some(T0.plus(SECOND)), Some(17))
+    );
+    // The same cadence again (a manifest loaded again): the next tick and
+    // the history stay; the payload is the new one.
+    let again = Schedule {
+        payload: r#"{"n":2}"#.into(),
+        next_run_at: T0.plus(5 * SECOND),
+        updated_at: T0.plus(3 * SECOND),
+        ..daily.clone()
+    };
+    assert!(!s.schedule_put(&again).await.unwrap(), "replaced");
+    let kept = s.schedules().await.unwrap().remove(0);
+    assert_eq!(
+        (
+            &kept.payload[..],
+            kept.next_run_at,
+            kept.last_job_id,
+            kept.created_at
+        ),
+        (r#"{"n":2}"#, T0.plus(60 * SECOND), Some(17), T0)
+    );
+    // Another cadence takes the new next tick.
+    let hourly = Schedule {
+        cron: "0 * * * *".into(),
+        ..again.clone()
+    };
+    assert!(!s.schedule_put(&hourly).await.unwrap());
+    let moved = s.schedules().await.unwrap().remove(0);
+    assert_eq!(
+        (&moved.cron[..], moved.next_run_at),
+        ("0 * * * *", T0.plus(5 * SECOND))
+    );
+    let other = Schedule {
+        name: "another".into(),
+        ..daily.clone()
+    };
+    assert!(s.schedule_put(&other).await.unwrap());
+    let names: Vec<String> = s
+        .schedules()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["another", "digest"]);
+    assert!(s.schedule_delete("digest").await.unwrap());
+    assert!(!s.schedule_delete("digest").await.unwrap());
+    assert!(!s.schedule_advance(&advance).await.unwrap());
+    assert_eq!(s.schedules().await.unwrap().len(), 1);
+}
+
 pub async fn kv_keeps_each_scope_apart_and_sets_once(s: &dyn Store) {
     assert_eq!(s.kv_get("a", "k").await.unwrap(), None);
     assert!(
@@ -1499,6 +1584,7 @@ macro_rules! store_contract_tests {
         scenario!(paused_types_are_kept_until_resumed);
         scenario!(a_bulk_replay_moves_the_dead_jobs_it_picks);
         scenario!(a_prune_deletes_only_old_finished_jobs);
+        scenario!(schedules_are_kept_and_advance_once_per_tick);
         scenario!(kv_keeps_each_scope_apart_and_sets_once);
         scenario!(kv_set_if_absent_has_one_winner, shared);
         scenario!(kv_calls_see_every_write_before_them);

@@ -201,6 +201,42 @@ pub struct Reaped {
     pub dead: Vec<Buried>,
 }
 
+/// A periodic job: at every tick of `cron` (in `timezone`), the scheduler
+/// enqueues one job of `job_type` with `payload` ([`crate::schedules`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    pub name: String,
+    pub job_type: String,
+    /// A cron pattern: five fields, or six with seconds first.
+    pub cron: String,
+    /// An IANA time zone name (`UTC`, `Europe/Paris`).
+    pub timezone: String,
+    /// JSON text.
+    pub payload: String,
+    /// Who defined it: `api`, or `plugin:<name>` for a manifest's.
+    pub source: String,
+    /// The next tick to fire.
+    pub next_run_at: Timestamp,
+    pub last_run_at: Option<Timestamp>,
+    pub last_job_id: Option<JobId>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A schedule moved past the tick it fired.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Advance {
+    pub name: String,
+    /// The `next_run_at` it was fired from: the move applies only if it is
+    /// still that (no other host moved it first).
+    pub from: Timestamp,
+    pub next: Timestamp,
+    /// The tick fired, and the job it made.
+    pub fired: Timestamp,
+    pub job: JobId,
+    pub now: Timestamp,
+}
+
 /// Count of jobs per state for one job type (or all).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StateCounts {
@@ -413,6 +449,22 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the finished jobs `prune` picks, with their history, in one
     /// transaction; how many. Their idempotency keys are free again.
     async fn job_prune(&self, prune: &Prune) -> StoreResult<u64>;
+
+    /// Creates a schedule, or replaces the one of that name; true if it
+    /// was created. A replacement with the same cron and time zone keeps
+    /// its `next_run_at` and history (so loading the same manifest again
+    /// shifts no tick); otherwise it takes the new one's.
+    async fn schedule_put(&self, schedule: &Schedule) -> StoreResult<bool>;
+
+    /// Deletes a schedule; false if there was none of that name.
+    async fn schedule_delete(&self, name: &str) -> StoreResult<bool>;
+
+    /// Moves a schedule past a tick it fired, if its `next_run_at` is still
+    /// `advance.from`; whether it did.
+    async fn schedule_advance(&self, advance: &Advance) -> StoreResult<bool>;
+
+    /// Every schedule, by name.
+    async fn schedules(&self) -> StoreResult<Vec<Schedule>>;
 
     /// Jobs per state, over all types.
     async fn counts(&self) -> StoreResult<StateCounts>;

@@ -1,6 +1,6 @@
-//! The operator's queries over many jobs: a listing and a bulk replay of the
-//! dead-letter queue. Both backends build the same statements here, with
-//! their own placeholders.
+//! The operator's queries over many jobs (a listing, a bulk replay of the
+//! dead-letter queue, retention) and the schedules' writes. Both backends
+//! build the same statements here, with their own placeholders.
 
 use std::fmt::Write as _;
 
@@ -183,4 +183,47 @@ pub(crate) fn prune_ids_sql<'q>(
         placeholder(params.len())
     );
     (sql, params)
+}
+
+/// Creates or replaces a schedule: name, type, cron, time zone, payload,
+/// source, next run, now. A replacement keeps its next run (and history)
+/// when its cron and time zone are the same. Every expression in `SET`
+/// reads the row as it was.
+pub(crate) fn schedule_put_sql(p: fn(usize) -> String) -> String {
+    format!(
+        "INSERT INTO schedules (name, job_type, cron, timezone, payload, source, next_run_at,
+                                created_at, updated_at)
+         VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {})
+         ON CONFLICT (name) DO UPDATE SET
+             job_type = excluded.job_type, payload = excluded.payload,
+             source = excluded.source, updated_at = excluded.updated_at,
+             next_run_at = CASE WHEN schedules.cron = excluded.cron
+                                 AND schedules.timezone = excluded.timezone
+                                THEN schedules.next_run_at ELSE excluded.next_run_at END,
+             cron = excluded.cron, timezone = excluded.timezone",
+        p(1),
+        p(2),
+        p(3),
+        p(4),
+        p(5),
+        p(6),
+        p(7),
+        p(8),
+        p(8)
+    )
+}
+
+/// Moves a schedule past a tick it fired: name, from, next, fired, job,
+/// now; only if its next run is still `from`.
+pub(crate) fn schedule_advance_sql(p: fn(usize) -> String) -> String {
+    format!(
+        "UPDATE schedules SET next_run_at = {}, last_run_at = {}, last_job_id = {}, updated_at = {}
+         WHERE name = {} AND next_run_at = {}",
+        p(3),
+        p(4),
+        p(5),
+        p(6),
+        p(1),
+        p(2)
+    )
 }

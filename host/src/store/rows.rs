@@ -62,6 +62,23 @@ pub(crate) fn record_of(row: &impl Row) -> StoreResult<JobRecord> {
     })
 }
 
+/// A row of `schedules` (every column).
+pub(crate) fn schedule_of(row: &impl Row) -> StoreResult<crate::store::Schedule> {
+    Ok(crate::store::Schedule {
+        name: text(row, "name")?,
+        job_type: text(row, "job_type")?,
+        cron: text(row, "cron")?,
+        timezone: text(row, "timezone")?,
+        payload: text(row, "payload")?,
+        source: text(row, "source")?,
+        next_run_at: Timestamp(int(row, "next_run_at")?),
+        last_run_at: row.int("last_run_at")?.map(Timestamp),
+        last_job_id: row.int("last_job_id")?,
+        created_at: Timestamp(int(row, "created_at")?),
+        updated_at: Timestamp(int(row, "updated_at")?),
+    })
+}
+
 /// A row of `job_events` (at, from_state, to_state, attempt, actor, reason,
 /// plugin_digest).
 pub(crate) fn event_of(row: &impl Row) -> StoreResult<JobEvent> {

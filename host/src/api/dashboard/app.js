@@ -271,6 +271,7 @@ async function loadJob(id) {
     const j = await api(`/jobs/${encodeURIComponent(id)}`);
     const facts = [
       ["type", j.type], ["status", j.status], ["attempts", `${j.attempts} of ${j.maxAttempts}`],
+      ["priority", String(j.priority ?? 0)], ["own deadline", j.timeoutMs == null ? "" : `${j.timeoutMs} ms`],
       ["progress", j.progress == null ? "" : `${j.progress}%`], ["created", j.createdAt],
       ["next attempt", j.nextAttemptAt || ""], ["finished", j.finishedAt || ""],
       ["plugin", j.pluginDigest || ""],
@@ -283,7 +284,7 @@ async function loadJob(id) {
         loadJob(j.jobId);
       } }, "Replay"));
     }
-    if (j.status === "queued" || j.status === "scheduled") {
+    if (j.status === "queued" || j.status === "scheduled" || j.status === "running") {
       actions.push(el("button", { id: "job-cancel", onclick: async () => {
         await api(`/admin/jobs/${j.jobId}/cancel`, { method: "POST" });
         loadJob(j.jobId);

@@ -31,6 +31,7 @@ mod complete;
 mod enqueue;
 mod kv;
 mod reads;
+mod schedules;
 mod upkeep;
 
 pub use catalog::PgCatalog;
@@ -46,8 +47,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ClaimRequest, ClaimedJob, Completion, DeadFilter, Enqueued, JobQuery, KvWrite, Moved, NewJob,
-    Prune, Reaped, StateCounts, Store, StoreError, StoreResult,
+    Advance, ClaimRequest, ClaimedJob, Completion, DeadFilter, Enqueued, JobQuery, KvWrite, Moved,
+    NewJob, Prune, Reaped, Schedule, StateCounts, Store, StoreError, StoreResult,
 };
 use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobId, JobRecord};
@@ -353,6 +354,25 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn schedule_put(&self, schedule: &Schedule) -> StoreResult<bool> {
+        self.open_for_work()?;
+        schedules::put(&self.pool, schedule).await
+    }
+
+    async fn schedule_delete(&self, name: &str) -> StoreResult<bool> {
+        self.open_for_work()?;
+        schedules::delete(&self.pool, name).await
+    }
+
+    async fn schedule_advance(&self, advance: &Advance) -> StoreResult<bool> {
+        self.open_for_work()?;
+        schedules::advance(&self.pool, advance).await
+    }
+
+    async fn schedules(&self) -> StoreResult<Vec<Schedule>> {
+        self.read(|| schedules::list(&self.pool)).await
     }
 
     async fn queues_paused(&self) -> StoreResult<Vec<String>> {

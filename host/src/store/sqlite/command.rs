@@ -50,6 +50,7 @@ pub(super) enum Op {
         token: i64,
         percent: u8,
     },
+    Schedule(super::schedules::ScheduleOp),
     /// Stop after this batch.
     Close,
 }

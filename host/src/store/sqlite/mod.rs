@@ -38,6 +38,7 @@ mod events;
 mod known;
 mod kv;
 mod reads;
+mod schedules;
 mod tx;
 mod upkeep;
 mod wal;
@@ -59,8 +60,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::counts::Counts;
 use super::{
-    ClaimRequest, ClaimWait, ClaimedJob, Completion, DeadFilter, Enqueued, JobQuery, KvWrite,
-    Moved, NewJob, Prune, Reaped, StateCounts, Store, StoreError, StoreResult,
+    Advance, ClaimRequest, ClaimWait, ClaimedJob, Completion, DeadFilter, Enqueued, JobQuery,
+    KvWrite, Moved, NewJob, Prune, Reaped, Schedule, StateCounts, Store, StoreError, StoreResult,
 };
 use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobId, JobRecord};
@@ -68,6 +69,7 @@ use crate::store::rows::parse_state;
 use command::{Command, Op, Reply};
 use known::Ids;
 use reads::{events_get, record_get};
+use schedules::ScheduleOp;
 use wal::{WAL_FRAME_BYTES, WAL_RESTART_FRAMES, WalState, checkpoints};
 use writer::writer;
 
@@ -206,6 +208,13 @@ impl SqliteStore {
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn schedule_write(&self, op: ScheduleOp) -> StoreResult<bool> {
+        match self.send(Op::Schedule(op)).await? {
+            Reply::Applied(done) => Ok(done),
+            _ => unreachable!("the writer answers Schedule with Applied"),
+        }
     }
 }
 
@@ -432,6 +441,25 @@ impl Store for SqliteStore {
             Reply::Applied(changed) => Ok(changed),
             _ => unreachable!("the writer answers QueuePause with Applied"),
         }
+    }
+
+    async fn schedule_put(&self, schedule: &Schedule) -> StoreResult<bool> {
+        self.schedule_write(ScheduleOp::Put(schedule.clone())).await
+    }
+
+    async fn schedule_delete(&self, name: &str) -> StoreResult<bool> {
+        self.schedule_write(ScheduleOp::Delete(name.to_owned()))
+            .await
+    }
+
+    async fn schedule_advance(&self, advance: &Advance) -> StoreResult<bool> {
+        self.schedule_write(ScheduleOp::Advance(advance.clone()))
+            .await
+    }
+
+    async fn schedules(&self) -> StoreResult<Vec<Schedule>> {
+        let mut conn = self.readers.acquire().await?;
+        schedules::list(&mut conn).await
     }
 
     async fn queues_paused(&self) -> StoreResult<Vec<String>> {

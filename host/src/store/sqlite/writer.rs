@@ -356,6 +356,7 @@ pub(super) fn apply(tx: &mut Tx<'_>, op: &Op, events: &mut Events) -> StoreResul
         Op::Progress { id, token, percent } => {
             super::kv::progress(tx.conn()?, *id, *token, *percent).map(Reply::Applied)
         }
+        Op::Schedule(op) => super::schedules::write(tx.conn()?, op).map(Reply::Applied),
         Op::Close => Ok(Reply::Closed),
     }
 }
