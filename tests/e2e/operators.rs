@@ -399,6 +399,8 @@ async fn retention_prunes_finished_jobs_and_operators_delete_them() {
         "state=dead&olderThan=soon",
         "state=dead&olderThan=0s&type=Not%20a%20type",
         "state=dead&olderThan=0s&everything=yes",
+        "state=dead&olderThan=0s&limit=0",
+        "state=dead&olderThan=0s&limit=10001",
     ] {
         let (status, body) = delete(query, true).await;
         assert_eq!(status, 400, "{query}: {body}");
@@ -412,8 +414,19 @@ async fn retention_prunes_finished_jobs_and_operators_delete_them() {
     for id in dead {
         assert_eq!(host.job(id).await["status"], "dead");
     }
+    // A step at a time: one, with more left; then the rest.
+    let (status, body) = delete("state=dead&olderThan=0s&type=always_fatal&limit=1", true).await;
+    assert_eq!(
+        (status, &body["deleted"], &body["more"]),
+        (200, &json!(1), &json!(true)),
+        "{body}"
+    );
     let (status, body) = delete("state=dead&olderThan=0s&type=always_fatal", true).await;
-    assert_eq!((status, &body["deleted"]), (200, &json!(2)), "{body}");
+    assert_eq!(
+        (status, &body["deleted"], &body["more"]),
+        (200, &json!(1), &json!(false)),
+        "{body}"
+    );
     for id in dead {
         assert_eq!(host.get(&format!("/jobs/{id}")).await.0, 404);
     }

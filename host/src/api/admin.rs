@@ -155,10 +155,10 @@ async fn replay(
     delete,
     path = "/jobs",
     tag = "operators",
-    params(("state" = String, Query, description = "succeeded, dead or cancelled"), ("olderThan" = String, Query, description = "A duration: `90s`, `30m`, `24h`, `7d`; `0s` is every finished job of the state"), ("type" = Option<String>, Query, description = "Only jobs of this type")),
+    params(("state" = String, Query, description = "succeeded, dead or cancelled"), ("olderThan" = String, Query, description = "A duration: `90s`, `30m`, `24h`, `7d`; `0s` is every finished job of the state"), ("type" = Option<String>, Query, description = "Only jobs of this type"), ("limit" = Option<usize>, Query, description = "Delete at most this many (1 to 10,000), oldest first, in one transaction, and say whether more are left: a client's loop can show its progress")),
     security(("admin" = []), ("adminHeader" = [])),
     responses(
-        (status = 200, description = "How many were deleted", body = Object, example = json!({"deleted": 120, "state": "dead", "type": null, "finishedBefore": "2026-12-01T09:00:00.000000Z"})),
+        (status = 200, description = "How many were deleted; `more` when a `limit` was reached", body = Object, example = json!({"deleted": 120, "more": false, "state": "dead", "type": null, "finishedBefore": "2026-12-01T09:00:00.000000Z"})),
         (status = 400, description = "`invalid_filter`: nothing deleted", body = ApiError),
         (status = 503, description = "`store_unavailable`, `unavailable`", body = ApiError),
         (status = 401, description = "`unauthorized`", body = ApiError),
@@ -168,10 +168,16 @@ async fn delete_jobs(
     State(app): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let prune = prune_query(query.as_deref(), app.clock.now())?;
-    match prune_all(&*app.store, &prune, MAX_PRUNE, 1, |_| {}).await {
+    let (prune, limited) = prune_query(query.as_deref(), app.clock.now())?;
+    let deleted = if limited {
+        app.store.job_prune(&prune).await.map_err(|e| (e, 0))
+    } else {
+        prune_all(&*app.store, &prune, MAX_PRUNE, 1, |_| {}).await
+    };
+    match deleted {
         Ok(deleted) => Ok(Json(json!({
             "deleted": deleted,
+            "more": limited && deleted == prune.limit as u64,
             "state": prune.state,
             "type": prune.job_type,
             "finishedBefore": prune.finished_before.to_rfc3339(),
@@ -183,9 +189,10 @@ async fn delete_jobs(
     }
 }
 
-fn prune_query(query: Option<&str>, now: Timestamp) -> Result<Prune, ApiError> {
+/// The prune a `DELETE /admin/jobs` asks for, and whether it gave a limit.
+fn prune_query(query: Option<&str>, now: Timestamp) -> Result<(Prune, bool), ApiError> {
     let bad = |why: String| ApiError::InvalidFilter(why);
-    let (mut state, mut older_than, mut job_type) = (None, None, None);
+    let (mut state, mut older_than, mut job_type, mut limit) = (None, None, None, None);
     for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         let value = value.as_ref();
         match name.as_ref() {
@@ -209,9 +216,17 @@ fn prune_query(query: Option<&str>, now: Timestamp) -> Result<Prune, ApiError> {
             },
             "type" if crate::plugins::valid_type_name(value) => job_type = Some(value.to_owned()),
             "type" => return Err(bad(format!("{value:?} is not a job type name"))),
+            "limit" => match value.parse::<usize>() {
+                Ok(n) if (1..=MAX_PRUNE).contains(&n) => limit = Some(n),
+                _ => {
+                    return Err(bad(format!(
+                        "limit must be 1 to {MAX_PRUNE}, not {value:?}"
+                    )));
+                }
+            },
             _ => {
                 return Err(bad(format!(
-                    "unknown parameter {name:?}; the parameters are state, olderThan and type"
+                    "unknown parameter {name:?}; the parameters are state, olderThan, type and limit"
                 )));
             }
         }
@@ -221,12 +236,13 @@ fn prune_query(query: Option<&str>, now: Timestamp) -> Result<Prune, ApiError> {
             "give both state (succeeded, dead or cancelled) and olderThan (such as 7d)".into(),
         ));
     };
-    Ok(Prune {
+    let prune = Prune {
         state,
         job_type,
         finished_before: now.minus(older_than),
-        limit: MAX_PRUNE,
-    })
+        limit: limit.unwrap_or(MAX_PRUNE),
+    };
+    Ok((prune, limit.is_some()))
 }
 
 /// Longest error text a replay filters by.

@@ -318,22 +318,91 @@ pub fn jobs(command: JobsCommand) -> anyhow::Result<()> {
             conn,
         } => {
             let mut path = format!(
-                "/admin/jobs?state={}&olderThan={}",
+                "/admin/jobs?state={}&olderThan={}&limit={DELETE_STEP}",
                 encode(&state),
                 encode(&older_than)
             );
             if let Some(t) = &job_type {
                 path.push_str(&format!("&type={}", encode(t)));
             }
-            let answer = block_on(conn.send(reqwest::Method::DELETE, &path, None, None))?;
-            if let Some(body) = conn.accept(answer)? {
-                println!(
-                    "deleted {} {state} jobs that finished before {}",
-                    body["deleted"],
-                    text(&body["finishedBefore"])
-                );
+            let deleted = block_on(delete_in_steps(&conn, &path, &state))?;
+            if let Some((deleted, before)) = deleted {
+                println!("deleted {deleted} {state} jobs that finished before {before}");
             }
             Ok(())
+        }
+    }
+}
+
+/// Jobs one call of `jobs delete` deletes (one transaction on the host).
+const DELETE_STEP: usize = 10_000;
+
+/// Deletes a step at a time until nothing is left, showing how far it has
+/// got on a terminal (out of the jobs in that state when it began, an upper
+/// bound). `None` with `--json` (each step's answer is printed instead).
+async fn delete_in_steps(
+    conn: &Connection,
+    path: &str,
+    state: &str,
+) -> anyhow::Result<Option<(u64, String)>> {
+    let counts = conn
+        .send(reqwest::Method::GET, "/admin/metrics/jobs", None, None)
+        .await
+        .ok()
+        .filter(|a| a.status == 200);
+    let total = counts.and_then(|a| a.body[state].as_u64());
+    let mut progress = Progress::new(total);
+    let mut deleted = 0;
+    loop {
+        let answer = conn.send(reqwest::Method::DELETE, path, None, None).await?;
+        let body = answer.body.clone();
+        // With --json each step's answer is printed as it comes.
+        let summary = conn.accept(answer)?.is_some();
+        deleted += body["deleted"].as_u64().unwrap_or(0);
+        if summary {
+            progress.show(deleted, "deleted");
+        }
+        if body["more"] != true {
+            progress.done();
+            return Ok(summary.then(|| (deleted, text(&body["finishedBefore"]))));
+        }
+    }
+}
+
+/// A one-line progress display on stderr, when stderr is a terminal.
+pub(super) struct Progress {
+    total: Option<u64>,
+    tty: bool,
+    shown: bool,
+}
+
+impl Progress {
+    pub(super) fn new(total: Option<u64>) -> Progress {
+        Progress {
+            total,
+            tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            shown: false,
+        }
+    }
+
+    pub(super) fn show(&mut self, done: u64, what: &str) {
+        if !self.tty {
+            return;
+        }
+        self.shown = true;
+        match self.total.filter(|t| *t > 0) {
+            Some(total) => {
+                let pct = (done.min(total) * 100) / total;
+                let bar = "#".repeat((pct / 4) as usize);
+                eprint!("\r[{bar:<25}] {what} {done} of at most {total} ({pct}%)   ");
+            }
+            None => eprint!("\r{what} {done}   "),
+        }
+    }
+
+    pub(super) fn done(&mut self) {
+        if self.shown {
+            eprintln!();
         }
     }
 }
@@ -348,6 +417,7 @@ async fn list(
 ) -> anyhow::Result<Vec<Value>> {
     let mut jobs = Vec::new();
     let mut cursor: Option<String> = None;
+    let mut progress = Progress::new(Some(limit as u64));
     while jobs.len() < limit {
         let mut path = format!("/jobs?limit={}", (limit - jobs.len()).min(1000));
         for (name, value) in [("state", &state), ("type", &job_type), ("cursor", &cursor)] {
@@ -363,12 +433,13 @@ async fn list(
         jobs.extend(page);
         cursor = answer.body["nextCursor"].as_str().map(str::to_owned);
         if limit > 1000 {
-            eprintln!("fetched {} jobs", jobs.len());
+            progress.show(jobs.len() as u64, "fetched");
         }
         if cursor.is_none() {
             break;
         }
     }
+    progress.done();
     Ok(jobs)
 }
 
