@@ -36,6 +36,10 @@ use crate::telemetry;
 /// How often a host's scheduler looks for due schedules.
 pub const SCHEDULER_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How far into a second a pass looks, so clocks a little apart between
+/// hosts still see the tick come.
+const PAST_THE_SECOND: Duration = Duration::from_millis(20);
+
 /// Most schedules a store holds (each host reads them all every second).
 pub const MAX_SCHEDULES: usize = 10_000;
 
@@ -66,14 +70,14 @@ impl Cadence {
 
     /// The first tick strictly after `t`.
     pub fn next_after(&self, t: Timestamp) -> Option<Timestamp> {
-        let local = utc(t)?.with_timezone(&self.tz);
+        let local = whole_second(t)?.with_timezone(&self.tz);
         let next = self.cron.find_next_occurrence(&local, false).ok()?;
         Some(Timestamp(next.with_timezone(&Utc).timestamp_micros()))
     }
 
     /// The latest tick at or before `t`.
     pub fn latest_until(&self, t: Timestamp) -> Option<Timestamp> {
-        let local = utc(t)?.with_timezone(&self.tz);
+        let local = whole_second(t)?.with_timezone(&self.tz);
         let last = self.cron.find_previous_occurrence(&local, true).ok()?;
         Some(Timestamp(last.with_timezone(&Utc).timestamp_micros()))
     }
@@ -81,6 +85,13 @@ impl Cadence {
 
 fn utc(t: Timestamp) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_micros(t.as_micros())
+}
+
+/// `t` cut to its whole second: ticks fall on whole seconds, whatever the
+/// moment a host looks (croner keeps the fraction of the time it starts
+/// from, and two hosts must name one tick alike).
+fn whole_second(t: Timestamp) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.as_micros().div_euclid(1_000_000), 0)
 }
 
 /// The idempotency key of a schedule's job for one tick.
@@ -110,20 +121,25 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Looks every [`SCHEDULER_INTERVAL`] until `stop`.
+    /// Looks just after every whole second until `stop`: a pass that
+    /// drifted past a second would skip a tick of a per-second pattern.
     pub async fn run(self, stop: CancellationToken) {
         loop {
             if let Err(e) = self.pass().await {
-                tracing::warn!(error = %e, "could not fire the due schedules; trying again in a second");
+                tracing::warn!(error = %e, "could not read the schedules; trying again in a second");
             }
+            let into_second = self.clock.now().as_micros().rem_euclid(1_000_000) as u64;
+            let to_next = Duration::from_micros(1_000_000 - into_second) + PAST_THE_SECOND;
             tokio::select! {
-                () = tokio::time::sleep(SCHEDULER_INTERVAL) => {}
+                () = tokio::time::sleep(to_next.min(SCHEDULER_INTERVAL)) => {}
                 () = stop.cancelled() => return,
             }
         }
     }
 
     /// Fires every schedule whose tick has come; how many jobs it created.
+    /// One that cannot be fired now is logged and left for the next pass;
+    /// the others fire.
     pub async fn pass(&self) -> StoreResult<usize> {
         let now = self.clock.now();
         let mut created = 0;
@@ -132,11 +148,13 @@ impl Scheduler {
                 continue;
             }
             match Cadence::parse(&schedule.cron, &schedule.timezone) {
-                Ok(cadence) => {
-                    if self.fire(&schedule, &cadence, now).await? {
-                        created += 1;
+                Ok(cadence) => match self.fire(&schedule, &cadence, now).await {
+                    Ok(true) => created += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(schedule = %schedule.name, error = %e, "could not fire the schedule; trying again at the next pass")
                     }
-                }
+                },
                 // Checked when it was put: only a store edited by hand.
                 Err(e) => {
                     tracing::warn!(schedule = %schedule.name, error = %e, "schedule cannot fire")
@@ -197,9 +215,14 @@ impl Scheduler {
     }
 }
 
+/// How often manifest schedules are written again without a plugin change
+/// (writing only what differs): one deleted through the API comes back.
+const MANIFEST_RESYNC: Duration = Duration::from_secs(60);
+
 /// Keeps the schedules plugin manifests define (`[[schedules]]`) in the
-/// store, in step with the plugins loaded here: at start and after every
-/// change of plugins, until `stop`.
+/// store, in step with the plugins loaded here: at start, after every
+/// change of plugins, and every minute (every 5 s after a failure), until
+/// `stop`.
 pub async fn follow_manifests(
     registry: Arc<Registry>,
     store: Arc<dyn Store>,
@@ -209,11 +232,16 @@ pub async fn follow_manifests(
     let mut changes = registry.subscribe();
     loop {
         changes.borrow_and_update();
-        if let Err(e) = sync_manifests(&registry, store.as_ref(), clock.now()).await {
-            tracing::warn!(error = %e, "could not store the schedules of the plugin manifests; trying again at the next plugin change");
-        }
+        let again = match sync_manifests(&registry, store.as_ref(), clock.now()).await {
+            Ok(()) => MANIFEST_RESYNC,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not store the schedules of the plugin manifests; trying again in 5 s");
+                Duration::from_secs(5)
+            }
+        };
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(again) => {}
             () = stop.cancelled() => return,
         }
     }
@@ -313,6 +341,23 @@ mod tests {
         assert_eq!(
             seconds.next_after(at("2026-12-04T12:00:00Z")),
             Some(at("2026-12-04T12:00:10Z"))
+        );
+        // Ticks are whole seconds, whenever one looks: two hosts looking at
+        // different moments of a second name the same tick.
+        let every = Cadence::parse("* * * * * *", "UTC").unwrap();
+        for moment in ["2026-12-04T12:00:00.000001Z", "2026-12-04T12:00:00.7Z"] {
+            assert_eq!(
+                every.next_after(at(moment)),
+                Some(at("2026-12-04T12:00:01Z"))
+            );
+            assert_eq!(
+                every.latest_until(at(moment)),
+                Some(at("2026-12-04T12:00:00Z"))
+            );
+        }
+        assert_eq!(
+            daily.next_after(at("2026-12-04T12:00:00.123456Z")),
+            Some(at("2026-12-04T14:00:00Z"))
         );
         let hourly = Cadence::parse("@hourly", "UTC").unwrap();
         assert_eq!(

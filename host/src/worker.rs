@@ -100,6 +100,15 @@ impl Control {
         found
     }
 
+    /// Stops the attempt holding one lease, if it runs on this host (its
+    /// lease was lost: a newer attempt of the same job, here, goes on).
+    fn interrupt_lease(&self, lease: (JobId, i64)) {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(stop) = running.get(&lease) {
+            stop.cancel();
+        }
+    }
+
     /// The leases of the attempts running on this host.
     fn held(&self) -> Vec<(JobId, i64)> {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
@@ -335,8 +344,8 @@ impl Worker {
             }
             match self.store.leases_lost(&held).await {
                 Ok(lost) => {
-                    for id in lost {
-                        self.control.interrupt(id);
+                    for lease in lost {
+                        self.control.interrupt_lease(lease);
                     }
                 }
                 Err(e) => {
@@ -613,6 +622,9 @@ impl Worker {
                 return;
             }
         };
+        // Out of the register once the sandbox is done: the job may be
+        // claimed again (a retry) while this outcome commits.
+        drop(running);
         metrics
             .attempt_duration
             .record(report.duration.as_secs_f64());

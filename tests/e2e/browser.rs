@@ -321,10 +321,44 @@ async fn browser_dashboard_shows_counts_and_replays_a_dead_job() {
     );
     assert!(history.contains("sha256:"), "digests shown: {history}");
     let job = browser.screenshot("dashboard-job.png").await;
+
+    // Schedules: listed with their next run, and deleted from the page.
+    let daily =
+        serde_json::json!({"type": "counter", "cron": "0 9 * * *", "timezone": "Europe/Paris"});
+    let (status, body) = host
+        .admin_send(
+            reqwest::Method::PUT,
+            "/admin/schedules/morning",
+            Some(&daily),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    browser.click("nav button[data-tab=schedules]").await;
+    browser
+        .wait_until(
+            "the schedule's row",
+            "(document.getElementById('schedule-morning') || {textContent: ''}).textContent.includes('Europe/Paris')",
+        )
+        .await;
+    let schedules = browser.screenshot("dashboard-schedules.png").await;
+    browser
+        .script(
+            "window.confirm = () => true; \
+             document.querySelector('#schedule-morning button').click();",
+        )
+        .await;
+    browser
+        .wait_until(
+            "the row gone",
+            "!document.getElementById('schedule-morning')",
+        )
+        .await;
+    assert_eq!(host.admin_get("/admin/schedules/morning").await.0, 404);
     println!(
-        "screenshots: {} {} {}",
+        "screenshots: {} {} {} {}",
         overview.display(),
         dlq.display(),
-        job.display()
+        job.display(),
+        schedules.display()
     );
 }

@@ -23,13 +23,21 @@ async fn jobs_of(host: &Server, job_type: &str) -> Vec<Value> {
 }
 
 /// The tick a schedule's job was made for, from its idempotency key
-/// (`schedule:<name>:<RFC 3339>`).
+/// (`schedule:<name>:<RFC 3339>`): a whole second, so two hosts name one
+/// tick alike.
 fn tick_of(job: &Value, schedule: &str) -> SystemTime {
     let key = job["idempotencyKey"].as_str().unwrap_or_default();
     let at = key
         .strip_prefix(&format!("schedule:{schedule}:"))
         .unwrap_or_else(|| panic!("not a tick of {schedule}: {job}"));
-    humantime::parse_rfc3339(at).unwrap_or_else(|e| panic!("{at}: {e}"))
+    let tick = humantime::parse_rfc3339(at).unwrap_or_else(|e| panic!("{at}: {e}"));
+    let since_epoch = tick.duration_since(std::time::UNIX_EPOCH).unwrap();
+    assert_eq!(
+        since_epoch.subsec_nanos(),
+        0,
+        "a tick on a whole second: {key}"
+    );
+    tick
 }
 
 /// Waits until `host` has at least `n` jobs of `job_type`; returns them.
@@ -214,6 +222,28 @@ async fn a_plugin_manifest_brings_its_schedules_and_takes_them_away() {
             &json!(EVERY_SECOND)
         ),
         "{shown}"
+    );
+    // Changed in the manifest only: the API refuses to replace or delete it.
+    let other = json!({"type": "counter", "cron": "0 9 * * *"});
+    let (status, err) = host
+        .admin_send(Method::PUT, "/admin/schedules/heartbeat", Some(&other))
+        .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (400, Some("invalid_schedule")),
+        "{err}"
+    );
+    let (status, err) = host
+        .admin_send(Method::DELETE, "/admin/schedules/heartbeat", None)
+        .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (400, Some("invalid_schedule")),
+        "{err}"
+    );
+    assert!(
+        err["message"].as_str().unwrap().contains("manifest"),
+        "{err}"
     );
     // The same plugin without the schedule: the watcher reloads it, and the
     // schedule goes.

@@ -170,7 +170,12 @@ async fn delete_jobs(
 ) -> Result<Json<Value>, ApiError> {
     let (prune, limited) = prune_query(query.as_deref(), app.clock.now())?;
     let deleted = if limited {
-        app.store.job_prune(&prune).await.map_err(|e| (e, 0))
+        let one = app.store.job_prune(&prune).await.map_err(|e| (e, 0));
+        if let Ok(n) = one {
+            metrics::counter!(crate::telemetry::JOBS_PRUNED, "state" => prune.state.as_str())
+                .increment(n);
+        }
+        one
     } else {
         prune_all(&*app.store, &prune, MAX_PRUNE, 1, |_| {}).await
     };
@@ -402,7 +407,8 @@ async fn set_queue_paused(
 ///
 /// A running job ends `cancelled`, not retried: its attempt is stopped
 /// wherever it runs (at once on this host, within a second on another), and
-/// whatever it does after the cancel is not recorded.
+/// its outcome and progress are not recorded (key-value writes it makes
+/// before it is stopped stay).
 #[utoipa::path(
     post,
     path = "/jobs/{id}/cancel",

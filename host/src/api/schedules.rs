@@ -9,6 +9,9 @@
 //!   replacement with the same cron and time zone keeps its next tick.
 //! - `DELETE /admin/schedules/{name}`: stops it; jobs it made stay.
 //!
+//! A schedule a plugin's manifest defines (source `plugin:<name>`) is
+//! changed in the manifest: `PUT` and `DELETE` refuse it.
+//!
 //! How ticks fire, on every host at once, is [`crate::schedules`].
 
 use axum::Json;
@@ -55,6 +58,18 @@ fn render(s: &Schedule) -> Value {
         "createdAt": s.created_at.to_rfc3339(),
         "updatedAt": s.updated_at.to_rfc3339(),
     })
+}
+
+/// A manifest's schedule is changed in its manifest: the API would be
+/// undone the next time the plugin's schedules are written.
+fn manifest_owned(s: &Schedule) -> Result<(), ApiError> {
+    match s.source.strip_prefix("plugin:") {
+        Some(plugin) => Err(ApiError::InvalidSchedule(format!(
+            "{:?} is defined by the manifest of plugin {plugin:?}: change or remove it there",
+            s.name
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn checked_name(name: &str) -> Result<(), ApiError> {
@@ -163,6 +178,9 @@ async fn put(
         ApiError::InvalidSchedule(format!("{:?} has no tick from now on", def.cron))
     })?;
     let existing = app.store.schedules().await?;
+    if let Some(s) = existing.iter().find(|s| s.name == name) {
+        manifest_owned(s)?;
+    }
     if existing.len() >= MAX_SCHEDULES && !existing.iter().any(|s| s.name == name) {
         return Err(ApiError::InvalidSchedule(format!(
             "there are {MAX_SCHEDULES} schedules already, the most a store holds"
@@ -208,7 +226,7 @@ async fn put(
     security(("admin" = []), ("adminHeader" = [])),
     responses(
         (status = 200, description = "Deleted", body = Object, example = json!({"name": "daily-digest", "deleted": true})),
-        (status = 400, description = "`invalid_schedule` (a bad name)", body = ApiError),
+        (status = 400, description = "`invalid_schedule`: a bad name, or a schedule a plugin manifest defines", body = ApiError),
         (status = 404, description = "`schedule_not_found`", body = ApiError),
         (status = 401, description = "`unauthorized`", body = ApiError),
         (status = 503, description = "`store_unavailable`, `unavailable`", body = ApiError),
@@ -219,6 +237,10 @@ async fn delete(
     PathParam(name): PathParam,
 ) -> Result<Json<Value>, ApiError> {
     checked_name(&name)?;
+    let schedules = app.store.schedules().await?;
+    if let Some(s) = schedules.iter().find(|s| s.name == name) {
+        manifest_owned(s)?;
+    }
     if !app.store.schedule_delete(&name).await? {
         return Err(ApiError::ScheduleNotFound(name));
     }

@@ -354,6 +354,7 @@ async fn delete_in_steps(
     let mut progress = Progress::new(total);
     let mut deleted = 0;
     loop {
+        let began = std::time::Instant::now();
         let answer = conn.send(reqwest::Method::DELETE, path, None, None).await?;
         let body = answer.body.clone();
         // With --json each step's answer is printed as it comes.
@@ -366,6 +367,10 @@ async fn delete_in_steps(
             progress.done();
             return Ok(summary.then(|| (deleted, text(&body["finishedBefore"]))));
         }
+        // Rest as long as the step took, as the host does between its own
+        // transactions, so claims and completions go on. (Each step takes
+        // `olderThan` from its own now.)
+        tokio::time::sleep(began.elapsed()).await;
     }
 }
 

@@ -282,8 +282,16 @@ fn manifest_schedules(
             return Err(invalid(i, "name", format!("({:?}) is used twice", r.name)));
         }
         let timezone = r.timezone.unwrap_or_else(|| "UTC".to_owned());
-        crate::schedules::Cadence::parse(&r.cron, &timezone)
+        let cadence = crate::schedules::Cadence::parse(&r.cron, &timezone)
             .map_err(|problem| invalid(i, "cron", problem))?;
+        let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+        if cadence.next_after(now).is_none() {
+            return Err(invalid(
+                i,
+                "cron",
+                format!("({:?}) has no tick from now on", r.cron),
+            ));
+        }
         if let Some(t) = &r.job_type {
             match job_types {
                 Some(types) if types.contains(t) => {}

@@ -861,12 +861,13 @@ pub async fn cancel_withdraws_waiting_and_running_jobs(s: &dyn Store) {
     );
     // The worker that holds it learns so; the other lease still holds, and
     // a lease never held (a wrong token, an unknown job) is lost.
-    assert_eq!(s.leases_lost(&held).await.unwrap(), [running]);
+    let token = leased.iter().find(|j| j.id == running).unwrap().token;
+    assert_eq!(s.leases_lost(&held).await.unwrap(), [(running, token)]);
     assert_eq!(
         s.leases_lost(&[(other, 999), (other + 1000, 1)])
             .await
             .unwrap(),
-        [other, other + 1000]
+        [(other, 999), (other + 1000, 1)]
     );
     // Its attempt's end changes nothing: it never completes as succeeded,
     // nor reports progress.

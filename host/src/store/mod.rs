@@ -406,10 +406,10 @@ pub trait Store: Send + Sync + 'static {
     async fn lease_release(&self, id: JobId, token: i64, now: Timestamp) -> StoreResult<bool>;
 
     /// Of the leases `held` (job id, lease token), the ones that no longer
-    /// hold their job: it was cancelled while running, or reaped and
+    /// hold their job, by id: it was cancelled while running, or reaped and
     /// perhaps leased again. The worker stops those attempts: nothing they
     /// do can be recorded.
-    async fn leases_lost(&self, held: &[(JobId, i64)]) -> StoreResult<Vec<JobId>>;
+    async fn leases_lost(&self, held: &[(JobId, i64)]) -> StoreResult<Vec<(JobId, i64)>>;
 
     /// Moves every running job whose lease expired at or before `now` back to
     /// `queued`, or to `dead` if that was its last attempt.

@@ -74,6 +74,7 @@ function show(tab) {
   if (name === "dlq") loadDlq();
   if (name === "jobs") loadJobs(true);
   if (name === "plugins") loadPlugins();
+  if (name === "schedules") loadSchedules();
   if (name === "job") loadJob(arg);
 }
 
@@ -307,6 +308,39 @@ async function loadJob(id) {
     );
   } catch (e) {
     section.replaceChildren(el("p", { class: "error" }, e.message));
+  }
+}
+
+// ---- schedules --------------------------------------------------------
+
+async function loadSchedules() {
+  const body = $("schedules-table").tBodies[0];
+  try {
+    const { schedules } = await api("/admin/schedules");
+    if (!schedules.length) {
+      body.replaceChildren(el("tr", {}, el("td", { colSpan: 9, class: "muted" }, "No schedules.")));
+      return;
+    }
+    body.replaceChildren(
+      ...schedules.map((s) =>
+        el("tr", { id: `schedule-${s.name}` },
+          el("td", {}, s.name),
+          el("td", {}, s.type),
+          el("td", {}, el("code", {}, s.cron)),
+          el("td", {}, s.timezone),
+          el("td", {}, s.nextRunAt || "never"),
+          el("td", {}, s.lastRunAt || "—"),
+          el("td", {}, s.lastJobId == null ? "—" : jobLink(s.lastJobId)),
+          el("td", {}, s.source),
+          el("td", {}, el("button", { onclick: async () => {
+            if (!confirm(`Delete the schedule ${s.name}? The jobs it made stay.`)) return;
+            await api(`/admin/schedules/${encodeURIComponent(s.name)}`, { method: "DELETE" });
+            loadSchedules();
+          } }, "Delete"))),
+      ),
+    );
+  } catch (e) {
+    body.replaceChildren(el("tr", {}, el("td", { colSpan: 9, class: "error" }, e.message)));
   }
 }
 

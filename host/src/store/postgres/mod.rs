@@ -328,7 +328,7 @@ impl Store for PgStore {
         upkeep::replay(&self.pool, id, now).await
     }
 
-    async fn leases_lost(&self, held: &[(JobId, i64)]) -> StoreResult<Vec<JobId>> {
+    async fn leases_lost(&self, held: &[(JobId, i64)]) -> StoreResult<Vec<(JobId, i64)>> {
         if held.is_empty() {
             return Ok(Vec::new());
         }

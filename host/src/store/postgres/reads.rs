@@ -112,13 +112,16 @@ pub(super) async fn list(
 
 /// [`crate::store::Store::leases_lost`], each lease looked up by the
 /// primary key.
-pub(super) async fn leases_lost(pool: &PgPool, held: &[(JobId, i64)]) -> StoreResult<Vec<JobId>> {
+pub(super) async fn leases_lost(
+    pool: &PgPool,
+    held: &[(JobId, i64)],
+) -> StoreResult<Vec<(JobId, i64)>> {
     let (ids, tokens): (Vec<i64>, Vec<i64>) = held.iter().copied().unzip();
-    Ok(sqlx::query_scalar(
-        "SELECT h.id FROM unnest($1::bigint[], $2::bigint[]) AS h (id, token)
+    Ok(sqlx::query_as(
+        "SELECT h.id, h.token FROM unnest($1::bigint[], $2::bigint[]) AS h (id, token)
          WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = h.id AND jobs.state = 'running'
                                                 AND jobs.lease_token = h.token)
-         ORDER BY 1",
+         ORDER BY 1, 2",
     )
     .bind(ids)
     .bind(tokens)

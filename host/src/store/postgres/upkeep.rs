@@ -220,7 +220,7 @@ const CANCEL: &str = "
         SELECT id, state FROM jobs WHERE id = $2 FOR UPDATE
     ), cancelled AS (
         UPDATE jobs SET state = 'cancelled', finished_at = $1, updated_at = $1,
-                        lease_token = NULL, lease_expires_at = NULL
+                        lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
         FROM old WHERE jobs.id = old.id AND old.state IN ('queued', 'scheduled', 'running')
         RETURNING jobs.*, old.state AS from_state
     ), events AS (

@@ -416,7 +416,7 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn leases_lost(&self, held: &[(JobId, i64)]) -> StoreResult<Vec<JobId>> {
+    async fn leases_lost(&self, held: &[(JobId, i64)]) -> StoreResult<Vec<(JobId, i64)>> {
         if held.is_empty() {
             return Ok(Vec::new());
         }

@@ -84,14 +84,14 @@ impl Row for rusqlite::Row<'_> {
 pub(super) async fn leases_lost(
     conn: &mut SqliteConnection,
     held: &[(JobId, i64)],
-) -> StoreResult<Vec<JobId>> {
+) -> StoreResult<Vec<(JobId, i64)>> {
     let doc = serde_json::to_string(held)
         .map_err(|e| crate::store::StoreError::Backend(e.to_string()))?;
-    Ok(sqlx::query_scalar(
-        "SELECT h.value->>0 FROM json_each(?1) AS h
+    Ok(sqlx::query_as(
+        "SELECT h.value->>0, h.value->>1 FROM json_each(?1) AS h
          WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = h.value->>0 AND state = 'running'
                                                 AND lease_token = h.value->>1)
-         ORDER BY 1",
+         ORDER BY 1, 2",
     )
     .bind(doc)
     .fetch_all(conn)

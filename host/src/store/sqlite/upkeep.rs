@@ -311,7 +311,7 @@ pub(super) fn cancel(
     let changed = conn
         .prepare_cached(
             "UPDATE jobs SET state = 'cancelled', finished_at = ?1, updated_at = ?1,
-                             lease_token = NULL, lease_expires_at = NULL
+                             lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
              WHERE id = ?2 AND state IN ('queued', 'scheduled', 'running')",
         )?
         .execute(params![now.as_micros(), id])?;
