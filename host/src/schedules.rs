@@ -366,6 +366,31 @@ mod tests {
         );
     }
 
+    /// What the known limit in ARCHITECTURE.md says: on the day clocks go
+    /// back, a pattern fires in the first pass of the repeated hour only.
+    #[test]
+    fn when_clocks_go_back_the_repeated_hour_fires_once() {
+        // New York, 2026-11-01: 01:00-01:59 is lived twice, at 05:xxZ (EDT)
+        // and at 06:xxZ (EST).
+        let every_ten = Cadence::parse("*/10 * * * *", "America/New_York").unwrap();
+        assert_eq!(
+            every_ten.next_after(at("2026-11-01T05:40:00Z")),
+            Some(at("2026-11-01T05:50:00Z"))
+        );
+        let after_first_pass = every_ten.next_after(at("2026-11-01T05:50:00Z")).unwrap();
+        assert_eq!(after_first_pass, at("2026-11-01T07:00:00Z"));
+        // A daily tick in that hour fires once.
+        let daily = Cadence::parse("30 1 * * *", "America/New_York").unwrap();
+        assert_eq!(
+            daily.next_after(at("2026-11-01T00:00:00Z")),
+            Some(at("2026-11-01T05:30:00Z"))
+        );
+        assert_eq!(
+            daily.next_after(at("2026-11-01T05:30:00Z")),
+            Some(at("2026-11-02T06:30:00Z"))
+        );
+    }
+
     #[test]
     fn after_downtime_only_the_latest_missed_tick_fires() {
         let hourly = Cadence::parse("0 * * * *", "UTC").unwrap();
