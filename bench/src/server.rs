@@ -202,6 +202,12 @@ pub async fn fresh_database(url: &str, scenario: &str) -> Result<String> {
             .execute(&mut admin)
             .await?;
     }
+    // Every PostgreSQL figure depends on it: without autovacuum the dead
+    // rows of every transition stay in the tables and indexes for the run.
+    let autovacuum: String = sqlx::query_scalar("SHOW autovacuum")
+        .fetch_one(&mut admin)
+        .await?;
+    println!("  PostgreSQL autovacuum: {autovacuum}");
     let server = url
         .split('?')
         .next()

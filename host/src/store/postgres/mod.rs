@@ -56,6 +56,18 @@ use committer::Cmd;
 
 pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
+/// Says so at start when the server does not vacuum by itself: every
+/// transition leaves a dead row, and without vacuum the jobs table and its
+/// indexes only grow, and claims slow down as they walk past them.
+async fn warn_without_autovacuum(pool: &PgPool) {
+    let setting: Result<String, _> = sqlx::query_scalar("SHOW autovacuum").fetch_one(pool).await;
+    if matches!(setting.as_deref(), Ok("off")) {
+        tracing::warn!(
+            "PostgreSQL's autovacuum is off: the rows every job transition leaves behind are never reclaimed, and the jobs table and its indexes grow until someone runs VACUUM; turn autovacuum on (or VACUUM jobs, job_events and job_counts regularly)"
+        );
+    }
+}
+
 /// The channel every host LISTENs on for "jobs may be ready".
 pub const READY_CHANNEL: &str = "jobhost_ready";
 
@@ -139,6 +151,7 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Backend(format!("migrating {}: {e}", redact(url))))?;
+        warn_without_autovacuum(&pool).await;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let closing = CancellationToken::new();
         let committer_ended = CancellationToken::new();
