@@ -67,9 +67,8 @@ pub async fn prune_all(
     let mut deleted = 0;
     loop {
         let started = std::time::Instant::now();
-        let n = store.job_prune(&prune).await.map_err(|e| (e, deleted))?;
+        let n = prune_once(store, &prune).await.map_err(|e| (e, deleted))?;
         deleted += n;
-        metrics::counter!(telemetry::JOBS_PRUNED, "state" => prune.state.as_str()).increment(n);
         progress(deleted);
         if n < batch as u64 {
             return Ok(deleted);
@@ -78,6 +77,14 @@ pub async fn prune_all(
             tokio::time::sleep(started.elapsed() * rest).await;
         }
     }
+}
+
+/// One prune (one transaction, at most `prune.limit` jobs), counted in
+/// `jobhost_jobs_pruned_total`; how many it deleted.
+pub async fn prune_once(store: &dyn Store, prune: &Prune) -> Result<u64, StoreError> {
+    let n = store.job_prune(prune).await?;
+    metrics::counter!(telemetry::JOBS_PRUNED, "state" => prune.state.as_str()).increment(n);
+    Ok(n)
 }
 
 impl Maintenance {

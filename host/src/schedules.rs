@@ -137,20 +137,17 @@ impl Scheduler {
         }
     }
 
-    /// Fires every schedule whose tick has come; how many jobs it created.
-    /// One that cannot be fired now is logged and left for the next pass;
-    /// the others fire.
-    pub async fn pass(&self) -> StoreResult<usize> {
+    /// Fires every schedule whose tick has come. One that cannot be fired
+    /// now is logged and left for the next pass; the others fire.
+    pub async fn pass(&self) -> StoreResult<()> {
         let now = self.clock.now();
-        let mut created = 0;
         for schedule in self.store.schedules().await? {
             if schedule.next_run_at > now {
                 continue;
             }
             match Cadence::parse(&schedule.cron, &schedule.timezone) {
                 Ok(cadence) => match self.fire(&schedule, &cadence, now).await {
-                    Ok(true) => created += 1,
-                    Ok(false) => {}
+                    Ok(()) => {}
                     Err(e) => {
                         tracing::warn!(schedule = %schedule.name, error = %e, "could not fire the schedule; trying again at the next pass")
                     }
@@ -161,12 +158,12 @@ impl Scheduler {
                 }
             }
         }
-        Ok(created)
+        Ok(())
     }
 
-    /// Enqueues the schedule's job for the tick that has come, then moves
-    /// it past that tick; whether this call created the job.
-    async fn fire(&self, s: &Schedule, cadence: &Cadence, now: Timestamp) -> StoreResult<bool> {
+    /// Enqueues the schedule's job for the tick that has come (unless
+    /// another host did), then moves it past that tick.
+    async fn fire(&self, s: &Schedule, cadence: &Cadence, now: Timestamp) -> StoreResult<()> {
         let tick = tick_to_fire(cadence, s.next_run_at, now);
         let handler = self.registry.handler(&s.job_type);
         let max_attempts = handler.as_ref().map_or_else(
@@ -196,9 +193,7 @@ impl Scheduler {
             Enqueued::Existing { id, .. } => (id, false),
         };
         // A pattern with no tick left (a year gone by) is never due again.
-        let next = cadence
-            .next_after(now.max(tick))
-            .unwrap_or(Timestamp(i64::MAX));
+        let next = cadence.next_after(now).unwrap_or(Timestamp(i64::MAX));
         let advance = Advance {
             name: s.name.clone(),
             from: s.next_run_at,
@@ -211,7 +206,7 @@ impl Scheduler {
         if created {
             tracing::info!(schedule = %s.name, job = id, tick = %tick.to_rfc3339(), "schedule fired");
         }
-        Ok(created)
+        Ok(())
     }
 }
 

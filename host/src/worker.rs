@@ -86,18 +86,15 @@ impl Control {
     }
 
     /// Stops the attempt of job `id` if one runs on this host (its job was
-    /// cancelled, or its lease lost): nothing it does after is recorded, and
-    /// its slot is free at once. Whether one was running here.
-    pub fn interrupt(&self, id: JobId) -> bool {
+    /// cancelled): nothing it does after is recorded, and its slot is free
+    /// at once.
+    pub fn interrupt(&self, id: JobId) {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let mut found = false;
         for ((job, _), stop) in running.iter() {
             if *job == id {
                 stop.cancel();
-                found = true;
             }
         }
-        found
     }
 
     /// Stops the attempt holding one lease, if it runs on this host (its

@@ -653,12 +653,7 @@ async fn postgres_uploaded_plugins_reach_every_host() {
     use crate::support::plugin_bytes;
 
     let db = TestDb::create().await;
-    let flags = [
-        "--database-url",
-        db.url.as_str(),
-        "--poll-interval-ms",
-        "200",
-    ];
+    let flags = db.host_flags();
     let a = Server::start(noop(), &flags).await;
     let mut b = Server::start(noop(), &flags).await;
     let v1 = digest(&plugin_bytes("examples", "noop"));
@@ -734,12 +729,7 @@ async fn postgres_uploaded_plugins_reach_every_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_type_paused_on_one_host_waits_on_every_host() {
     let db = TestDb::create().await;
-    let flags = [
-        "--database-url",
-        db.url.as_str(),
-        "--poll-interval-ms",
-        "200",
-    ];
+    let flags = db.host_flags();
     let plugins = || noop().testing("counter", "");
     let a = Server::start(plugins(), &flags).await;
     let b = Server::start(plugins(), &flags).await;
@@ -786,12 +776,7 @@ async fn postgres_a_type_paused_on_one_host_waits_on_every_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_job_cancelled_on_one_host_stops_running_on_another() {
     let db = TestDb::create().await;
-    let flags = [
-        "--database-url",
-        db.url.as_str(),
-        "--poll-interval-ms",
-        "200",
-    ];
+    let flags = db.host_flags();
     // One attempt at a time, for ten minutes if nobody stops it.
     let plugins = || Plugins::new().testing("sleeper", "concurrency = 1\ntimeout_ms = 600000\n");
     let runner = Server::start(plugins(), &flags).await;

@@ -301,12 +301,7 @@ async fn after_downtime_a_schedule_fires_once_not_once_per_missed_tick() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_schedule_makes_one_job_per_tick_across_three_hosts() {
     let db = TestDb::create().await;
-    let flags = [
-        "--database-url",
-        db.url.as_str(),
-        "--poll-interval-ms",
-        "200",
-    ];
+    let flags = db.host_flags();
     let mut hosts = Vec::new();
     for _ in 0..3 {
         hosts.push(Server::start(Plugins::new().testing("counter", ""), &flags).await);

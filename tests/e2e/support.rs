@@ -448,6 +448,16 @@ pub fn rand_u32() -> u32 {
 }
 
 impl TestDb {
+    /// Flags for a host on this database that claims at least every 200 ms.
+    pub fn host_flags(&self) -> [&str; 4] {
+        [
+            "--database-url",
+            self.url.as_str(),
+            "--poll-interval-ms",
+            "200",
+        ]
+    }
+
     /// The server's `host:port`, and the URL with another `host:port` in
     /// its place (to reach the database through a [`Proxy`]).
     pub fn via(&self, host_port: &str) -> (String, String) {

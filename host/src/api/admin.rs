@@ -44,7 +44,7 @@ use super::jobs::render_job;
 use super::{ApiError, AppState, PathParam};
 use crate::clock::Timestamp;
 use crate::job::JobState;
-use crate::maintenance::prune_all;
+use crate::maintenance::{prune_all, prune_once};
 use crate::plugins::{LoadError, LoadedPlugin};
 use crate::store::{MAX_PRUNE, Prune, StateCounts, StoreError};
 
@@ -170,12 +170,7 @@ async fn delete_jobs(
 ) -> Result<Json<Value>, ApiError> {
     let (prune, limited) = prune_query(query.as_deref(), app.clock.now())?;
     let deleted = if limited {
-        let one = app.store.job_prune(&prune).await.map_err(|e| (e, 0));
-        if let Ok(n) = one {
-            metrics::counter!(crate::telemetry::JOBS_PRUNED, "state" => prune.state.as_str())
-                .increment(n);
-        }
-        one
+        prune_once(&*app.store, &prune).await.map_err(|e| (e, 0))
     } else {
         prune_all(&*app.store, &prune, MAX_PRUNE, 1, |_| {}).await
     };

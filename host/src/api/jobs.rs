@@ -5,13 +5,13 @@
 //!   the `Idempotency-Key` header, else the payload's `idempotencyKey` field.
 //!   Options in the query: `delay_ms=N` or `runAt=<RFC 3339>` (when it is
 //!   due), `maxAttempts=N`, `priority=N` (-100 to 100, higher first) and
-//!   `timeoutMs=N` (per attempt; the plugin's own timeout caps it). Answers `202 {"jobId", "status"}` once the job is
-//!   durably committed, or `200 {"jobId", "status", "duplicate": true}` if
-//!   the key was used before.
+//!   `timeoutMs=N` (per attempt; the plugin's own timeout caps it). Answers
+//!   `202 {"jobId", "status"}` once the job is durably committed, or `200
+//!   {"jobId", "status", "duplicate": true}` if the key was used before.
 //! - `POST /jobs/{type}/batch`: the body is a JSON array of payloads, or
 //!   `{"jobs": [{"payload", "idempotencyKey", "runAt" | "delayMs",
-//!   "maxAttempts", "priority", "timeoutMs"}]}` (at most [`MAX_BATCH`]); all are committed in one
-//!   transaction, or none. The query's options hold for every job, an item's
+//!   "maxAttempts", "priority", "timeoutMs"}]}` (at most [`MAX_BATCH`]); all
+//!   are committed in one transaction, or none. The query's options hold for every job, an item's
 //!   own over them. Answers `202 {"jobIds": [...], "created": n,
 //!   "duplicates": m}` with the ids in the order of the jobs.
 //! - `GET /jobs/{id}`: the job, its attempts, result, errors and history.

@@ -375,14 +375,14 @@ async fn delete_in_steps(
 }
 
 /// A one-line progress display on stderr, when stderr is a terminal.
-pub(super) struct Progress {
+struct Progress {
     total: Option<u64>,
     tty: bool,
     shown: bool,
 }
 
 impl Progress {
-    pub(super) fn new(total: Option<u64>) -> Progress {
+    fn new(total: Option<u64>) -> Progress {
         Progress {
             total,
             tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
@@ -390,7 +390,7 @@ impl Progress {
         }
     }
 
-    pub(super) fn show(&mut self, done: u64, what: &str) {
+    fn show(&mut self, done: u64, what: &str) {
         if !self.tty {
             return;
         }
@@ -405,7 +405,7 @@ impl Progress {
         }
     }
 
-    pub(super) fn done(&mut self) {
+    fn done(&mut self) {
         if self.shown {
             eprintln!();
         }

@@ -30,9 +30,17 @@ fn count(row: &impl Row, col: &str) -> StoreResult<u32> {
     u32::try_from(v).map_err(|_| StoreError::Backend(format!("{col} out of range: {v}")))
 }
 
-fn small(row: &impl Row, col: &str) -> StoreResult<i16> {
-    let v = int(row, col)?;
-    i16::try_from(v).map_err(|_| StoreError::Backend(format!("{col} out of range: {v}")))
+/// A job's `priority` column.
+pub(crate) fn priority_of(row: &impl Row) -> StoreResult<i16> {
+    let v = int(row, "priority")?;
+    i16::try_from(v).map_err(|_| StoreError::Backend(format!("priority out of range: {v}")))
+}
+
+/// A job's `timeout_ms` column (its own deadline, if it set one).
+pub(crate) fn timeout_ms_of(row: &impl Row) -> StoreResult<Option<u32>> {
+    Ok(row
+        .int("timeout_ms")?
+        .map(|ms| u32::try_from(ms).unwrap_or(u32::MAX)))
 }
 
 /// A row of `jobs` (every column).
@@ -55,10 +63,8 @@ pub(crate) fn record_of(row: &impl Row) -> StoreResult<JobRecord> {
         started_at: row.int("started_at")?.map(Timestamp),
         finished_at: row.int("finished_at")?.map(Timestamp),
         progress: row.int("progress")?.map(|p| p.clamp(0, 100) as u8),
-        priority: small(row, "priority")?,
-        timeout_ms: row
-            .int("timeout_ms")?
-            .map(|ms| u32::try_from(ms).unwrap_or(u32::MAX)),
+        priority: priority_of(row)?,
+        timeout_ms: timeout_ms_of(row)?,
     })
 }
 

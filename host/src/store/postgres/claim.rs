@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use sqlx::Row as _;
 
 use crate::clock::Timestamp;
+use crate::store::rows::{priority_of, timeout_ms_of};
 use crate::store::{ClaimRequest, ClaimedJob, StoreResult};
 use crate::telemetry;
 
@@ -65,10 +66,8 @@ pub(super) async fn claim(pool: &PgPool, req: &ClaimRequest) -> StoreResult<Vec<
                 max_attempts: count("max_attempts")?,
                 run_at: Timestamp(r.try_get("run_at")?),
                 token: req.token,
-                priority: i16::try_from(r.try_get::<i64, _>("priority")?).unwrap_or(0),
-                timeout_ms: r
-                    .try_get::<Option<i64>, _>("timeout_ms")?
-                    .map(|ms| u32::try_from(ms).unwrap_or(u32::MAX)),
+                priority: priority_of(r)?,
+                timeout_ms: timeout_ms_of(r)?,
             })
         })
         .collect::<StoreResult<Vec<_>>>()?;

@@ -1,6 +1,5 @@
 //! Claims: lease the first jobs of a type (highest priority, then oldest
-//! due), and write their events from
-//! the leased rows.
+//! due), and write their events from the leased rows.
 
 use std::time::Instant;
 

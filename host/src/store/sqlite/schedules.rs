@@ -1,5 +1,7 @@
 //! Schedules: their writes, in the writer's transaction, and their read.
 
+use std::sync::LazyLock;
+
 use rusqlite::{Connection, OptionalExtension, params};
 use sqlx::sqlite::SqliteConnection;
 
@@ -18,6 +20,10 @@ fn numbered(n: usize) -> String {
     format!("?{n}")
 }
 
+/// Built once.
+static PUT: LazyLock<String> = LazyLock::new(|| schedule_put_sql(numbered));
+static ADVANCE: LazyLock<String> = LazyLock::new(|| schedule_advance_sql(numbered));
+
 /// Applies `op`: whether it created (put), deleted or moved a schedule.
 pub(super) fn write(conn: &Connection, op: &ScheduleOp) -> StoreResult<bool> {
     match op {
@@ -28,34 +34,30 @@ pub(super) fn write(conn: &Connection, op: &ScheduleOp) -> StoreResult<bool> {
                 .query_row([&s.name], |_| Ok(()))
                 .optional()?
                 .is_some();
-            conn.prepare_cached(&schedule_put_sql(numbered))?
-                .execute(params![
-                    s.name,
-                    s.job_type,
-                    s.cron,
-                    s.timezone,
-                    s.payload,
-                    s.source,
-                    s.next_run_at.as_micros(),
-                    s.updated_at.as_micros(),
-                ])?;
+            conn.prepare_cached(&PUT)?.execute(params![
+                s.name,
+                s.job_type,
+                s.cron,
+                s.timezone,
+                s.payload,
+                s.source,
+                s.next_run_at.as_micros(),
+                s.updated_at.as_micros(),
+            ])?;
             Ok(!existed)
         }
         ScheduleOp::Delete(name) => Ok(conn
             .prepare_cached("DELETE FROM schedules WHERE name = ?1")?
             .execute([name])?
             > 0),
-        ScheduleOp::Advance(a) => Ok(conn
-            .prepare_cached(&schedule_advance_sql(numbered))?
-            .execute(params![
-                a.name,
-                a.from.as_micros(),
-                a.next.as_micros(),
-                a.fired.as_micros(),
-                a.job,
-                a.now.as_micros(),
-            ])?
-            > 0),
+        ScheduleOp::Advance(a) => Ok(conn.prepare_cached(&ADVANCE)?.execute(params![
+            a.name,
+            a.from.as_micros(),
+            a.next.as_micros(),
+            a.fired.as_micros(),
+            a.job,
+            a.now.as_micros(),
+        ])? > 0),
     }
 }
 
