@@ -1535,6 +1535,204 @@ pub async fn closed_store_refuses_work(s: &dyn Store) {
     ));
 }
 
+/// A history as the schema before interned names wrote it (actor and
+/// plugin digest spelled out in every event), for the upgrade test: three
+/// jobs (succeeded; retried, then reaped into the DLQ; still queued) and
+/// their ten events. Literal SQL that both backends read alike.
+pub(crate) const HISTORY_BEFORE_NAMES: &str = "
+    INSERT INTO jobs (id, job_type, state, payload, attempt, max_attempts, run_at, last_error,
+                      result, plugin_digest, created_at, updated_at, started_at, finished_at)
+    VALUES (1, 'email', 'succeeded', '{\"a\":1}', 1, 3, 100, NULL, '{\"sent\":true}',
+            'sha256:aaaa', 100, 300, 200, 300),
+           (2, 'email', 'dead', '{\"a\":2}', 2, 2, 400, 'lease expired', NULL,
+            'sha256:aaaa', 100, 600, 500, 600),
+           (3, 'sms', 'queued', '{}', 0, 3, 100, NULL, NULL, NULL, 100, 100, NULL, NULL);
+    INSERT INTO job_events (id, job_id, at, from_state, to_state, attempt, actor, reason,
+                            plugin_digest)
+    VALUES (1, 1, 100, NULL, 'queued', 0, 'api', 'enqueued', NULL),
+           (2, 2, 100, NULL, 'queued', 0, 'api', 'enqueued', NULL),
+           (3, 3, 100, NULL, 'queued', 0, 'api', 'enqueued', NULL),
+           (4, 1, 200, 'queued', 'running', 1, 'worker:host-a', NULL, 'sha256:aaaa'),
+           (5, 2, 200, 'queued', 'running', 1, 'worker:host-a', NULL, 'sha256:aaaa'),
+           (6, 1, 300, 'running', 'succeeded', 1, 'worker:host-a', NULL, 'sha256:aaaa'),
+           (7, 2, 300, 'running', 'scheduled', 1, 'worker:host-a', 'boom', 'sha256:bbbb'),
+           (8, 2, 400, 'scheduled', 'queued', 1, 'promoter', 'due', NULL),
+           (9, 2, 500, 'queued', 'running', 2, 'worker:host-b', NULL, 'sha256:aaaa'),
+           (10, 2, 600, 'running', 'dead', 2, 'reaper', 'lease expired', NULL)";
+
+/// The host's own actors as the migrations number them.
+pub(crate) fn host_actors() -> Vec<(i64, String)> {
+    use crate::store::history::*;
+    [
+        API_ACTOR,
+        RELEASE_ACTOR,
+        REAP_ACTOR,
+        PROMOTE_ACTOR,
+        OPERATOR_ACTOR,
+    ]
+    .iter()
+    .map(|a| (a.id, a.name.to_owned()))
+    .collect()
+}
+
+/// After [`HISTORY_BEFORE_NAMES`] and the migration to interned names: every
+/// job and event reads back as it was written, and new events name old and
+/// new workers and plugin versions alike.
+pub async fn a_history_from_before_names_reads_back_unchanged(s: &dyn Store) {
+    let event = |at: i64,
+                 from: Option<JobState>,
+                 to: JobState,
+                 attempt: u32,
+                 actor: &str,
+                 reason: Option<&str>,
+                 digest: Option<&str>| crate::job::JobEvent {
+        at: Timestamp(at),
+        from,
+        to,
+        attempt,
+        actor: actor.into(),
+        reason: reason.map(Into::into),
+        plugin_digest: digest.map(Into::into),
+    };
+    use JobState::*;
+    let enqueued = || event(100, None, Queued, 0, "api", Some("enqueued"), None);
+    assert_eq!(
+        s.job_events(1).await.unwrap(),
+        vec![
+            enqueued(),
+            event(
+                200,
+                Some(Queued),
+                Running,
+                1,
+                "worker:host-a",
+                None,
+                Some("sha256:aaaa")
+            ),
+            event(
+                300,
+                Some(Running),
+                Succeeded,
+                1,
+                "worker:host-a",
+                None,
+                Some("sha256:aaaa")
+            ),
+        ]
+    );
+    assert_eq!(
+        s.job_events(2).await.unwrap(),
+        vec![
+            enqueued(),
+            event(
+                200,
+                Some(Queued),
+                Running,
+                1,
+                "worker:host-a",
+                None,
+                Some("sha256:aaaa")
+            ),
+            event(
+                300,
+                Some(Running),
+                Scheduled,
+                1,
+                "worker:host-a",
+                Some("boom"),
+                Some("sha256:bbbb")
+            ),
+            event(
+                400,
+                Some(Scheduled),
+                Queued,
+                1,
+                "promoter",
+                Some("due"),
+                None
+            ),
+            event(
+                500,
+                Some(Queued),
+                Running,
+                2,
+                "worker:host-b",
+                None,
+                Some("sha256:aaaa")
+            ),
+            event(
+                600,
+                Some(Running),
+                Dead,
+                2,
+                "reaper",
+                Some("lease expired"),
+                None
+            ),
+        ]
+    );
+    assert_eq!(s.job_events(3).await.unwrap(), vec![enqueued()]);
+    let done = s.job_get(1).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            done.state,
+            done.result.as_deref(),
+            done.plugin_digest.as_deref()
+        ),
+        (Succeeded, Some(r#"{"sent":true}"#), Some("sha256:aaaa"))
+    );
+    let dead = s.job_get(2).await.unwrap().unwrap();
+    assert_eq!((dead.state, dead.attempt), (Dead, 2));
+    assert_eq!(s.counts().await.unwrap().dead, 1);
+
+    // The upgraded store goes on: the queued job and a new one are claimed
+    // by a worker the history already knows, on a version it knows, and one
+    // completes from a new worker on a new version.
+    let fresh = insert(s, new_job("sms", None)).await;
+    let mut req = claim_req("sms", 10, 77, T0);
+    req.owner = "host-a".into();
+    req.plugin_digest = "sha256:bbbb".into();
+    let claimed = s.job_claim(req).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![3, fresh]
+    );
+    for job in &claimed {
+        let mut c = completion(job, Outcome::Succeeded { result: None }, T0.plus(SECOND));
+        c.owner = "host-c".into();
+        c.plugin_digest = "sha256:cccc".into();
+        assert!(s.job_complete(c).await.unwrap());
+    }
+    let at = T0.plus(SECOND).as_micros();
+    for id in [3, fresh] {
+        let events = s.job_events(id).await.unwrap();
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert_eq!(
+            events[1..],
+            [
+                event(
+                    T0.as_micros(),
+                    Some(Queued),
+                    Running,
+                    1,
+                    "worker:host-a",
+                    None,
+                    Some("sha256:bbbb")
+                ),
+                event(
+                    at,
+                    Some(Running),
+                    Succeeded,
+                    1,
+                    "worker:host-c",
+                    None,
+                    Some("sha256:cccc")
+                ),
+            ]
+        );
+    }
+}
+
 /// Instantiates the whole suite for one backend. `$make` is an async
 /// expression yielding `(store, guard)`; the guard keeps its resources alive.
 #[macro_export]
@@ -1684,6 +1882,48 @@ mod postgres {
         assert_eq!(all, counted.iter().map(|(_, c)| c).sum());
     }
 
+    /// A database written before the history's names were interned
+    /// (migration 11) reads back unchanged after it, and goes on working;
+    /// the host's own actors have the ids the code writes.
+    #[tokio::test]
+    async fn a_history_from_before_names_is_upgraded() {
+        use sqlx::Connection;
+        let db = TestDb::create().await;
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let before = sqlx::migrate::Migrator {
+            migrations: MIGRATOR
+                .migrations
+                .iter()
+                .filter(|m| m.version < 11)
+                .cloned()
+                .collect::<Vec<_>>()
+                .into(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        before.run(&mut conn).await.unwrap();
+        sqlx::raw_sql(super::HISTORY_BEFORE_NAMES)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        // The rows above were given their ids; later ones follow them.
+        sqlx::raw_sql("SELECT setval('jobs_id_seq', 3); SELECT setval('job_events_id_seq', 10);")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let store = PgStore::open(&db.url, Default::default()).await.unwrap();
+        super::a_history_from_before_names_reads_back_unchanged(&store).await;
+        let actors: Vec<(i32, String)> =
+            sqlx::query_as("SELECT id, name FROM event_actors WHERE id <= 5 ORDER BY id")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        let actors: Vec<(i64, String)> = actors
+            .into_iter()
+            .map(|(id, n)| (i64::from(id), n))
+            .collect();
+        assert_eq!(actors, super::host_actors());
+    }
+
     /// PostgreSQL-specific: a database whose jobs predate the counters gets
     /// them counted when it is migrated.
     #[tokio::test]
@@ -1727,6 +1967,45 @@ mod sqlite {
         let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
         let store = SqliteStore::open(&url, Durability::Full).await.unwrap();
         (store, url, dir)
+    }
+
+    /// A file written before the history's names were interned (migration
+    /// 9) reads back unchanged after it, and goes on working; the host's
+    /// own actors have the ids the code writes.
+    #[tokio::test]
+    async fn a_history_from_before_names_is_upgraded() {
+        use sqlx::Connection;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
+        let mut conn = sqlx::SqliteConnection::connect(&format!("{url}?mode=rwc"))
+            .await
+            .unwrap();
+        let before = sqlx::migrate::Migrator {
+            migrations: crate::store::sqlite::MIGRATOR
+                .migrations
+                .iter()
+                .filter(|m| m.version < 9)
+                .cloned()
+                .collect::<Vec<_>>()
+                .into(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        before.run(&mut conn).await.unwrap();
+        sqlx::raw_sql(super::HISTORY_BEFORE_NAMES)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        let store = SqliteStore::open(&url, Durability::Full).await.unwrap();
+        super::a_history_from_before_names_reads_back_unchanged(&store).await;
+        store.close().await;
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let actors: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, name FROM event_actors WHERE id <= 5 ORDER BY id")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(actors, super::host_actors());
     }
 
     /// The writer opens the file itself: an in-memory database would give it

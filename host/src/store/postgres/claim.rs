@@ -7,6 +7,7 @@ use std::time::Instant;
 use sqlx::PgPool;
 use sqlx::Row as _;
 
+use super::complete::Source;
 use crate::clock::Timestamp;
 use crate::store::rows::{priority_of, timeout_ms_of};
 use crate::store::{ClaimRequest, ClaimedJob, StoreResult};
@@ -25,14 +26,20 @@ const CLAIM: &str = "
         RETURNING jobs.id, jobs.payload, jobs.attempt, jobs.max_attempts, jobs.run_at,
                   jobs.priority, jobs.timeout_ms
     ), events AS (
-        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, plugin_digest)
+        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor_id, digest_id)
         SELECT id, $4, 'queued', 'running', attempt, $7, $8 FROM leased
     )
     SELECT id, payload, attempt, max_attempts, run_at, priority, timeout_ms FROM leased";
 
 /// Leases up to `req.limit` queued jobs of one type, highest priority
 /// first, oldest due first within a priority.
-pub(super) async fn claim(pool: &PgPool, req: &ClaimRequest) -> StoreResult<Vec<ClaimedJob>> {
+/// `source`: the ids of the claiming worker and the plugin version in the
+/// history.
+pub(super) async fn claim(
+    pool: &PgPool,
+    req: &ClaimRequest,
+    source: Source,
+) -> StoreResult<Vec<ClaimedJob>> {
     if req.limit == 0 {
         return Ok(Vec::new());
     }
@@ -44,8 +51,8 @@ pub(super) async fn claim(pool: &PgPool, req: &ClaimRequest) -> StoreResult<Vec<
         .bind(req.now.as_micros())
         .bind(&req.job_type)
         .bind(i64::try_from(req.limit).unwrap_or(i64::MAX))
-        .bind(format!("worker:{}", req.owner))
-        .bind(&req.plugin_digest)
+        .bind(source.actor)
+        .bind(source.digest)
         .fetch_all(pool)
         .await?;
     metrics::histogram!(telemetry::CLAIM_DURATION).record(started.elapsed());

@@ -19,7 +19,7 @@ use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::complete::complete_many;
+use super::complete::{Source, complete_many};
 use super::enqueue::{insert, insert_many};
 use super::{READY_CHANNEL, on_fresh_connections};
 use crate::clock::Timestamp;
@@ -42,6 +42,7 @@ pub(super) enum Cmd {
     },
     Complete {
         completion: Completion,
+        source: Source,
         reply: oneshot::Sender<StoreResult<bool>>,
     },
 }
@@ -189,16 +190,18 @@ async fn apply(pool: &PgPool, batch: &[Cmd]) -> Result<Vec<Done>, Failed> {
     // A second report for the same job in this batch is applied on its
     // own, after the bulk statement (its lease decides, as it would alone).
     let mut seen = HashSet::new();
-    let completions: Vec<(usize, &Completion)> = batch
+    let completions: Vec<(usize, (&Completion, Source))> = batch
         .iter()
         .enumerate()
         .filter_map(|(i, cmd)| match cmd {
-            Cmd::Complete { completion, .. } if seen.insert(completion.id) => Some((i, completion)),
+            Cmd::Complete {
+                completion, source, ..
+            } if seen.insert(completion.id) => Some((i, (completion, *source))),
             _ => None,
         })
         .collect();
     if !completions.is_empty() {
-        let all: Vec<&Completion> = completions.iter().map(|(_, c)| *c).collect();
+        let all: Vec<(&Completion, Source)> = completions.iter().map(|(_, c)| *c).collect();
         for ((i, _), ok) in completions.iter().zip(complete_many(&mut tx, &all).await?) {
             done[*i] = Some(Done::Applied(ok));
         }
@@ -219,9 +222,9 @@ async fn apply(pool: &PgPool, batch: &[Cmd]) -> Result<Vec<Done>, Failed> {
                 readied |= created.iter().any(Enqueued::is_ready);
                 Done::Batch(created)
             }
-            Cmd::Complete { completion, .. } => {
-                Done::Applied(complete_many(&mut tx, &[completion]).await?[0])
-            }
+            Cmd::Complete {
+                completion, source, ..
+            } => Done::Applied(complete_many(&mut tx, &[(completion, *source)]).await?[0]),
         });
     }
 

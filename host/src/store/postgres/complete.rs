@@ -8,8 +8,8 @@ use crate::store::{Completion, StoreResult};
 const COMPLETE_MANY: &str = "
     WITH c AS (
         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[],
-                             $6::bigint[], $7::bigint[], $8::text[], $9::text[])
-            AS c (id, token, state, text, run_at, now, started_at, digest, owner)
+                             $6::bigint[], $7::bigint[], $8::text[], $9::int[], $10::int[])
+            AS c (id, token, state, text, run_at, now, started_at, digest, actor_id, digest_id)
     ), done AS (
         UPDATE jobs SET state = c.state,
                result = CASE WHEN c.state = 'succeeded' THEN c.text END,
@@ -20,21 +20,31 @@ const COMPLETE_MANY: &str = "
                lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
         FROM c
         WHERE jobs.id = c.id AND jobs.state = 'running' AND jobs.lease_token = c.token
-        RETURNING jobs.id, jobs.state, jobs.attempt, jobs.last_error, c.now, c.digest, c.owner
+        RETURNING jobs.id, jobs.state, jobs.attempt, jobs.last_error, c.now, c.actor_id,
+                  c.digest_id
     ), events AS (
-        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason,
-                                plugin_digest)
-        SELECT id, now, 'running', state, attempt, 'worker:' || owner,
-               CASE WHEN state = 'succeeded' THEN NULL ELSE last_error END, digest
+        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor_id, digest_id,
+                                reason)
+        SELECT id, now, 'running', state, attempt, actor_id, digest_id,
+               CASE WHEN state = 'succeeded' THEN NULL ELSE last_error END
         FROM done
     )
     SELECT id FROM done";
+
+/// Who reported a completion and from which plugin version, as ids of the
+/// history's names ([`crate::store::history`]), looked up before it is
+/// queued for the committer.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Source {
+    pub(super) actor: i32,
+    pub(super) digest: i32,
+}
 
 /// Records completions of distinct jobs; returns, per completion, whether
 /// its lease still held (and so whether it applied).
 pub(super) async fn complete_many(
     conn: &mut PgConnection,
-    completions: &[&Completion],
+    completions: &[(&Completion, Source)],
 ) -> StoreResult<Vec<bool>> {
     let n = completions.len();
     let (mut ids, mut tokens, mut states, mut texts, mut run_ats) = (
@@ -44,13 +54,14 @@ pub(super) async fn complete_many(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    let (mut nows, mut starts, mut digests, mut owners) = (
+    let (mut nows, mut starts, mut digests, mut actor_ids, mut digest_ids) = (
+        Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    for c in completions {
+    for &(c, source) in completions {
         let (state, text, run_at) = c.outcome.columns();
         let run_at = run_at.map(|t| t.as_micros());
         ids.push(c.id);
@@ -61,7 +72,8 @@ pub(super) async fn complete_many(
         nows.push(c.now.as_micros());
         starts.push(c.started_at.as_micros());
         digests.push(c.plugin_digest.as_str());
-        owners.push(c.owner.as_str());
+        actor_ids.push(source.actor);
+        digest_ids.push(source.digest);
     }
     let applied: Vec<i64> = sqlx::query_scalar(COMPLETE_MANY)
         .bind(ids)
@@ -72,7 +84,8 @@ pub(super) async fn complete_many(
         .bind(nows)
         .bind(starts)
         .bind(digests)
-        .bind(owners)
+        .bind(actor_ids)
+        .bind(digest_ids)
         .fetch_all(&mut *conn)
         .await?;
     // Ids are distinct and the token is in the WHERE clause: an id coming
@@ -80,6 +93,6 @@ pub(super) async fn complete_many(
     let applied: std::collections::HashSet<i64> = applied.into_iter().collect();
     Ok(completions
         .iter()
-        .map(|c| applied.contains(&c.id))
+        .map(|(c, _)| applied.contains(&c.id))
         .collect())
 }

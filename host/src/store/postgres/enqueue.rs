@@ -34,8 +34,8 @@ const INSERT_MANY: &str = "
         FROM input ORDER BY n
         RETURNING id, state, created_at
     ), events AS (
-        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
-        SELECT id, created_at, NULL, state, 0, 'api', 'enqueued' FROM created
+        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor_id, reason)
+        SELECT id, created_at, NULL, state, 0, 1, 'enqueued' FROM created
     )
     SELECT id FROM input ORDER BY n";
 
@@ -101,8 +101,8 @@ const INSERT_KEYED: &str = "
         ON CONFLICT (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING id, state, created_at
     ), events AS (
-        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
-        SELECT id, created_at, NULL, state, 0, 'api', 'enqueued' FROM created
+        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor_id, reason)
+        SELECT id, created_at, NULL, state, 0, 1, 'enqueued' FROM created
     )
     SELECT id FROM created";
 

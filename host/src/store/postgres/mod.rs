@@ -22,7 +22,8 @@
 //! The files, by role: this one opens the pool and runs the migrations and
 //! implements the [`Store`] contract; [`committer`] is the group commit;
 //! [`enqueue`], [`claim`], [`complete`], [`upkeep`] hold the statements of
-//! each transition beside the function that runs it; [`reads`] the reads.
+//! each transition beside the function that runs it; [`reads`] the reads;
+//! [`names`] the ids of the history's names.
 
 mod catalog;
 mod claim;
@@ -30,6 +31,7 @@ mod committer;
 mod complete;
 mod enqueue;
 mod kv;
+mod names;
 mod reads;
 mod schedules;
 mod upkeep;
@@ -52,7 +54,10 @@ use super::{
 };
 use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobId, JobRecord};
+use crate::store::history::{Name, worker_actor};
 use committer::Cmd;
+use complete::Source;
+use names::Names;
 
 pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -111,6 +116,7 @@ pub struct PgStore {
     /// release refunds.) Each claim is then a WAL flush the enqueues no
     /// longer queue behind.
     fast: PgPool,
+    names: Names,
     committer: mpsc::Sender<Cmd>,
     /// Cancelled by `close`: the committer drains what it was sent, then ends.
     closing: CancellationToken,
@@ -169,6 +175,7 @@ impl PgStore {
         Ok(PgStore {
             pool,
             fast,
+            names: Names::default(),
             committer: tx,
             closing,
             committer_ended,
@@ -202,6 +209,20 @@ impl PgStore {
     {
         self.open_for_work()?;
         on_fresh_connections(read, StoreError::is_unavailable).await
+    }
+
+    /// The ids, in the history, of a worker and the plugin version it runs.
+    async fn source(&self, owner: &str, digest: &str) -> StoreResult<Source> {
+        Ok(Source {
+            actor: self
+                .names
+                .id(&self.fast, Name::Actor(worker_actor(owner)))
+                .await?,
+            digest: self
+                .names
+                .id(&self.fast, Name::Digest(digest.to_owned()))
+                .await?,
+        })
     }
 
     fn open_for_work(&self) -> StoreResult<()> {
@@ -309,12 +330,23 @@ impl Store for PgStore {
 
     async fn job_claim(&self, req: ClaimRequest) -> StoreResult<Vec<ClaimedJob>> {
         self.open_for_work()?;
-        claim::claim(&self.fast, &req).await
+        if req.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let source = self.source(&req.owner, &req.plugin_digest).await?;
+        claim::claim(&self.fast, &req, source).await
     }
 
     async fn job_complete(&self, completion: Completion) -> StoreResult<bool> {
-        self.commit(|reply| Cmd::Complete { completion, reply })
-            .await
+        let source = self
+            .source(&completion.owner, &completion.plugin_digest)
+            .await?;
+        self.commit(|reply| Cmd::Complete {
+            completion,
+            source,
+            reply,
+        })
+        .await
     }
 
     async fn lease_release(&self, id: JobId, token: i64, now: Timestamp) -> StoreResult<bool> {

@@ -6,6 +6,7 @@ use sqlx::{PgConnection, PgPool, Row as _};
 
 use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobId, JobRecord};
+use crate::store::history;
 use crate::store::query::{bound, few_in_state, list_sql};
 use crate::store::rows::{Row, event_of, parse_state, record_of};
 use crate::store::{JobQuery, StateCounts, StoreResult, counts_per_type};
@@ -28,13 +29,10 @@ async fn record_on(conn: &mut PgConnection, id: JobId) -> StoreResult<Option<Job
 }
 
 async fn events_on(conn: &mut PgConnection, id: JobId) -> StoreResult<Vec<JobEvent>> {
-    let rows = sqlx::query(
-        "SELECT at, from_state, to_state, attempt, actor, reason, plugin_digest
-         FROM job_events WHERE job_id = $1 ORDER BY id",
-    )
-    .bind(id)
-    .fetch_all(conn)
-    .await?;
+    let rows = sqlx::query(history::EVENTS_SQL)
+        .bind(id)
+        .fetch_all(conn)
+        .await?;
     rows.iter().map(event_of).collect()
 }
 

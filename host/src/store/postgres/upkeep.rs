@@ -39,7 +39,7 @@ const RELEASE: &str = "
         WHERE id = $2 AND state = 'running' AND lease_token = $3
         RETURNING id, attempt
     )
-    INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
+    INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor_id, reason)
     SELECT id, $1, 'running', 'queued', attempt, $4, $5 FROM released
     RETURNING job_id";
 
@@ -54,7 +54,7 @@ pub(super) async fn release(
         .bind(now.as_micros())
         .bind(id)
         .bind(token)
-        .bind(history::RELEASE_ACTOR)
+        .bind(history::RELEASE_ACTOR.id)
         .bind(history::RELEASE_REASON)
         .fetch_optional(&mut *tx)
         .await?;
@@ -76,7 +76,7 @@ const REAP: &str = "
         FROM expired WHERE jobs.id = expired.id
         RETURNING jobs.id, jobs.state, jobs.attempt, jobs.last_error, jobs.job_type
     ), events AS (
-        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
+        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor_id, reason)
         SELECT id, $1, 'running', state, attempt, $2, last_error FROM reaped
     )
     SELECT id, state, job_type, last_error FROM reaped ORDER BY id";
@@ -85,7 +85,7 @@ pub(super) async fn reap(pool: &PgPool, now: Timestamp) -> StoreResult<Reaped> {
     let mut tx = pool.begin().await?;
     let rows: Vec<(i64, String, String, String)> = sqlx::query_as(REAP)
         .bind(now.as_micros())
-        .bind(history::REAP_ACTOR)
+        .bind(history::REAP_ACTOR.id)
         .fetch_all(&mut *tx)
         .await?;
     let mut reaped = Reaped::default();
@@ -112,7 +112,7 @@ const PROMOTE: &str = "
         FROM due WHERE jobs.id = due.id
         RETURNING jobs.id, jobs.attempt, jobs.job_type
     ), events AS (
-        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
+        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor_id, reason)
         SELECT id, $1, 'scheduled', 'queued', attempt, $2, $3 FROM promoted
     )
     SELECT id, job_type FROM promoted ORDER BY id";
@@ -121,7 +121,7 @@ pub(super) async fn promote(pool: &PgPool, now: Timestamp) -> StoreResult<Vec<Mo
     let mut tx = pool.begin().await?;
     let promoted: Vec<(i64, String)> = sqlx::query_as(PROMOTE)
         .bind(now.as_micros())
-        .bind(history::PROMOTE_ACTOR)
+        .bind(history::PROMOTE_ACTOR.id)
         .bind(history::PROMOTE_REASON)
         .fetch_all(&mut *tx)
         .await?;
@@ -139,7 +139,7 @@ const REPLAY: &str = "
         WHERE id = $2 AND state = 'dead'
         RETURNING *
     ), events AS (
-        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
+        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor_id, reason)
         SELECT id, $1, 'dead', 'queued', attempt, $3, $4 FROM replayed
     )
     SELECT * FROM replayed";
@@ -149,7 +149,7 @@ pub(super) async fn replay(pool: &PgPool, id: JobId, now: Timestamp) -> StoreRes
     let row = sqlx::query(REPLAY)
         .bind(now.as_micros())
         .bind(id)
-        .bind(history::OPERATOR_ACTOR)
+        .bind(history::OPERATOR_ACTOR.id)
         .bind(history::REPLAY_REASON)
         .fetch_optional(&mut *tx)
         .await?;
@@ -182,14 +182,14 @@ pub(super) async fn replay_dead(
             WHERE state = 'dead'{conditions}
             RETURNING id, job_type, attempt
         ), events AS (
-            INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
+            INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor_id, reason)
             SELECT id, $1, 'dead', 'queued', attempt, $2, $3 FROM replayed ORDER BY id
         )
         SELECT id, job_type FROM replayed ORDER BY id"
     );
     let fixed = [
         Param::Int(now.as_micros()),
-        Param::Text(history::OPERATOR_ACTOR),
+        Param::Int(history::OPERATOR_ACTOR.id),
         Param::Text(history::REPLAY_REASON),
     ];
     let query = bound(sql, fixed.into_iter().chain(params).collect());
@@ -224,7 +224,7 @@ const CANCEL: &str = "
         FROM old WHERE jobs.id = old.id AND old.state IN ('queued', 'scheduled', 'running')
         RETURNING jobs.*, old.state AS from_state
     ), events AS (
-        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
+        INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor_id, reason)
         SELECT id, $1, from_state, 'cancelled', attempt, $3, $4 FROM cancelled
     )
     SELECT * FROM cancelled";
@@ -234,7 +234,7 @@ pub(super) async fn cancel(pool: &PgPool, id: JobId, now: Timestamp) -> StoreRes
     let row = sqlx::query(CANCEL)
         .bind(now.as_micros())
         .bind(id)
-        .bind(history::OPERATOR_ACTOR)
+        .bind(history::OPERATOR_ACTOR.id)
         .bind(history::CANCEL_REASON)
         .fetch_optional(&mut *tx)
         .await?;

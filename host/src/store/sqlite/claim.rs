@@ -11,6 +11,7 @@ use super::tx::Tx;
 use crate::clock::Timestamp;
 use crate::job::JobState;
 use crate::store::counts::moved;
+use crate::store::history::{Name, worker_actor};
 use crate::store::{ClaimRequest, ClaimWait, ClaimedJob, StoreResult};
 use crate::telemetry;
 
@@ -92,10 +93,12 @@ pub(super) fn claim(
             },
         )?
         .collect::<Result<Vec<_>, _>>()?;
+    let actor = tx.name_id(Name::Actor(worker_actor(&req.owner)))?;
+    let digest = tx.name_id(Name::Digest(req.plugin_digest.clone()))?;
     conn.prepare_cached(CLAIM_EVENTS)?.execute(params![
         req.now.as_micros(),
-        format!("worker:{}", req.owner),
-        req.plugin_digest,
+        actor,
+        digest,
         req.lease_expires_at.as_micros(),
         req.token,
     ])?;
@@ -135,6 +138,6 @@ pub(super) const CLAIM: &str =
 /// found by that lease (the reaper's index, on its exact expiry, then the
 /// token).
 pub(super) const CLAIM_EVENTS: &str =
-    "INSERT OR FAIL INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason, plugin_digest)
+    "INSERT OR FAIL INTO job_events (job_id, at, from_state, to_state, attempt, actor_id, reason, digest_id)
      SELECT id, ?1, 'queued', 'running', attempt, ?2, NULL, ?3
      FROM jobs WHERE state = 'running' AND lease_expires_at = ?4 AND lease_token = ?5";

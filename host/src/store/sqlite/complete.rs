@@ -9,17 +9,18 @@ use super::events::Events;
 use super::tx::Tx;
 use crate::job::{JobId, JobState};
 use crate::store::counts::moved;
+use crate::store::history::{Name, worker_actor};
 use crate::store::{Completion, StoreError, StoreResult};
 use crate::telemetry;
 
-/// The events of the jobs whose completions just applied (the parameter's
-/// `ids`, all reported by its `actor`): each row holds the time, the state
-/// reached, the error of a failed attempt and the plugin version.
+/// The events of the jobs whose completions just applied (`?1`, their
+/// ids, all reported by actor `?2` from plugin version `?3`): each row
+/// holds the time, the state reached and the error of a failed attempt.
 pub(super) const COMPLETION_EVENTS: &str =
-    "INSERT OR FAIL INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason, plugin_digest)
-     SELECT j.id, j.updated_at, 'running', j.state, j.attempt, p.d->>'actor',
-            CASE WHEN j.state = 'succeeded' THEN NULL ELSE j.last_error END, j.plugin_digest
-     FROM (SELECT ? AS d) AS p, json_each(p.d, '$.ids') AS c JOIN jobs AS j ON j.id = c.value";
+    "INSERT OR FAIL INTO job_events (job_id, at, from_state, to_state, attempt, actor_id, reason, digest_id)
+     SELECT j.id, j.updated_at, 'running', j.state, j.attempt, ?2,
+            CASE WHEN j.state = 'succeeded' THEN NULL ELSE j.last_error END, ?3
+     FROM json_each(?1) AS c JOIN jobs AS j ON j.id = c.value";
 
 /// Records completions (each for a distinct job) in one statement, each
 /// fenced by its own lease token. Returns, per completion, whether it applied.
@@ -85,9 +86,9 @@ pub(super) fn complete_many(
     // clause, so an id coming back means that completion applied.
     let applied: std::collections::HashMap<i64, String> = applied.into_iter().collect();
     // The events come from the updated rows: one statement per reporting
-    // owner (a host reports as one).
+    // owner (a host reports as one) and plugin version.
     tx.write_events(events)?;
-    let mut by_owner: Vec<(&str, Vec<JobId>)> = Vec::new();
+    let mut by_source: Vec<((&str, &str), Vec<JobId>)> = Vec::new();
     let done = completions
         .iter()
         .map(|c| {
@@ -101,19 +102,22 @@ pub(super) fn complete_many(
                     to,
                     1,
                 );
-                match by_owner.iter_mut().find(|(owner, _)| *owner == c.owner) {
+                let source = (c.owner.as_str(), c.plugin_digest.as_str());
+                match by_source.iter_mut().find(|(s, _)| *s == source) {
                     Some((_, ids)) => ids.push(c.id),
-                    None => by_owner.push((&c.owner, vec![c.id])),
+                    None => by_source.push((source, vec![c.id])),
                 }
             }
             ok
         })
         .collect();
-    for (owner, ids) in by_owner {
-        let doc = serde_json::json!({ "ids": ids, "actor": format!("worker:{owner}") });
+    for ((owner, digest), ids) in by_source {
+        let actor = tx.name_id(Name::Actor(worker_actor(owner)))?;
+        let digest = tx.name_id(Name::Digest(digest.to_owned()))?;
+        let ids = serde_json::to_string(&ids).map_err(|e| StoreError::Backend(e.to_string()))?;
         tx.conn()?
             .prepare_cached(COMPLETION_EVENTS)?
-            .execute([doc.to_string()])?;
+            .execute(params![ids, actor, digest])?;
     }
     Ok(done)
 }

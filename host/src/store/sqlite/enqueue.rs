@@ -68,10 +68,10 @@ pub(super) fn insert_many(
 }
 
 /// The events of the jobs just created by [`insert_many`], from the first
-/// id to the last.
+/// id to the last. (Actor 1 is [`crate::store::history::API_ACTOR`].)
 pub(super) const ENQUEUED_EVENTS: &str =
-    "INSERT OR FAIL INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason)
-     SELECT id, created_at, NULL, state, 0, 'api', 'enqueued'
+    "INSERT OR FAIL INTO job_events (job_id, at, from_state, to_state, attempt, actor_id, reason)
+     SELECT id, created_at, NULL, state, 0, 1, 'enqueued'
      FROM jobs WHERE id BETWEEN ?1 AND ?2";
 
 pub(super) fn insert(

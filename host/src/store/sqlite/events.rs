@@ -2,6 +2,7 @@
 
 use crate::clock::Timestamp;
 use crate::job::{JobId, JobState};
+use crate::store::history::{API_ACTOR, Actor};
 use crate::store::{StoreError, StoreResult};
 
 /// One history row. The commands of a batch collect theirs and the batch
@@ -12,9 +13,10 @@ pub(super) struct Event {
     pub(super) from: Option<JobState>,
     pub(super) to: JobState,
     pub(super) attempt: i64,
-    pub(super) actor: String,
+    /// One of the host's own actors (the rarer transitions are never a
+    /// plugin's, so they name no plugin version).
+    pub(super) actor: Actor,
     pub(super) reason: Option<String>,
-    pub(super) plugin_digest: Option<String>,
 }
 
 impl Event {
@@ -25,9 +27,8 @@ impl Event {
             from: None,
             to: state,
             attempt: 0,
-            actor: "api".into(),
+            actor: API_ACTOR,
             reason: Some("enqueued".into()),
-            plugin_digest: None,
         }
     }
 }
@@ -43,8 +44,8 @@ pub(super) type Events = Vec<Event>;
 /// `json_each` would render every row back to JSON text for `->>` to parse
 /// again.
 pub(super) const EVENTS_INSERT: &str =
-    "INSERT OR FAIL INTO job_events (job_id, at, from_state, to_state, attempt, actor, reason, plugin_digest)
-     SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7
+    "INSERT OR FAIL INTO job_events (job_id, at, from_state, to_state, attempt, actor_id, reason)
+     SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6
      FROM jsonb_each(?)";
 
 /// The rows for [`EVENTS_INSERT`].
@@ -58,9 +59,8 @@ pub(super) fn events_doc(events: &Events) -> StoreResult<String> {
                 e.from.map(JobState::as_str),
                 e.to.as_str(),
                 e.attempt,
-                &e.actor,
+                e.actor.id,
                 &e.reason,
-                &e.plugin_digest,
             )
         })
         .collect();

@@ -1,27 +1,69 @@
 //! What the writer knows about the jobs without asking SQLite: the next job
-//! id, the types known to have no ready job, and what a batch readied.
+//! id, the ids of the history's names, the types known to have no ready
+//! job, and what a batch readied.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use rusqlite::Connection;
 
 use super::command::{Batch, Command, Op, Reply};
 use crate::clock::Timestamp;
+use crate::store::history::Name;
 use crate::store::{ClaimWait, StoreResult};
 
-/// The next ids to hand out. The writer is the only writer, so it numbers new
-/// jobs itself instead of asking SQLite for `MAX(id)` each time. (Events are
-/// numbered by SQLite, in the order they are written.)
-#[derive(Debug, Clone, Copy)]
+/// The ids the writer hands out or has looked up. The writer is the only
+/// writer, so it numbers new jobs itself instead of asking SQLite for
+/// `MAX(id)` each time, and remembers the history's names once it has
+/// their ids. (Events are numbered by SQLite, in the order they are
+/// written.)
+#[derive(Debug)]
 pub(super) struct Ids {
     /// The largest job id in use.
     pub(super) job: i64,
+    pub(super) names: Names,
 }
 
 impl Ids {
     pub(super) fn load(conn: &Connection) -> StoreResult<Ids> {
         let job = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM jobs", [], |r| r.get(0))?;
-        Ok(Ids { job })
+        Ok(Ids {
+            job,
+            names: Names::default(),
+        })
+    }
+}
+
+/// The ids of the history's names (workers' actors, plugin versions; see
+/// [`crate::store::history`]): those in the file, and those the open
+/// transaction added, which a rollback takes back.
+#[derive(Debug, Default)]
+pub(super) struct Names {
+    committed: HashMap<Name, i64>,
+    pending: Vec<(Name, i64)>,
+}
+
+impl Names {
+    pub(super) fn get(&self, name: &Name) -> Option<i64> {
+        self.committed.get(name).copied().or_else(|| {
+            self.pending
+                .iter()
+                .find_map(|(n, id)| (n == name).then_some(*id))
+        })
+    }
+
+    /// A name this transaction found or added.
+    pub(super) fn add(&mut self, name: Name, id: i64) {
+        self.pending.push((name, id));
+    }
+
+    /// The transaction committed: what it found or added holds.
+    pub(super) fn settle(&mut self) {
+        self.committed.extend(self.pending.drain(..));
+    }
+
+    /// The transaction rolled back: what it added is gone.
+    pub(super) fn forget(&mut self) {
+        self.pending.clear();
     }
 }
 

@@ -73,7 +73,7 @@ use schedules::ScheduleOp;
 use wal::{WAL_FRAME_BYTES, WAL_RESTART_FRAMES, WalState, checkpoints};
 use writer::writer;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 /// Commands that may wait for the writer before senders wait too.
 const QUEUE_DEPTH: usize = 8192;

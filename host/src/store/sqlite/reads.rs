@@ -5,6 +5,7 @@ use sqlx::Row as _;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 
 use crate::job::{JobEvent, JobId, JobRecord, JobState};
+use crate::store::history;
 use crate::store::query::{bound, few_in_state, list_sql};
 use crate::store::rows::{Row, event_of, record_of};
 use crate::store::{JobQuery, StoreResult};
@@ -13,13 +14,10 @@ pub(super) async fn events_get(
     conn: &mut SqliteConnection,
     id: JobId,
 ) -> StoreResult<Vec<JobEvent>> {
-    let rows = sqlx::query(
-        "SELECT at, from_state, to_state, attempt, actor, reason, plugin_digest
-         FROM job_events WHERE job_id = ?1 ORDER BY id",
-    )
-    .bind(id)
-    .fetch_all(conn)
-    .await?;
+    let rows = sqlx::query(history::EVENTS_SQL)
+        .bind(id)
+        .fetch_all(conn)
+        .await?;
     rows.iter().map(event_of).collect()
 }
 

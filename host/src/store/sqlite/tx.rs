@@ -4,12 +4,13 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension as _};
 
 use super::events::{EVENTS_INSERT, Events, events_doc};
 use super::known::Ids;
 use crate::store::StoreResult;
 use crate::store::counts::Moves;
+use crate::store::history::Name;
 use crate::telemetry;
 
 /// The writer's transaction: `BEGIN IMMEDIATE` with its first statement.
@@ -57,6 +58,27 @@ impl<'c> Tx<'c> {
             self.begun = true;
         }
         Ok(self.conn)
+    }
+
+    /// The id of a history name: known, found, or added in this
+    /// transaction.
+    pub(super) fn name_id(&mut self, name: Name) -> StoreResult<i64> {
+        if let Some(id) = self.ids.names.get(&name) {
+            return Ok(id);
+        }
+        let conn = self.conn()?;
+        let found: Option<i64> = conn
+            .prepare_cached(name.select_sql())?
+            .query_row([name.text()], |r| r.get(0))
+            .optional()?;
+        let id = match found {
+            Some(id) => id,
+            None => conn
+                .prepare_cached(name.insert_sql())?
+                .query_row([name.text()], |r| r.get(0))?,
+        };
+        self.ids.names.add(name, id);
+        Ok(id)
     }
 
     /// Writes the events collected so far, so that events written by

@@ -47,9 +47,8 @@ pub(super) fn release(
         from: Some(JobState::Running),
         to: JobState::Queued,
         attempt,
-        actor: history::RELEASE_ACTOR.into(),
+        actor: history::RELEASE_ACTOR,
         reason: Some(history::RELEASE_REASON.into()),
-        plugin_digest: None,
     });
     Ok(true)
 }
@@ -91,9 +90,8 @@ pub(super) fn reap(
             from: Some(JobState::Running),
             to,
             attempt,
-            actor: history::REAP_ACTOR.into(),
+            actor: history::REAP_ACTOR,
             reason: Some(last_error.clone()),
-            plugin_digest: None,
         });
         match to {
             JobState::Dead => reaped.dead.push(Buried {
@@ -142,9 +140,8 @@ pub(super) fn promote(
         from: Some(JobState::Scheduled),
         to: JobState::Queued,
         attempt,
-        actor: history::PROMOTE_ACTOR.into(),
+        actor: history::PROMOTE_ACTOR,
         reason: Some(history::PROMOTE_REASON.into()),
-        plugin_digest: None,
     }));
     Ok(promoted
         .into_iter()
@@ -220,9 +217,8 @@ pub(super) fn replay_dead(
             from: Some(JobState::Dead),
             to: JobState::Queued,
             attempt: 0,
-            actor: history::OPERATOR_ACTOR.into(),
+            actor: history::OPERATOR_ACTOR,
             reason: Some(history::REPLAY_REASON.into()),
-            plugin_digest: None,
         });
     }
     for (job_type, n) in per_type {
@@ -356,9 +352,8 @@ pub(super) fn operator_transition(
         from: Some(from),
         to,
         attempt: i64::from(record.attempt),
-        actor: history::OPERATOR_ACTOR.into(),
+        actor: history::OPERATOR_ACTOR,
         reason: Some(reason.into()),
-        plugin_digest: None,
     });
     Ok(record)
 }

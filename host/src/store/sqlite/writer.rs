@@ -154,7 +154,7 @@ pub(super) fn apply_batch(
     batch: &[Command],
     parked: &[Parked],
 ) -> StoreResult<Batch> {
-    let before = *ids;
+    let before = ids.job;
     let mut tx = Tx::new(conn, ids, known.empty_for(batch));
     let mut ready_types = Vec::new();
     let mut ready_any = false;
@@ -260,9 +260,11 @@ pub(super) fn apply_batch(
         // (`commit` consumed the transaction; a failed one is rolled back
         // on the same connection here.)
         let _ = conn.execute_batch("ROLLBACK");
-        *ids = before;
+        ids.job = before;
+        ids.names.forget();
         return Err(e);
     }
+    ids.names.settle();
     let results = results
         .into_iter()
         .map(|r| r.expect("every command has a result"))
