@@ -133,13 +133,15 @@ async fn postgres_three_hosts_lose_no_job_when_one_is_killed() {
     .await
     .unwrap();
     assert_eq!((total, succeeded), (JOBS as i64, JOBS as i64));
-    let reaped: i64 =
-        sqlx::query_scalar("SELECT COUNT(DISTINCT job_id) FROM job_events WHERE actor = 'reaper'")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+    let reaped: i64 = sqlx::query_scalar(
+        "SELECT COUNT(DISTINCT e.job_id) FROM job_events AS e
+         JOIN event_actors AS a ON a.id = e.actor_id WHERE a.name = 'reaper'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
     let completers: i64 = sqlx::query_scalar(
-        "SELECT COUNT(DISTINCT actor) FROM job_events WHERE to_state = 'succeeded'",
+        "SELECT COUNT(DISTINCT actor_id) FROM job_events WHERE to_state = 'succeeded'",
     )
     .fetch_one(&mut conn)
     .await
