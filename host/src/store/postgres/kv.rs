@@ -7,21 +7,23 @@ use crate::job::JobId;
 use crate::store::{KvWrite, StoreResult};
 
 /// A running attempt's progress, fenced by its lease.
+/// A running attempt's progress, fenced by its lease (the token alone: only
+/// a running job has one; see [`super::complete`] for why not the state too).
+pub(super) const PROGRESS: &str = "UPDATE jobs SET progress = $3
+     WHERE id = $1 AND lease_token = $2";
+
 pub(super) async fn progress(
     pool: &PgPool,
     id: JobId,
     token: i64,
     percent: u8,
 ) -> StoreResult<bool> {
-    let done = sqlx::query(
-        "UPDATE jobs SET progress = $3
-         WHERE id = $1 AND state = 'running' AND lease_token = $2",
-    )
-    .bind(id)
-    .bind(token)
-    .bind(i64::from(percent))
-    .execute(pool)
-    .await?;
+    let done = sqlx::query(PROGRESS)
+        .bind(id)
+        .bind(token)
+        .bind(i64::from(percent))
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected() > 0)
 }
 

@@ -73,6 +73,17 @@ async fn warn_without_autovacuum(pool: &PgPool) {
     }
 }
 
+/// The statements that find jobs by id (one, or a batch of ids), for the
+/// test that each of them goes through the primary key.
+#[cfg(test)]
+pub(crate) const BY_ID: [&str; 5] = [
+    complete::COMPLETE_MANY,
+    kv::PROGRESS,
+    upkeep::RELEASE,
+    upkeep::REPLAY,
+    reads::LEASES_LOST,
+];
+
 /// The channel every host LISTENs on for "jobs may be ready".
 pub const READY_CHANNEL: &str = "jobhost_ready";
 

@@ -108,6 +108,11 @@ pub(super) async fn list(
     rows.iter().map(record_of).collect()
 }
 
+pub(super) const LEASES_LOST: &str = "
+    SELECT h.id, h.token FROM unnest($1::bigint[], $2::bigint[]) AS h (id, token)
+    WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = h.id AND jobs.lease_token = h.token)
+    ORDER BY 1, 2";
+
 /// [`crate::store::Store::leases_lost`], each lease looked up by the
 /// primary key.
 pub(super) async fn leases_lost(
@@ -115,14 +120,9 @@ pub(super) async fn leases_lost(
     held: &[(JobId, i64)],
 ) -> StoreResult<Vec<(JobId, i64)>> {
     let (ids, tokens): (Vec<i64>, Vec<i64>) = held.iter().copied().unzip();
-    Ok(sqlx::query_as(
-        "SELECT h.id, h.token FROM unnest($1::bigint[], $2::bigint[]) AS h (id, token)
-         WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = h.id AND jobs.state = 'running'
-                                                AND jobs.lease_token = h.token)
-         ORDER BY 1, 2",
-    )
-    .bind(ids)
-    .bind(tokens)
-    .fetch_all(pool)
-    .await?)
+    Ok(sqlx::query_as(LEASES_LOST)
+        .bind(ids)
+        .bind(tokens)
+        .fetch_all(pool)
+        .await?)
 }

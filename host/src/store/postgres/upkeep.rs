@@ -32,11 +32,11 @@ async fn commit(mut tx: Transaction<'_, Postgres>, readied: bool) -> StoreResult
     Ok(())
 }
 
-const RELEASE: &str = "
+pub(super) const RELEASE: &str = "
     WITH released AS (
         UPDATE jobs SET state = 'queued', attempt = attempt - 1, updated_at = $1,
                lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-        WHERE id = $2 AND state = 'running' AND lease_token = $3
+        WHERE id = $2 AND lease_token = $3
         RETURNING id, attempt
     )
     INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor_id, reason)
@@ -132,11 +132,15 @@ pub(super) async fn promote(pool: &PgPool, now: Timestamp) -> StoreResult<Vec<Mo
         .collect())
 }
 
-const REPLAY: &str = "
+/// `(state = 'dead') IS TRUE` rather than `state = 'dead'`: the same test,
+/// which the partial index `jobs_dead` does not match, so the planner finds
+/// the job by its primary key instead of walking every dead job's entry
+/// when its statistics say there are few.
+pub(super) const REPLAY: &str = "
     WITH replayed AS (
         UPDATE jobs SET state = 'queued', attempt = 0, run_at = $1, result = NULL,
                finished_at = NULL, updated_at = $1
-        WHERE id = $2 AND state = 'dead'
+        WHERE id = $2 AND (state = 'dead') IS TRUE
         RETURNING *
     ), events AS (
         INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor_id, reason)
