@@ -6,6 +6,12 @@
 //! task: run one attempt in the runtime, turn its outcome into a transition
 //! ([`decide`]), and record it through the store, fenced by the lease token.
 //!
+//! An executor frees its slot as soon as its attempt ends, so the next job
+//! runs while the outcome waits for its commit; it keeps its *lease* until
+//! the outcome is recorded. A host holds at most [`LEASES_PER_SLOT`] leases
+//! per slot: when the store is slow to record outcomes, the producer claims
+//! less instead of leasing jobs whose outcomes would wait past their lease.
+//!
 //! Shutdown comes in two steps: `stop` ends claiming (running attempts go on);
 //! `abort` ends the attempts still running and gives their jobs back to the
 //! queue without spending the attempt.
@@ -252,6 +258,30 @@ struct Slots {
     _type: OwnedSemaphorePermit,
 }
 
+/// Leases a host may hold per slot of `--concurrency`: the attempts running
+/// and, as many again, outcomes waiting for their commit.
+pub const LEASES_PER_SLOT: usize = 2;
+
+/// A lease the host holds, from the claim until the executor is done with
+/// its job (its outcome recorded, or given up). Dropping it frees it, and
+/// wakes the producer if it was waiting for one.
+struct Held {
+    permit: Option<OwnedSemaphorePermit>,
+    dispatch: Arc<Dispatch>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let permit = self.permit.take().expect("held until dropped");
+        let leases = permit.semaphore().clone();
+        let none_left = leases.available_permits() == 0;
+        drop(permit);
+        if none_left {
+            self.dispatch.freed();
+        }
+    }
+}
+
 impl Worker {
     /// Claims and runs jobs until `stop`; then waits for running attempts
     /// (which `abort` cuts short) and returns.
@@ -262,6 +292,7 @@ impl Worker {
     /// submitted. Otherwise it waits for a hint or the poll interval.
     pub async fn run(self: Arc<Self>, stop: CancellationToken, abort: CancellationToken) {
         let host_slots = Arc::new(Semaphore::new(self.config.concurrency));
+        let leases = Arc::new(Semaphore::new(self.config.concurrency * LEASES_PER_SLOT));
         let executors = TaskTracker::new();
         let mut paused = self.control.paused.subscribe();
         // A change of plugins, or of the paused types, ends the round built
@@ -281,10 +312,11 @@ impl Worker {
                 }
                 continue;
             }
-            let round = match self.next_claim(&host_slots) {
+            let round = match self.next_claim(&host_slots, &leases) {
                 Ok(round) => round,
-                // Every slot is busy (an attempt finishing signals), or every
-                // type is at its rate limit.
+                // Every slot or lease is busy (an attempt finishing or an
+                // outcome recorded signals), or every type is at its rate
+                // limit.
                 Err(refill) => {
                     let wait = refill.map_or(self.config.poll_interval, |r| {
                         r.min(self.config.poll_interval)
@@ -304,7 +336,7 @@ impl Worker {
                 .claim(round, &mut paused, (&mut plugins, &mut paused_types), &stop)
                 .await;
             if !claimed.is_empty() {
-                self.spawn_executors(claimed, &host_slots, &executors, &abort);
+                self.spawn_executors(claimed, (&host_slots, &leases), &executors, &abort);
                 // There may be more waiting: claim again at once.
                 continue;
             }
@@ -355,11 +387,18 @@ impl Worker {
     /// The next claim: every loaded plugin with a free slot, starting at the
     /// next one in turn (so a type with a backlog cannot take every freed
     /// slot from the types after it), at most as many jobs as there are free
-    /// slots (and, for a rate-limited type, as many as its rate allows now).
-    /// Nothing to claim: `Err` with when a type left out by its rate may
-    /// start again, if one was.
-    fn next_claim(&self, host_slots: &Semaphore) -> Result<Round, Option<Duration>> {
-        let host_free = host_slots.available_permits().min(self.config.claim_batch);
+    /// slots and leases (and, for a rate-limited type, as many as its rate
+    /// allows now). Nothing to claim: `Err` with when a type left out by its
+    /// rate may start again, if one was.
+    fn next_claim(
+        &self,
+        host_slots: &Semaphore,
+        leases: &Semaphore,
+    ) -> Result<Round, Option<Duration>> {
+        let host_free = host_slots
+            .available_permits()
+            .min(leases.available_permits())
+            .min(self.config.claim_batch);
         if host_free == 0 {
             return Err(None);
         }
@@ -547,13 +586,22 @@ impl Worker {
     fn spawn_executors(
         self: &Arc<Self>,
         claimed: Vec<(ClaimedJob, Arc<Handler>)>,
-        host_slots: &Arc<Semaphore>,
+        (host_slots, leases): (&Arc<Semaphore>, &Arc<Semaphore>),
         executors: &TaskTracker,
         abort: &CancellationToken,
     ) {
         for (job, handler) in claimed {
             // Only this task takes permits, and the claim asked for no more
             // than were free, so these cannot fail.
+            let held = Held {
+                permit: Some(
+                    leases
+                        .clone()
+                        .try_acquire_owned()
+                        .expect("lease counted as free"),
+                ),
+                dispatch: self.dispatch.clone(),
+            };
             let slots = Slots {
                 _host: host_slots
                     .clone()
@@ -567,7 +615,10 @@ impl Worker {
             };
             let worker = self.clone();
             let abort = abort.clone();
-            executors.spawn(async move { worker.execute(job, handler, slots, abort).await });
+            executors.spawn(async move {
+                worker.execute(job, handler, slots, abort).await;
+                drop(held);
+            });
         }
     }
 

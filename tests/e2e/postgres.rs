@@ -807,3 +807,51 @@ async fn postgres_a_job_cancelled_on_one_host_stops_running_on_another() {
         "{metrics}"
     );
 }
+
+/// A host whose outcomes cannot be recorded for a while (each waits for
+/// the store) stops claiming once it holds two leases per slot: the running
+/// attempts and as many outcomes waiting for their commit. It does not
+/// lease everything queued meanwhile, whose leases would expire before
+/// their outcomes could be recorded. Once outcomes are recorded again,
+/// every job succeeds on its first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_host_slow_to_record_outcomes_leases_no_more_than_it_can_finish() {
+    const JOBS: usize = 60;
+    let db = TestDb::create().await;
+    let flags = [&db.host_flags()[..], &["--paused", "--concurrency", "4"]].concat();
+    let host = Server::start(noop(), &flags).await;
+    let mut ids = Vec::new();
+    for _ in 0..JOBS {
+        ids.push(host.submit("noop", "{}").await);
+    }
+    // Every outcome's history row waits for a lock this connection holds.
+    let mut holder = db.connect().await;
+    sqlx::raw_sql(
+        "SELECT pg_advisory_lock(4242);
+         CREATE FUNCTION hold_outcomes() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NULL; END $$;
+         CREATE TRIGGER hold_outcomes AFTER INSERT ON job_events FOR EACH ROW
+         WHEN (NEW.from_state = 'running') EXECUTE FUNCTION hold_outcomes();",
+    )
+    .execute(&mut holder)
+    .await
+    .unwrap();
+    let (status, body) = host.admin_post("/admin/workers/resume").await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running(&db).await < 8 {
+        assert!(Instant::now() < deadline, "the host never leased 8 jobs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Time for many claim rounds (a slot is free all along): none leases more.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(running(&db).await, 8, "4 slots hold at most 8 leases");
+    sqlx::query("SELECT pg_advisory_unlock(4242)")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    for id in ids {
+        let job = host.wait_for(id, "succeeded").await;
+        assert_eq!(job["attempts"], 1, "{job}");
+    }
+}
