@@ -531,6 +531,10 @@ async fn writer_figures(report: &mut Report, server: &Server, jobs: f64) -> Resu
     Ok(total)
 }
 
+/// The embedded store's writer thread, by the name the host gives it: its
+/// CPU time is the host's serial cost per job without the waits (fsync).
+const WRITER_THREAD: &str = "jobhost-writer";
+
 /// Burns `jobs` no-op jobs down on `hosts` hosts (more than one share a
 /// PostgreSQL database: `--store postgres`). Jobs are submitted to the first
 /// while every host is paused, then every host is resumed.
@@ -561,11 +565,14 @@ async fn burn_down(c: &Common, jobs: usize, scenario: &str, hosts: usize) -> Res
     let mut conn = admin(&server).await?;
     let cpu = || all.iter().map(|s| s.cpu_secs()).sum::<f64>();
     let cpu_before = cpu();
+    let writer_cpu_before = server.thread_cpu_secs(WRITER_THREAD);
     for host in &all {
         resume(host).await?;
     }
     wait_done(&server, jobs as u64, Duration::from_secs(1800)).await?;
     let cpu_us = (cpu() - cpu_before) / jobs as f64 * 1e6;
+    let writer_cpu_us =
+        (server.thread_cpu_secs(WRITER_THREAD) - writer_cpu_before) / jobs as f64 * 1e6;
     let rows = server.jobs().await?;
     let verified = verify(&ids, &rows)?;
     let span = drain_secs(&rows);
@@ -594,6 +601,13 @@ async fn burn_down(c: &Common, jobs: usize, scenario: &str, hosts: usize) -> Res
         writer_us,
         "µs",
     );
+    if c.store == StoreKind::Sqlite {
+        report.figure(
+            "host overhead per job, writer thread CPU (no waits)",
+            writer_cpu_us,
+            "µs",
+        );
+    }
     report.figure(
         "server CPU per job, all threads (claim → run → complete)",
         cpu_us,

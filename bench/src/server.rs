@@ -108,6 +108,23 @@ impl Server {
         cpu_secs_of(&self.child.id().to_string())
     }
 
+    /// CPU seconds (user + system) of the server's threads named `name`;
+    /// 0 if it has none.
+    pub fn thread_cpu_secs(&self, name: &str) -> f64 {
+        let pid = self.child.id();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return 0.0;
+        };
+        tasks
+            .flatten()
+            .filter(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim_end() == name)
+            })
+            .map(|task| cpu_secs_of(&format!("{pid}/task/{}", task.file_name().display())))
+            .sum()
+    }
+
     /// Every job in the store, read straight from the database.
     pub async fn jobs(&self) -> Result<Vec<JobRow>> {
         const JOBS: &str =

@@ -158,6 +158,7 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
         clock: clock.clone(),
         control: control.clone(),
         round: Default::default(),
+        leases: Default::default(),
         config: WorkerConfig {
             owner,
             concurrency: config.concurrency as usize,

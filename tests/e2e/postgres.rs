@@ -809,8 +809,8 @@ async fn postgres_a_job_cancelled_on_one_host_stops_running_on_another() {
 }
 
 /// A host whose outcomes cannot be recorded for a while (each waits for
-/// the store) stops claiming once it holds two leases per slot: the running
-/// attempts and as many outcomes waiting for their commit. It does not
+/// the store) stops claiming once it holds four leases per slot: the
+/// running attempts and the outcomes waiting for their commit. It does not
 /// lease everything queued meanwhile, whose leases would expire before
 /// their outcomes could be recorded. Once outcomes are recorded again,
 /// every job succeeds on its first attempt.
@@ -839,13 +839,13 @@ async fn postgres_a_host_slow_to_record_outcomes_leases_no_more_than_it_can_fini
     let (status, body) = host.admin_post("/admin/workers/resume").await;
     assert_eq!(status, 200, "{body}");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while running(&db).await < 8 {
-        assert!(Instant::now() < deadline, "the host never leased 8 jobs");
+    while running(&db).await < 16 {
+        assert!(Instant::now() < deadline, "the host never leased 16 jobs");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Time for many claim rounds (a slot is free all along): none leases more.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(running(&db).await, 8, "4 slots hold at most 8 leases");
+    assert_eq!(running(&db).await, 16, "4 slots hold at most 16 leases");
     sqlx::query("SELECT pg_advisory_unlock(4242)")
         .execute(&mut holder)
         .await
