@@ -159,6 +159,7 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
         control: control.clone(),
         round: Default::default(),
         leases: Default::default(),
+        quiet_until: Default::default(),
         config: WorkerConfig {
             owner,
             concurrency: config.concurrency as usize,

@@ -19,6 +19,9 @@ pub const JOBS_DEAD: &str = "jobhost_jobs_dead_total";
 /// Attempts stopped before they ended because their job was cancelled
 /// while running (or their lease was lost), per type.
 pub const ATTEMPTS_INTERRUPTED: &str = "jobhost_attempts_interrupted_total";
+/// Claim rounds held back because every lease the host may hold was taken
+/// while slots were free: outcomes waiting for the store to record them.
+pub const CLAIMS_HELD_BACK: &str = "jobhost_claims_held_back_total";
 /// Jobs created by schedules (cron), per schedule.
 pub const SCHEDULE_JOBS: &str = "jobhost_schedule_jobs_total";
 /// Finished jobs deleted by retention (the pruner or an operator), per state.
@@ -135,6 +138,10 @@ pub fn prometheus() -> Result<PrometheusHandle, String> {
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(JOBS_ENQUEUED, "Jobs accepted, per type");
+    describe_counter!(
+        CLAIMS_HELD_BACK,
+        "Claim rounds held back with slots free: every lease the host may hold was waiting for its outcome to be recorded (the store is slow to commit)"
+    );
     describe_gauge!(
         REDIS_UP,
         "1 while Redis answers, 0 after a failed Redis command (hints fall back to polling)"

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -34,6 +34,7 @@ use crate::runtime::{
     AttemptInput, AttemptOutcome, KvWrite, Limits, Runtime, Services, cap_plugin_text,
 };
 use crate::store::{ClaimRequest, ClaimWait, ClaimedJob, Completion, Outcome, Store, StoreError};
+use crate::telemetry;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -65,6 +66,9 @@ pub struct Worker {
     /// Leases this host holds: claimed, and the executor not done with the
     /// job yet (at most [`LEASES_PER_SLOT`] per slot).
     pub leases: AtomicUsize,
+    /// When claims held back for want of leases may next be logged
+    /// (microseconds on the host's clock).
+    pub quiet_until: AtomicI64,
 }
 
 /// The operator's handle on the worker: pause and resume claiming on this
@@ -276,6 +280,9 @@ impl Drop for Lease<'_> {
     }
 }
 
+/// How often a host says that its claims are held back (it counts each time).
+const HELD_BACK_QUIET: Duration = Duration::from_secs(30);
+
 /// Leases a host may hold per slot of `--concurrency`: the attempts running
 /// and up to three times as many outcomes waiting for their commit. (Two
 /// held the embedded burn-down back in some runs, where outcomes wait about
@@ -393,10 +400,11 @@ impl Worker {
         let leases_free = self
             .max_leases()
             .saturating_sub(self.leases.load(Ordering::Acquire));
-        let host_free = host_slots
-            .available_permits()
-            .min(leases_free)
-            .min(self.config.claim_batch);
+        let slots_free = host_slots.available_permits();
+        if leases_free == 0 && slots_free > 0 {
+            self.held_back();
+        }
+        let host_free = slots_free.min(leases_free).min(self.config.claim_batch);
         if host_free == 0 {
             return Err(None);
         }
@@ -614,6 +622,22 @@ impl Worker {
 
     fn max_leases(&self) -> usize {
         self.config.concurrency * LEASES_PER_SLOT
+    }
+
+    /// Slots are free but every lease is taken: counted, and said at most
+    /// every [`HELD_BACK_QUIET`].
+    fn held_back(&self) {
+        metrics::counter!(telemetry::CLAIMS_HELD_BACK).increment(1);
+        let now = self.clock.now().as_micros();
+        let quiet_until = self.quiet_until.load(Ordering::Relaxed);
+        if now >= quiet_until {
+            let next = now.saturating_add(HELD_BACK_QUIET.as_micros() as i64);
+            self.quiet_until.store(next, Ordering::Relaxed);
+            tracing::warn!(
+                leases = self.max_leases(),
+                "claims held back: every lease this host may hold waits for its outcome to be recorded; the store is slow to commit"
+            );
+        }
     }
 
     /// Runs one attempt of `job` and records its outcome.

@@ -846,6 +846,12 @@ async fn postgres_a_host_slow_to_record_outcomes_leases_no_more_than_it_can_fini
     // Time for many claim rounds (a slot is free all along): none leases more.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(running(&db).await, 16, "4 slots hold at most 16 leases");
+    // The counter appears once it is first incremented.
+    let metrics = host.metrics_text().await;
+    assert!(
+        metrics.contains("jobhost_claims_held_back_total "),
+        "the held-back claims are counted: {metrics}"
+    );
     sqlx::query("SELECT pg_advisory_unlock(4242)")
         .execute(&mut holder)
         .await
