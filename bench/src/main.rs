@@ -571,8 +571,11 @@ async fn burn_down(c: &Common, jobs: usize, scenario: &str, hosts: usize) -> Res
     }
     wait_done(&server, jobs as u64, Duration::from_secs(1800)).await?;
     let cpu_us = (cpu() - cpu_before) / jobs as f64 * 1e6;
-    let writer_cpu_us =
-        (server.thread_cpu_secs(WRITER_THREAD) - writer_cpu_before) / jobs as f64 * 1e6;
+    // The embedded store's writer; PostgreSQL has none.
+    let writer_cpu_us = server
+        .thread_cpu_secs(WRITER_THREAD)
+        .zip(writer_cpu_before)
+        .map(|(after, before)| (after - before) / jobs as f64 * 1e6);
     let rows = server.jobs().await?;
     let verified = verify(&ids, &rows)?;
     let span = drain_secs(&rows);
@@ -601,12 +604,14 @@ async fn burn_down(c: &Common, jobs: usize, scenario: &str, hosts: usize) -> Res
         writer_us,
         "µs",
     );
-    if c.store == StoreKind::Sqlite {
+    if let Some(writer_cpu_us) = writer_cpu_us {
         report.figure(
             "host overhead per job, writer thread CPU (no waits)",
             writer_cpu_us,
             "µs",
         );
+    } else if c.store == StoreKind::Sqlite {
+        bail!("no thread named {WRITER_THREAD} in the server");
     }
     report.figure(
         "server CPU per job, all threads (claim → run → complete)",

@@ -109,20 +109,19 @@ impl Server {
     }
 
     /// CPU seconds (user + system) of the server's threads named `name`;
-    /// 0 if it has none.
-    pub fn thread_cpu_secs(&self, name: &str) -> f64 {
+    /// `None` if it has none.
+    pub fn thread_cpu_secs(&self, name: &str) -> Option<f64> {
         let pid = self.child.id();
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            return 0.0;
-        };
-        tasks
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        let named: Vec<f64> = tasks
             .flatten()
             .filter(|task| {
                 std::fs::read_to_string(task.path().join("comm"))
                     .is_ok_and(|comm| comm.trim_end() == name)
             })
             .map(|task| cpu_secs_of(&format!("{pid}/task/{}", task.file_name().display())))
-            .sum()
+            .collect();
+        (!named.is_empty()).then(|| named.iter().sum())
     }
 
     /// Every job in the store, read straight from the database.

@@ -269,11 +269,11 @@ struct Slots {
 /// until the executor is done with its job (its outcome recorded, or given
 /// up, or the executor panicked). Dropping it wakes the producer if it was
 /// waiting for a lease.
-struct Lease<'a>(&'a Worker);
+struct Lease(Arc<Worker>);
 
-impl Drop for Lease<'_> {
+impl Drop for Lease {
     fn drop(&mut self) {
-        let worker = self.0;
+        let worker = &self.0;
         if worker.leases.fetch_sub(1, Ordering::AcqRel) == worker.max_leases() {
             worker.dispatch.freed();
         }
@@ -611,11 +611,12 @@ impl Worker {
                     .try_acquire_owned()
                     .expect("type slot counted as free"),
             };
-            let worker = self.clone();
+            // Counted above: from here the guard gives it back, even if the
+            // task never runs.
+            let lease = Lease(self.clone());
             let abort = abort.clone();
             executors.spawn(async move {
-                let _lease = Lease(&worker);
-                worker.execute(job, handler, slots, abort).await;
+                lease.0.execute(job, handler, slots, abort).await;
             });
         }
     }

@@ -6,12 +6,12 @@ use sqlx::PgPool;
 use crate::job::JobId;
 use crate::store::{KvWrite, StoreResult};
 
-/// A running attempt's progress, fenced by its lease.
 /// A running attempt's progress, fenced by its lease (the token alone: only
 /// a running job has one; see [`super::complete`] for why not the state too).
 pub(super) const PROGRESS: &str = "UPDATE jobs SET progress = $3
      WHERE id = $1 AND lease_token = $2";
 
+/// Records a running attempt's progress; false if its lease no longer holds.
 pub(super) async fn progress(
     pool: &PgPool,
     id: JobId,
