@@ -14,7 +14,7 @@ use crate::clock::Timestamp;
 pub type JobId = i64;
 
 /// Where a job is in its life. Each state says which role moves a job out of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Ready to run now. Left by a worker's claim (→ running) or an

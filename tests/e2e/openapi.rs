@@ -93,4 +93,120 @@ async fn the_openapi_document_describes_every_route_and_error() {
     // The admin routes say they need the token.
     let replay = &doc["paths"]["/admin/dlq/replay"]["post"];
     assert!(replay["security"].is_array(), "{replay}");
+
+    // Typed answers are what the document says, field for field: a job
+    // with its history, a page of the listing, and a job after an
+    // operator's action on it.
+    let id = host.submit("counter", r#"{"n": 1}"#).await;
+    host.wait_for(id, "succeeded").await;
+    let cancelled = host.submit("counter", r#"{"n": 2}"#).await;
+    let answers = [
+        ("/jobs/{key}", "get", host.get(&format!("/jobs/{id}")).await),
+        ("/jobs", "get", host.admin_get("/jobs?limit=1").await),
+        (
+            "/admin/jobs/{id}/cancel",
+            "post",
+            host.admin_post(&format!("/admin/jobs/{cancelled}/cancel"))
+                .await,
+        ),
+    ];
+    for (path, method, (status, body)) in answers {
+        let schema = &doc["paths"][path][method]["responses"][status.to_string()]["content"]["application/json"]
+            ["schema"];
+        assert!(
+            schema.is_object(),
+            "{method} {path} {status}: no schema for {body}"
+        );
+        if let Err(why) = conforms(&doc, schema, &body) {
+            panic!("{method} {path} answered {body}\nwhich is not its schema {schema}: {why}");
+        }
+        // The check itself is not vacuous: a wrong state, a field the
+        // document does not name, or a missing one fails it.
+        if path == "/jobs/{key}" {
+            for broken in [
+                serde_json::json!({"status": "bogus"}),
+                serde_json::json!({"undocumented": 1}),
+            ] {
+                let mut wrong = body.clone();
+                for (k, v) in broken.as_object().unwrap() {
+                    wrong[k] = v.clone();
+                }
+                assert!(conforms(&doc, schema, &wrong).is_err(), "{broken} passed");
+            }
+            let mut missing = body.clone();
+            missing.as_object_mut().unwrap().remove("jobId");
+            assert!(conforms(&doc, schema, &missing).is_err(), "no jobId passed");
+        }
+    }
+    let events = &doc["components"]["schemas"]["Job"]["properties"]["events"];
+    assert!(events.is_object(), "the job's history is typed");
+}
+
+/// Whether `value` is what `schema` describes: its `$ref`, `oneOf`/`anyOf`/
+/// `allOf`, `enum`, `type`, `required`, `properties` and `items`. An object
+/// with `properties` may hold no other key: a field the code sends and the
+/// document does not name is drift too.
+fn conforms(doc: &Value, schema: &Value, value: &Value) -> Result<(), String> {
+    if let Some(reference) = schema["$ref"].as_str() {
+        let name = reference
+            .strip_prefix("#/components/schemas/")
+            .ok_or_else(|| format!("an unexpected $ref {reference}"))?;
+        return conforms(doc, &doc["components"]["schemas"][name], value);
+    }
+    for any in ["oneOf", "anyOf"] {
+        if let Some(options) = schema[any].as_array() {
+            if !options.iter().any(|o| conforms(doc, o, value).is_ok()) {
+                return Err(format!("{value} matches none of {any} {schema}"));
+            }
+        }
+    }
+    if let Some(all) = schema["allOf"].as_array() {
+        for part in all {
+            conforms(doc, part, value)?;
+        }
+    }
+    if let Some(allowed) = schema["enum"].as_array() {
+        if !allowed.contains(value) {
+            return Err(format!("{value} is not one of {schema}"));
+        }
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let is = |t: &str| match t {
+        "null" => value.is_null(),
+        "boolean" => value.is_boolean(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "string" => value.is_string(),
+        "array" => value.is_array(),
+        "object" => value.is_object(),
+        _ => false,
+    };
+    if !types.is_empty() && !types.iter().any(|t| is(t)) {
+        return Err(format!("{value} is not {types:?}"));
+    }
+    if let (Some(fields), Some(properties)) = (value.as_object(), schema["properties"].as_object())
+    {
+        for required in schema["required"].as_array().into_iter().flatten() {
+            let key = required.as_str().unwrap_or_default();
+            if !fields.contains_key(key) {
+                return Err(format!("no `{key}` in {value}"));
+            }
+        }
+        for (key, field) in fields {
+            let described = properties
+                .get(key)
+                .ok_or_else(|| format!("`{key}` is not in the schema's properties"))?;
+            conforms(doc, described, field).map_err(|why| format!("`{key}`: {why}"))?;
+        }
+    }
+    if let (Some(items), Some(schema)) = (value.as_array(), schema.get("items")) {
+        for item in items {
+            conforms(doc, schema, item)?;
+        }
+    }
+    Ok(())
 }

@@ -40,7 +40,7 @@ use subtle::ConstantTimeEq;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
-use super::jobs::render_job;
+use super::jobs::{JobView, render_job};
 use super::{ApiError, AppState, PathParam};
 use crate::clock::Timestamp;
 use crate::job::JobState;
@@ -112,7 +112,7 @@ fn job_id(id: &str) -> Result<i64, ApiError> {
     params(("id" = i64, Path, description = "The job id")),
     security(("admin" = []), ("adminHeader" = [])),
     responses(
-        (status = 200, description = "The job as `GET /jobs/{id}` shows it", body = Object),
+        (status = 200, description = "The job as `GET /jobs/{id}` shows it", body = JobView),
         (status = 400, description = "`invalid_job_id`", body = ApiError),
         (status = 404, description = "`job_not_found`", body = ApiError),
         (status = 409, description = "`invalid_job_state`: only dead jobs are replayed", body = ApiError),
@@ -123,7 +123,7 @@ fn job_id(id: &str) -> Result<i64, ApiError> {
 async fn replay(
     State(app): State<AppState>,
     PathParam(id): PathParam,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobView>, ApiError> {
     let job_id = job_id(&id)?;
     let record = app
         .store
@@ -411,7 +411,7 @@ async fn set_queue_paused(
     params(("id" = i64, Path, description = "The job id")),
     security(("admin" = []), ("adminHeader" = [])),
     responses(
-        (status = 200, description = "The job as `GET /jobs/{id}` shows it", body = Object),
+        (status = 200, description = "The job as `GET /jobs/{id}` shows it", body = JobView),
         (status = 400, description = "`invalid_job_id`", body = ApiError),
         (status = 404, description = "`job_not_found`", body = ApiError),
         (status = 409, description = "`invalid_job_state`", body = ApiError),
@@ -422,7 +422,7 @@ async fn set_queue_paused(
 async fn cancel(
     State(app): State<AppState>,
     PathParam(id): PathParam,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobView>, ApiError> {
     let job_id = job_id(&id)?;
     let record = app
         .store

@@ -320,7 +320,7 @@ fn batch_size(n: usize) -> Result<(), ApiError> {
     tag = "jobs",
     params(("key" = i64, Path, description = "The job id")),
     responses(
-        (status = 200, description = "The job: `jobId`, `type`, `status`, `payload`, `attempts`, `maxAttempts`, `progress`, `nextAttemptAt`, `lastError`, `result`, `pluginDigest`, `createdAt`, `startedAt`, `finishedAt`, `updatedAt`, and `events` (at, from, to, attempt, actor, reason, pluginDigest)", body = Object),
+        (status = 200, description = "The job, with its history (`events`)", body = JobView),
         (status = 400, description = "`invalid_job_id`", body = ApiError),
         (status = 404, description = "`job_not_found`", body = ApiError),
         (status = 503, description = "`store_unavailable`", body = ApiError),
@@ -329,7 +329,7 @@ fn batch_size(n: usize) -> Result<(), ApiError> {
 async fn show(
     State(app): State<AppState>,
     PathParam(id): PathParam,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobView>, ApiError> {
     let job_id: i64 = match id.parse() {
         Ok(n) if n > 0 => n,
         _ => return Err(ApiError::InvalidJobId(id)),
@@ -361,8 +361,7 @@ const DEFAULT_LIST: usize = 50;
     ),
     security(("admin" = []), ("adminHeader" = [])),
     responses(
-        (status = 200, description = "A page; `nextCursor` is set when it is full. Pages never repeat or skip a job.", body = Object,
-         example = json!({"jobs": [], "nextCursor": null})),
+        (status = 200, description = "A page; `nextCursor` is set when it is full. Pages never repeat or skip a job.", body = JobPage),
         (status = 400, description = "`invalid_query`", body = ApiError),
         (status = 401, description = "`unauthorized`", body = ApiError),
         (status = 503, description = "`store_unavailable`", body = ApiError),
@@ -372,7 +371,7 @@ async fn list(
     State(app): State<AppState>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobPage>, ApiError> {
     if !super::admin::token_matches(&headers, &app.admin_token) {
         return Err(ApiError::Unauthorized);
     }
@@ -381,10 +380,10 @@ async fn list(
     let next = (jobs.len() == query.limit)
         .then(|| jobs.last().map(|j| j.id.to_string()))
         .flatten();
-    Ok(Json(json!({
-        "jobs": jobs.iter().map(render_listed).collect::<Vec<_>>(),
-        "nextCursor": next,
-    })))
+    Ok(Json(JobPage {
+        jobs: jobs.iter().map(render_listed).collect(),
+        next_cursor: next,
+    }))
 }
 
 fn list_query(query: Option<&str>) -> Result<JobQuery, ApiError> {
@@ -432,48 +431,121 @@ fn list_query(query: Option<&str>) -> Result<JobQuery, ApiError> {
     Ok(q)
 }
 
-/// A job as a listing shows it: all of it but its history.
-pub(super) fn render_listed(job: &JobRecord) -> Value {
-    let mut value = render_job(job, &[]);
-    if let Some(fields) = value.as_object_mut() {
-        fields.remove("events");
-    }
-    value
+/// A job as every API response shows it (`Job` in the OpenAPI document).
+/// Times are RFC 3339 in UTC, with microseconds.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Job)]
+pub(super) struct JobView {
+    job_id: i64,
+    /// The job type (its plugin).
+    #[serde(rename = "type")]
+    job_type: String,
+    status: JobState,
+    /// The payload as submitted.
+    payload: Value,
+    idempotency_key: Option<String>,
+    /// Attempts started so far.
+    attempts: u32,
+    max_attempts: u32,
+    /// -100 to 100; higher is claimed first.
+    priority: i16,
+    /// The job's own deadline per attempt, if it asked for one.
+    timeout_ms: Option<u32>,
+    /// When a queued or scheduled job is due; null otherwise.
+    next_attempt_at: Option<String>,
+    last_error: Option<String>,
+    /// What a succeeded attempt returned (JSON).
+    result: Option<Value>,
+    /// The plugin version of the last attempt (`sha256:...`).
+    plugin_digest: Option<String>,
+    lease_expires_at: Option<String>,
+    created_at: String,
+    updated_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    /// 0-100, as the running attempt last reported it.
+    progress: Option<u8>,
+    /// Its history, oldest first (`GET /jobs/{id}` and the operators'
+    /// actions on one job; a listing leaves it out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<Vec<EventView>>,
 }
 
-/// The job as every API response shows it.
-pub(super) fn render_job(job: &JobRecord, events: &[JobEvent]) -> Value {
+/// One transition in a job's history (`JobEvent` in the OpenAPI document).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = JobEvent)]
+pub(super) struct EventView {
+    at: String,
+    /// Null for the job's creation.
+    from: Option<JobState>,
+    to: JobState,
+    attempt: u32,
+    /// Who moved it: `api`, `worker:<host>`, `reaper`, `promoter`, `admin`.
+    actor: String,
+    reason: Option<String>,
+    plugin_digest: Option<String>,
+}
+
+/// A page of `GET /jobs` (`JobPage` in the OpenAPI document).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = JobPage)]
+pub(super) struct JobPage {
+    /// Newest first, each without `events`.
+    jobs: Vec<JobView>,
+    /// Set when the page is full: pass it as `cursor` for the next one.
+    next_cursor: Option<String>,
+}
+
+/// A job as a listing shows it: all of it but its history.
+pub(super) fn render_listed(job: &JobRecord) -> JobView {
+    render(job, None)
+}
+
+/// The job with its history.
+pub(super) fn render_job(job: &JobRecord, events: &[JobEvent]) -> JobView {
+    render(job, Some(events))
+}
+
+fn render(job: &JobRecord, events: Option<&[JobEvent]>) -> JobView {
     let waiting = matches!(job.state, JobState::Queued | JobState::Scheduled);
-    json!({
-        "jobId": job.id,
-        "type": job.job_type,
-        "status": job.state,
-        "payload": raw_json(&job.payload),
-        "idempotencyKey": job.idempotency_key,
-        "attempts": job.attempt,
-        "maxAttempts": job.max_attempts,
-        "priority": job.priority,
-        "timeoutMs": job.timeout_ms,
-        "nextAttemptAt": waiting.then(|| job.run_at.to_rfc3339()),
-        "lastError": job.last_error,
-        "result": job.result.as_deref().map(raw_json),
-        "pluginDigest": job.plugin_digest,
-        "leaseExpiresAt": job.lease_expires_at.map(|t| t.to_rfc3339()),
-        "createdAt": job.created_at.to_rfc3339(),
-        "updatedAt": job.updated_at.to_rfc3339(),
-        "startedAt": job.started_at.map(|t| t.to_rfc3339()),
-        "finishedAt": job.finished_at.map(|t| t.to_rfc3339()),
-        "progress": job.progress,
-        "events": events.iter().map(|e| json!({
-            "at": e.at.to_rfc3339(),
-            "from": e.from,
-            "to": e.to,
-            "attempt": e.attempt,
-            "actor": e.actor,
-            "reason": e.reason,
-            "pluginDigest": e.plugin_digest,
-        })).collect::<Vec<_>>(),
-    })
+    JobView {
+        job_id: job.id,
+        job_type: job.job_type.clone(),
+        status: job.state,
+        payload: raw_json(&job.payload),
+        idempotency_key: job.idempotency_key.clone(),
+        attempts: job.attempt,
+        max_attempts: job.max_attempts,
+        priority: job.priority,
+        timeout_ms: job.timeout_ms,
+        next_attempt_at: waiting.then(|| job.run_at.to_rfc3339()),
+        last_error: job.last_error.clone(),
+        result: job.result.as_deref().map(raw_json),
+        plugin_digest: job.plugin_digest.clone(),
+        lease_expires_at: job.lease_expires_at.map(|t| t.to_rfc3339()),
+        created_at: job.created_at.to_rfc3339(),
+        updated_at: job.updated_at.to_rfc3339(),
+        started_at: job.started_at.map(|t| t.to_rfc3339()),
+        finished_at: job.finished_at.map(|t| t.to_rfc3339()),
+        progress: job.progress,
+        events: events.map(|events| {
+            events
+                .iter()
+                .map(|e| EventView {
+                    at: e.at.to_rfc3339(),
+                    from: e.from,
+                    to: e.to,
+                    attempt: e.attempt,
+                    actor: e.actor.clone(),
+                    reason: e.reason.clone(),
+                    plugin_digest: e.plugin_digest.clone(),
+                })
+                .collect()
+        }),
+    }
 }
 
 /// Stored JSON text, embedded as JSON (it was validated on the way in).
