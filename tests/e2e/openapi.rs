@@ -154,10 +154,10 @@ fn conforms(doc: &Value, schema: &Value, value: &Value) -> Result<(), String> {
         return conforms(doc, &doc["components"]["schemas"][name], value);
     }
     for any in ["oneOf", "anyOf"] {
-        if let Some(options) = schema[any].as_array() {
-            if !options.iter().any(|o| conforms(doc, o, value).is_ok()) {
-                return Err(format!("{value} matches none of {any} {schema}"));
-            }
+        if let Some(options) = schema[any].as_array()
+            && !options.iter().any(|o| conforms(doc, o, value).is_ok())
+        {
+            return Err(format!("{value} matches none of {any} {schema}"));
         }
     }
     if let Some(all) = schema["allOf"].as_array() {
@@ -165,10 +165,10 @@ fn conforms(doc: &Value, schema: &Value, value: &Value) -> Result<(), String> {
             conforms(doc, part, value)?;
         }
     }
-    if let Some(allowed) = schema["enum"].as_array() {
-        if !allowed.contains(value) {
-            return Err(format!("{value} is not one of {schema}"));
-        }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value)
+    {
+        return Err(format!("{value} is not one of {schema}"));
     }
     let types: Vec<&str> = match &schema["type"] {
         Value::String(t) => vec![t.as_str()],
