@@ -100,7 +100,22 @@ async fn the_openapi_document_describes_every_route_and_error() {
     let id = host.submit("counter", r#"{"n": 1}"#).await;
     host.wait_for(id, "succeeded").await;
     let cancelled = host.submit("counter", r#"{"n": 2}"#).await;
+    let daily = serde_json::json!({"type": "counter", "cron": "0 9 * * *", "payload": {"n": 3}});
+    let created = host
+        .admin_send(reqwest::Method::PUT, "/admin/schedules/daily", Some(&daily))
+        .await;
     let answers = [
+        ("/admin/schedules/{name}", "put", created),
+        (
+            "/admin/schedules/{name}",
+            "get",
+            host.admin_get("/admin/schedules/daily").await,
+        ),
+        (
+            "/admin/schedules",
+            "get",
+            host.admin_get("/admin/schedules").await,
+        ),
         ("/jobs/{key}", "get", host.get(&format!("/jobs/{id}")).await),
         ("/jobs", "get", host.admin_get("/jobs?limit=1").await),
         (

@@ -44,20 +44,52 @@ struct Definition {
     payload: Option<Box<serde_json::value::RawValue>>,
 }
 
-fn render(s: &Schedule) -> Value {
-    json!({
-        "name": s.name,
-        "type": s.job_type,
-        "cron": s.cron,
-        "timezone": s.timezone,
-        "payload": serde_json::from_str::<Value>(&s.payload).unwrap_or(Value::Null),
-        "source": s.source,
-        "nextRunAt": (s.next_run_at.as_micros() < i64::MAX).then(|| s.next_run_at.to_rfc3339()),
-        "lastRunAt": s.last_run_at.map(|t| t.to_rfc3339()),
-        "lastJobId": s.last_job_id,
-        "createdAt": s.created_at.to_rfc3339(),
-        "updatedAt": s.updated_at.to_rfc3339(),
-    })
+/// A schedule as the API shows it (`Schedule` in the OpenAPI document).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Schedule)]
+struct ScheduleView {
+    name: String,
+    /// The job type each tick enqueues.
+    #[serde(rename = "type")]
+    job_type: String,
+    cron: String,
+    /// IANA time zone the cron is read in.
+    timezone: String,
+    /// Each job's payload.
+    payload: Value,
+    /// `api`, or `plugin:<name>` for a manifest's `[[schedules]]`.
+    source: String,
+    /// The next tick; null if there is none.
+    next_run_at: Option<String>,
+    last_run_at: Option<String>,
+    /// The job the last tick created.
+    last_job_id: Option<i64>,
+    created_at: String,
+    updated_at: String,
+}
+
+/// Every schedule (`ScheduleList` in the OpenAPI document).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = ScheduleList)]
+struct ScheduleList {
+    schedules: Vec<ScheduleView>,
+}
+
+fn render(s: &Schedule) -> ScheduleView {
+    ScheduleView {
+        name: s.name.clone(),
+        job_type: s.job_type.clone(),
+        cron: s.cron.clone(),
+        timezone: s.timezone.clone(),
+        payload: serde_json::from_str::<Value>(&s.payload).unwrap_or(Value::Null),
+        source: s.source.clone(),
+        next_run_at: (s.next_run_at.as_micros() < i64::MAX).then(|| s.next_run_at.to_rfc3339()),
+        last_run_at: s.last_run_at.map(|t| t.to_rfc3339()),
+        last_job_id: s.last_job_id,
+        created_at: s.created_at.to_rfc3339(),
+        updated_at: s.updated_at.to_rfc3339(),
+    }
 }
 
 /// A manifest's schedule is changed in its manifest: the API would be
@@ -89,17 +121,17 @@ fn checked_name(name: &str) -> Result<(), ApiError> {
     tag = "schedules",
     security(("admin" = []), ("adminHeader" = [])),
     responses(
-        (status = 200, description = "`schedules`: each with `name`, `type`, `cron`, `timezone`, `payload`, `source`, `nextRunAt`, `lastRunAt`, `lastJobId`, `createdAt`, `updatedAt`", body = Object,
+        (status = 200, description = "Every schedule, by name", body = ScheduleList,
          example = json!({"schedules": [{"name": "daily-digest", "type": "email_welcome", "cron": "0 9 * * *", "timezone": "Europe/Paris", "payload": {"userId": 1}, "source": "api", "nextRunAt": "2026-12-05T08:00:00Z", "lastRunAt": null, "lastJobId": null}]})),
         (status = 401, description = "`unauthorized`", body = ApiError),
         (status = 503, description = "`store_unavailable`", body = ApiError),
     )
 )]
-async fn list(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn list(State(app): State<AppState>) -> Result<Json<ScheduleList>, ApiError> {
     let schedules = app.store.schedules().await?;
-    Ok(Json(
-        json!({ "schedules": schedules.iter().map(render).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(ScheduleList {
+        schedules: schedules.iter().map(render).collect(),
+    }))
 }
 
 /// One schedule.
@@ -110,7 +142,7 @@ async fn list(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
     params(("name" = String, Path, description = "The schedule's name")),
     security(("admin" = []), ("adminHeader" = [])),
     responses(
-        (status = 200, description = "The schedule, as the listing shows it", body = Object),
+        (status = 200, description = "The schedule, as the listing shows it", body = ScheduleView),
         (status = 400, description = "`invalid_schedule` (a bad name)", body = ApiError),
         (status = 404, description = "`schedule_not_found`", body = ApiError),
         (status = 401, description = "`unauthorized`", body = ApiError),
@@ -120,7 +152,7 @@ async fn list(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
 async fn show(
     State(app): State<AppState>,
     PathParam(name): PathParam,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ScheduleView>, ApiError> {
     checked_name(&name)?;
     let schedules = app.store.schedules().await?;
     let found = schedules
@@ -143,8 +175,8 @@ async fn show(
         example = json!({"type": "email_welcome", "cron": "0 9 * * MON-FRI", "timezone": "Europe/Paris", "payload": {"userId": 1}})),
     security(("admin" = []), ("adminHeader" = [])),
     responses(
-        (status = 201, description = "Created: the schedule", body = Object),
-        (status = 200, description = "Replaced: the schedule (its next tick kept if its cron and time zone are unchanged)", body = Object),
+        (status = 201, description = "Created: the schedule", body = ScheduleView),
+        (status = 200, description = "Replaced: the schedule (its next tick kept if its cron and time zone are unchanged)", body = ScheduleView),
         (status = 400, description = "`invalid_schedule`", body = ApiError),
         (status = 404, description = "`unknown_job_type`", body = ApiError),
         (status = 413, description = "`payload_too_large`", body = ApiError),
@@ -157,7 +189,7 @@ async fn put(
     PathParam(name): PathParam,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<ScheduleView>), ApiError> {
     checked_name(&name)?;
     let bytes = read_body(body, &headers, app.body_limit).await?;
     let def: Definition = serde_json::from_slice(&bytes).map_err(|e| {
