@@ -117,6 +117,16 @@ async fn the_openapi_document_describes_every_route_and_error() {
             host.admin_get("/admin/schedules").await,
         ),
         ("/jobs/{key}", "get", host.get(&format!("/jobs/{id}")).await),
+        (
+            "/admin/metrics/jobs",
+            "get",
+            host.admin_get("/admin/metrics/jobs").await,
+        ),
+        (
+            "/admin/metrics/queue",
+            "get",
+            host.admin_get("/admin/metrics/queue").await,
+        ),
         ("/jobs", "get", host.admin_get("/jobs?limit=1").await),
         (
             "/admin/jobs/{id}/cancel",

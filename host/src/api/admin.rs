@@ -455,6 +455,45 @@ async fn events_after_commit(app: &AppState, id: i64) -> Vec<crate::job::JobEven
     })
 }
 
+/// Jobs per state, and the total (`JobCounts` in the OpenAPI document).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = JobCounts)]
+struct JobCounts {
+    queued: u64,
+    scheduled: u64,
+    running: u64,
+    succeeded: u64,
+    dead: u64,
+    cancelled: u64,
+    total: u64,
+}
+
+/// One job type's counts (`QueueCounts` in the OpenAPI document).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = QueueCounts)]
+struct QueueCounts {
+    /// The job type.
+    #[serde(rename = "type")]
+    job_type: String,
+    queued: u64,
+    scheduled: u64,
+    running: u64,
+    dead: u64,
+    /// Whether its queue is paused (on every host).
+    paused: bool,
+    /// Its Redis stream, with `--redis-url` and while Redis answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<crate::dispatch::redis::StreamStats>,
+}
+
+/// Every job type's counts (`Queues` in the OpenAPI document).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Queues)]
+struct Queues {
+    /// By type name.
+    types: Vec<QueueCounts>,
+}
+
 /// Jobs per state, and the total (never a scan of the jobs table).
 #[utoipa::path(
     get,
@@ -462,17 +501,22 @@ async fn events_after_commit(app: &AppState, id: i64) -> Vec<crate::job::JobEven
     tag = "operators",
     security(("admin" = []), ("adminHeader" = [])),
     responses(
-        (status = 200, description = "Counts", body = Object, example = json!({"queued": 3, "scheduled": 0, "running": 1, "succeeded": 120, "dead": 2, "cancelled": 0, "total": 126})),
+        (status = 200, description = "Counts", body = JobCounts, example = json!({"queued": 3, "scheduled": 0, "running": 1, "succeeded": 120, "dead": 2, "cancelled": 0, "total": 126})),
         (status = 503, description = "`store_unavailable`, `unavailable`", body = ApiError),
         (status = 401, description = "`unauthorized`", body = ApiError),
     )
 )]
-async fn job_counts(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let counts = app.store.counts().await?;
-    let total: u64 = JobState::ALL.iter().map(|s| counts.get(*s)).sum();
-    let mut body = serde_json::to_value(&counts).map_err(|_| ApiError::Internal)?;
-    body["total"] = json!(total);
-    Ok(Json(body))
+async fn job_counts(State(app): State<AppState>) -> Result<Json<JobCounts>, ApiError> {
+    let c = app.store.counts().await?;
+    Ok(Json(JobCounts {
+        total: JobState::ALL.iter().map(|s| c.get(*s)).sum(),
+        queued: c.queued,
+        scheduled: c.scheduled,
+        running: c.running,
+        succeeded: c.succeeded,
+        dead: c.dead,
+        cancelled: c.cancelled,
+    }))
 }
 
 /// Per job type: queued, scheduled, running, dead, paused; with Redis, its stream.
@@ -482,12 +526,12 @@ async fn job_counts(State(app): State<AppState>) -> Result<Json<Value>, ApiError
     tag = "operators",
     security(("admin" = []), ("adminHeader" = [])),
     responses(
-        (status = 200, description = "Per type", body = Object),
+        (status = 200, description = "Per type", body = Queues),
         (status = 503, description = "`store_unavailable`, `unavailable`", body = ApiError),
         (status = 401, description = "`unauthorized`", body = ApiError),
     )
 )]
-async fn queue_counts(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn queue_counts(State(app): State<AppState>) -> Result<Json<Queues>, ApiError> {
     let mut by_type: std::collections::BTreeMap<String, StateCounts> = app
         .registry
         .types()
@@ -506,24 +550,19 @@ async fn queue_counts(State(app): State<AppState>) -> Result<Json<Value>, ApiErr
         None => None,
     };
     let paused = app.workers.paused_types();
-    let types: Vec<Value> = by_type
+    let types = by_type
         .into_iter()
-        .map(|(job_type, c)| {
-            let mut entry = json!({
-                "type": job_type,
-                "queued": c.queued,
-                "scheduled": c.scheduled,
-                "running": c.running,
-                "dead": c.dead,
-                "paused": paused.contains(&job_type),
-            });
-            if let Some(stream) = streams.as_ref().and_then(|s| s.get(&job_type)) {
-                entry["stream"] = json!(stream);
-            }
-            entry
+        .map(|(job_type, c)| QueueCounts {
+            stream: streams.as_ref().and_then(|s| s.get(&job_type)).cloned(),
+            paused: paused.contains(&job_type),
+            job_type,
+            queued: c.queued,
+            scheduled: c.scheduled,
+            running: c.running,
+            dead: c.dead,
         })
         .collect();
-    Ok(Json(json!({ "types": types })))
+    Ok(Json(Queues { types }))
 }
 
 /// Largest plugin upload (the `.wasm`), in bytes.

@@ -70,11 +70,16 @@ enum Publish {
     },
 }
 
-/// One stream's state, for `GET /admin/metrics/queue`.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+/// One stream's state, for `GET /admin/metrics/queue` (`Stream` in the
+/// OpenAPI document).
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Stream)]
 pub struct StreamStats {
+    /// Entries in the stream (trimmed to about 100,000).
     pub length: u64,
+    /// Hints read by a host and not yet acknowledged.
     pub pending: u64,
+    /// Hosts reading it.
     pub consumers: u64,
 }
 
