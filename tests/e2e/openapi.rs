@@ -118,6 +118,11 @@ async fn the_openapi_document_describes_every_route_and_error() {
         ),
         ("/jobs/{key}", "get", host.get(&format!("/jobs/{id}")).await),
         (
+            "/admin/plugins",
+            "get",
+            host.admin_get("/admin/plugins").await,
+        ),
+        (
             "/admin/metrics/jobs",
             "get",
             host.admin_get("/admin/metrics/jobs").await,

@@ -577,13 +577,13 @@ const MULTIPART_SLACK: usize = 1 << 20;
     tag = "plugins",
     security(("admin" = []), ("adminHeader" = [])),
     responses(
-        (status = 200, description = "`{\"plugins\": [...]}`", body = Object),
+        (status = 200, description = "Every plugin, loaded or failed", body = PluginList),
         (status = 401, description = "`unauthorized`", body = ApiError),
     )
 )]
-async fn plugins(State(app): State<AppState>) -> Json<Value> {
+async fn plugins(State(app): State<AppState>) -> Json<PluginList> {
     let mut failures = app.registry.failures();
-    let mut plugins: Vec<Value> = app
+    let mut plugins: Vec<PluginView> = app
         .registry
         .all()
         .iter()
@@ -591,49 +591,128 @@ async fn plugins(State(app): State<AppState>) -> Json<Value> {
             let failure = failures.remove(&p.name);
             let mut plugin = render_plugin(p);
             if let Some(f) = failure {
-                plugin["status"] = json!("failed");
-                plugin["lastError"] = json!(f.error);
-                plugin["lastErrorAt"] = json!(rfc3339(f.at));
+                plugin.status = PluginStatus::Failed;
+                plugin.last_error = Some(f.error);
+                plugin.last_error_at = Some(rfc3339(f.at));
             }
             plugin
         })
         .collect();
     // Plugins whose files never loaded: nothing serves them.
     for (name, f) in failures {
-        plugins.push(json!({
-            "name": name,
-            "type": name,
-            "digest": null,
-            "status": "failed",
-            "lastError": f.error,
-            "lastErrorAt": rfc3339(f.at),
-        }));
+        plugins.push(PluginView {
+            job_type: name.clone(),
+            name,
+            job_types: None,
+            digest: None,
+            size_bytes: None,
+            loaded_at: None,
+            status: PluginStatus::Failed,
+            last_error: Some(f.error),
+            last_error_at: Some(rfc3339(f.at)),
+            fuel: None,
+            timeout_ms: None,
+            memory_mb: None,
+            max_attempts: None,
+            concurrency: None,
+            backoff: None,
+        });
     }
-    Json(json!({ "plugins": plugins }))
+    Json(PluginList { plugins })
 }
 
-fn render_plugin(p: &LoadedPlugin) -> Value {
+/// Every plugin (`PluginList` in the OpenAPI document).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = PluginList)]
+struct PluginList {
+    plugins: Vec<PluginView>,
+}
+
+/// Whether a plugin serves its types.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum PluginStatus {
+    /// Its version serves.
+    Loaded,
+    /// Its last file failed to load: a version loaded before it (if any,
+    /// with its fields) still serves.
+    Failed,
+}
+
+/// A plugin as the API shows it (`Plugin` in the OpenAPI document). A
+/// plugin whose file never loaded has only `name`, `type`, `digest` (null),
+/// `status` and its error.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Plugin)]
+struct PluginView {
+    name: String,
+    /// The job type it serves by its name.
+    #[serde(rename = "type")]
+    job_type: String,
+    /// Every job type it serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job_types: Option<Vec<String>>,
+    /// The version serving (`sha256:...` of the component).
+    digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loaded_at: Option<String>,
+    status: PluginStatus,
+    last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error_at: Option<String>,
+    // Its manifest's limits and retry policy, while a version is loaded.
+    /// Fuel per attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fuel: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_mb: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_attempts: Option<u32>,
+    /// Attempts of its types at once on one host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    concurrency: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backoff: Option<BackoffView>,
+}
+
+/// The retry delays: `baseMs` doubled per attempt up to `capMs`, with
+/// `jitter` (0-1) of it random.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct BackoffView {
+    base_ms: u64,
+    cap_ms: u64,
+    jitter: f64,
+}
+
+fn render_plugin(p: &LoadedPlugin) -> PluginView {
     let m = &p.manifest;
-    json!({
-        "name": p.name,
-        "type": p.name,
-        "jobTypes": p.job_types,
-        "digest": p.compiled.digest,
-        "sizeBytes": p.size,
-        "loadedAt": rfc3339(p.loaded_at),
-        "status": "loaded",
-        "lastError": null,
-        "fuel": m.limits.fuel,
-        "timeoutMs": m.limits.timeout.as_millis() as u64,
-        "memoryMb": m.limits.memory_bytes >> 20,
-        "maxAttempts": m.max_attempts,
-        "concurrency": m.concurrency,
-        "backoff": {
-            "baseMs": m.backoff.base.as_millis() as u64,
-            "capMs": m.backoff.cap.as_millis() as u64,
-            "jitter": m.backoff.jitter,
-        },
-    })
+    PluginView {
+        name: p.name.clone(),
+        job_type: p.name.clone(),
+        job_types: Some(p.job_types.clone()),
+        digest: Some(p.compiled.digest.clone()),
+        size_bytes: Some(p.size as u64),
+        loaded_at: Some(rfc3339(p.loaded_at)),
+        status: PluginStatus::Loaded,
+        last_error: None,
+        last_error_at: None,
+        fuel: Some(m.limits.fuel),
+        timeout_ms: Some(m.limits.timeout.as_millis() as u64),
+        memory_mb: Some((m.limits.memory_bytes >> 20) as u64),
+        max_attempts: Some(m.max_attempts),
+        concurrency: Some(m.concurrency),
+        backoff: Some(BackoffView {
+            base_ms: m.backoff.base.as_millis() as u64,
+            cap_ms: m.backoff.cap.as_millis() as u64,
+            jitter: m.backoff.jitter,
+        }),
+    }
 }
 
 fn rfc3339(at: std::time::SystemTime) -> String {
@@ -748,7 +827,7 @@ async fn read_upload(request: Request) -> Result<(Vec<u8>, Option<String>), ApiE
     request_body(content = Vec<u8>, description = "The `.wasm` (`application/wasm`), or `multipart/form-data` with a `wasm` part and an optional `manifest` part (TOML)", content_type = "application/wasm"),
     security(("admin" = []), ("adminHeader" = [])),
     responses(
-        (status = 200, description = "The plugin as `GET /admin/plugins` shows it", body = Object),
+        (status = 200, description = "The plugin as `GET /admin/plugins` shows it", body = PluginView),
         (status = 400, description = "`invalid_upload`, `invalid_path`", body = ApiError),
         (status = 413, description = "`payload_too_large`", body = ApiError),
         (status = 422, description = "`invalid_plugin`: nothing changed", body = ApiError),
@@ -760,7 +839,7 @@ async fn upload_plugin(
     State(app): State<AppState>,
     PathParam(name): PathParam,
     request: Request,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PluginView>, ApiError> {
     let job_type = plugin_type(name)?;
     let (wasm, manifest) = read_upload(request).await?;
     if wasm.is_empty() {
