@@ -99,12 +99,58 @@ async fn the_openapi_document_describes_every_route_and_error() {
     // operator's action on it.
     let id = host.submit("counter", r#"{"n": 1}"#).await;
     host.wait_for(id, "succeeded").await;
+    // Paused, so the job to cancel waits for it.
+    let paused = host.admin_post("/admin/queues/counter/pause").await;
     let cancelled = host.submit("counter", r#"{"n": 2}"#).await;
+    let cancel = host
+        .admin_post(&format!("/admin/jobs/{cancelled}/cancel"))
+        .await;
     let daily = serde_json::json!({"type": "counter", "cron": "0 9 * * *", "payload": {"n": 3}});
     let created = host
         .admin_send(reqwest::Method::PUT, "/admin/schedules/daily", Some(&daily))
         .await;
+    let keyed = r#"{"n": 4, "idempotencyKey": "once"}"#;
+    let first = host.post("/jobs/counter", keyed).await;
+    let again = host.post("/jobs/counter", keyed).await;
+    assert_eq!((first.0, again.0), (202, 200), "{first:?} {again:?}");
     let answers = [
+        ("/jobs/{key}", "post", first),
+        ("/jobs/{key}", "post", again),
+        (
+            "/jobs/{key}/batch",
+            "post",
+            host.post("/jobs/counter/batch", r#"[{"n": 5}, {"n": 6}]"#)
+                .await,
+        ),
+        ("/healthz", "get", host.get("/healthz").await),
+        (
+            "/admin/workers",
+            "get",
+            host.admin_get("/admin/workers").await,
+        ),
+        ("/admin/queues/{type}/pause", "post", paused),
+        ("/admin/jobs/{id}/cancel", "post", cancel),
+        (
+            "/admin/queues/{type}/resume",
+            "post",
+            host.admin_post("/admin/queues/counter/resume").await,
+        ),
+        (
+            "/admin/dlq/replay",
+            "post",
+            host.admin_post_json("/admin/dlq/replay", r#"{"all": true}"#)
+                .await,
+        ),
+        (
+            "/admin/jobs",
+            "delete",
+            host.admin_send(
+                reqwest::Method::DELETE,
+                "/admin/jobs?state=dead&olderThan=0s",
+                None,
+            )
+            .await,
+        ),
         ("/admin/schedules/{name}", "put", created),
         (
             "/admin/schedules/{name}",
@@ -133,14 +179,26 @@ async fn the_openapi_document_describes_every_route_and_error() {
             host.admin_get("/admin/metrics/queue").await,
         ),
         ("/jobs", "get", host.admin_get("/jobs?limit=1").await),
+    ];
+    let answers = answers.into_iter().chain([
         (
-            "/admin/jobs/{id}/cancel",
-            "post",
-            host.admin_post(&format!("/admin/jobs/{cancelled}/cancel"))
+            "/admin/schedules/{name}",
+            "delete",
+            host.admin_send(reqwest::Method::DELETE, "/admin/schedules/daily", None)
                 .await,
         ),
-    ];
+        (
+            "/admin/plugins/{type}",
+            "delete",
+            host.admin_send(reqwest::Method::DELETE, "/admin/plugins/counter", None)
+                .await,
+        ),
+    ]);
     for (path, method, (status, body)) in answers {
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {body}"
+        );
         let schema = &doc["paths"][path][method]["responses"][status.to_string()]["content"]["application/json"]
             ["schema"];
         assert!(

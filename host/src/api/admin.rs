@@ -158,7 +158,7 @@ async fn replay(
     params(("state" = String, Query, description = "succeeded, dead or cancelled"), ("olderThan" = String, Query, description = "A duration: `90s`, `30m`, `24h`, `7d`; `0s` is every finished job of the state"), ("type" = Option<String>, Query, description = "Only jobs of this type"), ("limit" = Option<usize>, Query, description = "Delete at most this many (1 to 10,000), oldest first, in one transaction, and say whether more are left: a client's loop can show its progress")),
     security(("admin" = []), ("adminHeader" = [])),
     responses(
-        (status = 200, description = "How many were deleted; `more` when a `limit` was reached", body = Object, example = json!({"deleted": 120, "more": false, "state": "dead", "type": null, "finishedBefore": "2026-12-01T09:00:00.000000Z"})),
+        (status = 200, description = "How many were deleted; `more` when a `limit` was reached", body = super::openapi::JobsDeleted, example = json!({"deleted": 120, "more": false, "state": "dead", "type": null, "finishedBefore": "2026-12-01T09:00:00.000000Z"})),
         (status = 400, description = "`invalid_filter`: nothing deleted", body = ApiError),
         (status = 503, description = "`store_unavailable`, `unavailable`", body = ApiError),
         (status = 401, description = "`unauthorized`", body = ApiError),
@@ -261,7 +261,7 @@ const MAX_REPLAY_IDS: usize = 100_000;
     request_body(content = Object, description = "`{\"type\": T, \"ids\": [..], \"error\": \"text\"}` (every condition given must hold; `error` is a substring of `lastError`, 1 to 1,024 bytes; 1 to 100,000 ids), or `{\"all\": true}`", content_type = "application/json", example = json!({"type": "email_welcome", "error": "timeout"})),
     security(("admin" = []), ("adminHeader" = [])),
     responses(
-        (status = 200, description = "How many moved, per type", body = Object, example = json!({"replayed": 5, "types": {"email_welcome": 5}})),
+        (status = 200, description = "How many moved, per type", body = super::openapi::Replayed, example = json!({"replayed": 5, "types": {"email_welcome": 5}})),
         (status = 400, description = "`invalid_filter`, `invalid_json`", body = ApiError),
         (status = 503, description = "`store_unavailable`, `unavailable`", body = ApiError),
         (status = 401, description = "`unauthorized`", body = ApiError),
@@ -339,7 +339,7 @@ async fn replay_dead(
     params(("type" = String, Path, description = "The job type")),
     security(("admin" = []), ("adminHeader" = [])),
     responses(
-        (status = 200, description = "Whether it changed anything", body = Object, example = json!({"type": "email_welcome", "paused": true, "changed": true})),
+        (status = 200, description = "Whether it changed anything", body = super::openapi::QueuePaused, example = json!({"type": "email_welcome", "paused": true, "changed": true})),
         (status = 404, description = "`plugin_not_found`", body = ApiError),
         (status = 503, description = "`store_unavailable`, `unavailable`", body = ApiError),
         (status = 401, description = "`unauthorized`", body = ApiError),
@@ -360,7 +360,7 @@ async fn pause_queue(
     params(("type" = String, Path, description = "The job type")),
     security(("admin" = []), ("adminHeader" = [])),
     responses(
-        (status = 200, description = "Whether it changed anything", body = Object, example = json!({"type": "email_welcome", "paused": false, "changed": true})),
+        (status = 200, description = "Whether it changed anything", body = super::openapi::QueuePaused, example = json!({"type": "email_welcome", "paused": false, "changed": true})),
         (status = 404, description = "`plugin_not_found`", body = ApiError),
         (status = 503, description = "`store_unavailable`, `unavailable`", body = ApiError),
         (status = 401, description = "`unauthorized`", body = ApiError),
@@ -868,7 +868,7 @@ async fn upload_plugin(
     params(("type" = String, Path, description = "The plugin's name")),
     security(("admin" = []), ("adminHeader" = [])),
     responses(
-        (status = 200, description = "Deleted", body = Object, example = json!({"type": "noop", "deleted": true})),
+        (status = 200, description = "Deleted", body = super::openapi::PluginDeleted, example = json!({"type": "noop", "deleted": true})),
         (status = 404, description = "`plugin_not_found`", body = ApiError),
         (status = 503, description = "`store_unavailable`, `unavailable`", body = ApiError),
         (status = 401, description = "`unauthorized`", body = ApiError),
@@ -901,7 +901,7 @@ async fn delete_plugin(
     tag = "workers",
     security(("admin" = []), ("adminHeader" = [])),
     responses(
-        (status = 200, description = "This host", body = Object, example = json!({"paused": false})),
+        (status = 200, description = "This host", body = super::openapi::Workers, example = json!({"paused": false})),
         (status = 401, description = "`unauthorized`", body = ApiError),
     )
 )]
@@ -916,7 +916,7 @@ async fn workers(State(app): State<AppState>) -> Json<Value> {
     tag = "workers",
     security(("admin" = []), ("adminHeader" = [])),
     responses(
-        (status = 200, description = "Paused", body = Object, example = json!({"paused": true})),
+        (status = 200, description = "Paused", body = super::openapi::Workers, example = json!({"paused": true})),
         (status = 401, description = "`unauthorized`", body = ApiError),
     )
 )]
@@ -933,7 +933,7 @@ async fn pause(State(app): State<AppState>) -> Json<Value> {
     tag = "workers",
     security(("admin" = []), ("adminHeader" = [])),
     responses(
-        (status = 200, description = "Resumed", body = Object, example = json!({"paused": false})),
+        (status = 200, description = "Resumed", body = super::openapi::Workers, example = json!({"paused": false})),
         (status = 401, description = "`unauthorized`", body = ApiError),
     )
 )]

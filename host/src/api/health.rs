@@ -16,7 +16,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     get,
     path = "/healthz",
     tag = "host",
-    responses((status = 200, description = "Always, while the process serves", body = Object,
+    responses((status = 200, description = "Always, while the process serves", body = super::openapi::Health,
                example = json!({"status": "ok"})))
 )]
 async fn healthz() -> Json<Value> {

@@ -74,8 +74,8 @@ fn handler_for(app: &AppState, job_type: String) -> Result<Arc<Handler>, ApiErro
     ),
     request_body(content = Object, description = "The payload: any JSON document", content_type = "application/json"),
     responses(
-        (status = 202, description = "Committed", body = Object, example = json!({"jobId": 17, "status": "queued"})),
-        (status = 200, description = "The idempotency key names a job already: that job, nothing run", body = Object,
+        (status = 202, description = "Committed", body = super::openapi::Submitted, example = json!({"jobId": 17, "status": "queued"})),
+        (status = 200, description = "The idempotency key names a job already: that job, nothing run", body = super::openapi::Submitted,
          example = json!({"jobId": 17, "status": "succeeded", "duplicate": true})),
         (status = 400, description = "`invalid_json`, `invalid_query`, `invalid_idempotency_key`, `idempotency_key_too_long`, `invalid_path`", body = ApiError),
         (status = 404, description = "`unknown_job_type`", body = ApiError),
@@ -144,7 +144,7 @@ async fn submit(
     ),
     request_body(content = [Object], description = "1 to 10,000 jobs: an array of payloads (each may carry its own `idempotencyKey`), all with the query's options; or `{\"jobs\": [{\"payload\": ..., \"idempotencyKey\": ..., \"runAt\" or \"delayMs\": ..., \"maxAttempts\": ..., \"priority\": ..., \"timeoutMs\": ...}]}`, each item's options over the query's", content_type = "application/json"),
     responses(
-        (status = 202, description = "Committed; ids in the order of the array (a used key gives its job's id)", body = Object,
+        (status = 202, description = "Committed; ids in the order of the array (a used key gives its job's id)", body = super::openapi::BatchSubmitted,
          example = json!({"jobIds": [18, 19, 17], "created": 2, "duplicates": 1})),
         (status = 400, description = "`invalid_batch`, `invalid_json`, `invalid_query`, `invalid_idempotency_key`, `idempotency_key_too_long`", body = ApiError),
         (status = 404, description = "`unknown_job_type`", body = ApiError),

@@ -257,7 +257,7 @@ async fn put(
     params(("name" = String, Path, description = "The schedule's name")),
     security(("admin" = []), ("adminHeader" = [])),
     responses(
-        (status = 200, description = "Deleted", body = Object, example = json!({"name": "daily-digest", "deleted": true})),
+        (status = 200, description = "Deleted", body = super::openapi::ScheduleDeleted, example = json!({"name": "daily-digest", "deleted": true})),
         (status = 400, description = "`invalid_schedule`: a bad name, or a schedule a plugin manifest defines", body = ApiError),
         (status = 404, description = "`schedule_not_found`", body = ApiError),
         (status = 401, description = "`unauthorized`", body = ApiError),
