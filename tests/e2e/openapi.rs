@@ -224,6 +224,17 @@ async fn the_openapi_document_describes_every_route_and_error() {
             let mut missing = body.clone();
             missing.as_object_mut().unwrap().remove("jobId");
             assert!(conforms(&doc, schema, &missing).is_err(), "no jobId passed");
+            let nowhere = serde_json::json!({"$ref": "#/components/schemas/Nowhere"});
+            assert!(
+                conforms(&doc, &nowhere, &body).is_err(),
+                "a dangling $ref passed"
+            );
+            let replayed = serde_json::json!({"$ref": "#/components/schemas/Replayed"});
+            let wrong_count = serde_json::json!({"replayed": 1, "types": {"counter": "one"}});
+            assert!(
+                conforms(&doc, &replayed, &wrong_count).is_err(),
+                "a map's wrong value passed"
+            );
         }
     }
     let events = &doc["components"]["schemas"]["Job"]["properties"]["events"];
@@ -239,7 +250,11 @@ fn conforms(doc: &Value, schema: &Value, value: &Value) -> Result<(), String> {
         let name = reference
             .strip_prefix("#/components/schemas/")
             .ok_or_else(|| format!("an unexpected $ref {reference}"))?;
-        return conforms(doc, &doc["components"]["schemas"][name], value);
+        let target = &doc["components"]["schemas"][name];
+        if !target.is_object() {
+            return Err(format!("{reference} names no schema"));
+        }
+        return conforms(doc, target, value);
     }
     for any in ["oneOf", "anyOf"] {
         if let Some(options) = schema[any].as_array()
@@ -289,6 +304,16 @@ fn conforms(doc: &Value, schema: &Value, value: &Value) -> Result<(), String> {
                 .get(key)
                 .ok_or_else(|| format!("`{key}` is not in the schema's properties"))?;
             conforms(doc, described, field).map_err(|why| format!("`{key}`: {why}"))?;
+        }
+    }
+    // A map's values (`additionalProperties` as a schema).
+    if let (Some(fields), true, Some(values)) = (
+        value.as_object(),
+        schema.get("properties").is_none(),
+        schema.get("additionalProperties").filter(|s| s.is_object()),
+    ) {
+        for (key, field) in fields {
+            conforms(doc, values, field).map_err(|why| format!("`{key}`: {why}"))?;
         }
     }
     if let (Some(items), Some(schema)) = (value.as_array(), schema.get("items")) {

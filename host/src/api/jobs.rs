@@ -482,7 +482,7 @@ pub(super) struct EventView {
     from: Option<JobState>,
     to: JobState,
     attempt: u32,
-    /// Who moved it: `api`, `worker:<host>`, `reaper`, `promoter`, `admin`.
+    /// Who moved it: `api`, `worker:<owner>` (the host's `--owner`), `reaper`, `promoter`, `admin`.
     actor: String,
     reason: Option<String>,
     plugin_digest: Option<String>,

@@ -173,7 +173,7 @@ pub struct Workers {
     paused: bool,
 }
 
-/// `GET /health`.
+/// `GET /healthz`.
 #[allow(dead_code)]
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct Health {

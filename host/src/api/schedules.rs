@@ -122,7 +122,7 @@ fn checked_name(name: &str) -> Result<(), ApiError> {
     security(("admin" = []), ("adminHeader" = [])),
     responses(
         (status = 200, description = "Every schedule, by name", body = ScheduleList,
-         example = json!({"schedules": [{"name": "daily-digest", "type": "email_welcome", "cron": "0 9 * * *", "timezone": "Europe/Paris", "payload": {"userId": 1}, "source": "api", "nextRunAt": "2026-12-05T08:00:00Z", "lastRunAt": null, "lastJobId": null}]})),
+         example = json!({"schedules": [{"name": "daily-digest", "type": "email_welcome", "cron": "0 9 * * *", "timezone": "Europe/Paris", "payload": {"userId": 1}, "source": "api", "nextRunAt": "2026-12-05T08:00:00.000000Z", "lastRunAt": null, "lastJobId": null, "createdAt": "2026-12-01T10:00:00.000000Z", "updatedAt": "2026-12-01T10:00:00.000000Z"}]})),
         (status = 401, description = "`unauthorized`", body = ApiError),
         (status = 503, description = "`store_unavailable`", body = ApiError),
     )
