@@ -85,100 +85,99 @@ async fn document() -> Json<serde_json::Value> {
     Json(SERVED.get().cloned().unwrap_or_default())
 }
 
-// The shapes of the answers that are built in their handlers (the submit
-// paths, for speed; small acknowledgements). The end-to-end suite checks
-// real answers of each against the document, so they cannot drift apart
-// (they are never built: hence `dead_code`).
+pub use shapes::{
+    BatchSubmitted, Health, JobsDeleted, PluginDeleted, QueuePaused, Replayed, ScheduleDeleted,
+    Submitted, Workers,
+};
 
-/// `POST /jobs/{type}`: the job, `duplicate` when its idempotency key named
-/// it already (`Submitted` in the document).
-#[allow(dead_code)]
-#[derive(serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Submitted {
-    job_id: i64,
-    status: crate::job::JobState,
-    /// Present (true) when the idempotency key named this job already.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    duplicate: Option<bool>,
-}
+/// The shapes of the answers that are built in their handlers (the submit
+/// paths, for speed; small acknowledgements). The end-to-end suite checks
+/// real answers of each against the document, so they cannot drift apart.
+mod shapes {
+    // Never built: they describe what the handlers' `json!` builds.
+    #![allow(dead_code)]
 
-/// `POST /jobs/{type}/batch`: ids in the order of the jobs.
-#[allow(dead_code)]
-#[derive(serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct BatchSubmitted {
-    job_ids: Vec<i64>,
-    /// Jobs created.
-    created: u64,
-    /// Jobs whose idempotency key named a job already.
-    duplicates: u64,
-}
+    /// `POST /jobs/{type}`: the job, `duplicate` when its idempotency key named
+    /// it already (`Submitted` in the document).
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Submitted {
+        job_id: i64,
+        status: crate::job::JobState,
+        /// Present (true) when the idempotency key named this job already.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        duplicate: Option<bool>,
+    }
 
-/// `DELETE /admin/jobs`: what was deleted.
-#[allow(dead_code)]
-#[derive(serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct JobsDeleted {
-    deleted: u64,
-    /// A `limit` was reached: there may be more.
-    more: bool,
-    state: crate::job::JobState,
-    #[serde(rename = "type")]
-    job_type: Option<String>,
-    /// The cut-off: jobs finished before it were deleted.
-    finished_before: String,
-}
+    /// `POST /jobs/{type}/batch`: ids in the order of the jobs.
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub struct BatchSubmitted {
+        job_ids: Vec<i64>,
+        /// Jobs created.
+        created: u64,
+        /// Jobs whose idempotency key named a job already.
+        duplicates: u64,
+    }
 
-/// `POST /admin/dlq/replay`: how many moved back to the queue, per type.
-#[allow(dead_code)]
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct Replayed {
-    replayed: u64,
-    types: std::collections::BTreeMap<String, u64>,
-}
+    /// `DELETE /admin/jobs`: what was deleted.
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub struct JobsDeleted {
+        deleted: u64,
+        /// A `limit` was reached: there may be more.
+        more: bool,
+        state: crate::job::JobState,
+        #[serde(rename = "type")]
+        job_type: Option<String>,
+        /// The cut-off: jobs finished before it were deleted.
+        finished_before: String,
+    }
 
-/// A queue paused or resumed, on every host.
-#[allow(dead_code)]
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct QueuePaused {
-    #[serde(rename = "type")]
-    job_type: String,
-    paused: bool,
-    /// False if it already was.
-    changed: bool,
-}
+    /// `POST /admin/dlq/replay`: how many moved back to the queue, per type.
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    pub struct Replayed {
+        replayed: u64,
+        types: std::collections::BTreeMap<String, u64>,
+    }
 
-/// A plugin deleted.
-#[allow(dead_code)]
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct PluginDeleted {
-    #[serde(rename = "type")]
-    job_type: String,
-    deleted: bool,
-}
+    /// A queue paused or resumed, on every host.
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    pub struct QueuePaused {
+        #[serde(rename = "type")]
+        job_type: String,
+        paused: bool,
+        /// False if it already was.
+        changed: bool,
+    }
 
-/// A schedule deleted.
-#[allow(dead_code)]
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct ScheduleDeleted {
-    name: String,
-    deleted: bool,
-}
+    /// A plugin deleted.
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    pub struct PluginDeleted {
+        #[serde(rename = "type")]
+        job_type: String,
+        deleted: bool,
+    }
 
-/// This host's workers.
-#[allow(dead_code)]
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct Workers {
-    paused: bool,
-}
+    /// A schedule deleted.
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    pub struct ScheduleDeleted {
+        name: String,
+        deleted: bool,
+    }
 
-/// `GET /healthz`.
-#[allow(dead_code)]
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct Health {
-    /// `ok`.
-    status: String,
+    /// This host's workers.
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    pub struct Workers {
+        paused: bool,
+    }
+
+    /// `GET /healthz`.
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    pub struct Health {
+        /// `ok`.
+        status: String,
+    }
 }
 
 #[cfg(test)]

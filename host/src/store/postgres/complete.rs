@@ -3,10 +3,10 @@
 //!
 //! The token alone fences, as in every statement that finds a running job by
 //! id: only a running job has one (the CHECK `jobs_lease_only_when_running`,
-//! migration 0012), and leaving out
-//! `state = 'running'` keeps the planner on the primary key. With it, the
-//! partial index `jobs_leased` matches too, and statistics taken while few
-//! jobs ran make a scan of all of it look cheapest (see [`super::BY_ID`]).
+//! migration 0012), and leaving out `state = 'running'` keeps the planner on
+//! the primary key. With it, the partial index `jobs_leased` matches too, and
+//! statistics taken while few jobs ran make a scan of all of it look
+//! cheapest (see [`super::BY_ID`]).
 
 use sqlx::PgConnection;
 
