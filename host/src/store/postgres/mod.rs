@@ -73,8 +73,8 @@ async fn warn_without_autovacuum(pool: &PgPool) {
     }
 }
 
-/// The statements that find jobs by id (one, or a batch of ids), for the
-/// test that each of them goes through the primary key.
+/// The statements that find jobs by id (one, or a batch of ids). They run
+/// on the `by_id` pool, and a test holds each of them to the primary key.
 #[cfg(test)]
 pub(crate) const BY_ID: [&str; 5] = [
     complete::COMPLETE_MANY,
@@ -82,6 +82,21 @@ pub(crate) const BY_ID: [&str; 5] = [
     upkeep::RELEASE,
     upkeep::REPLAY,
     reads::LEASES_LOST,
+];
+
+/// The planner settings of the connections that find jobs by id (the
+/// `by_id` pool): only an index may find them. A statement's plan is made
+/// once per connection and kept (after five runs, sqlx's statements are
+/// prepared), and a plan made while `jobs` was empty or never analyzed
+/// (a new database; a server whose autovacuum is off) hashes the whole
+/// table for every batch of completions: seen at 1.1 ms a completion in a
+/// 5,000-job latency run, growing with the table. These settings forbid
+/// nothing that the primary key cannot do better; they are not used for
+/// any other statement.
+pub(crate) const BY_ID_PLANNER: [(&str, &str); 3] = [
+    ("enable_seqscan", "off"),
+    ("enable_hashjoin", "off"),
+    ("enable_mergejoin", "off"),
 ];
 
 /// The channel every host LISTENs on for "jobs may be ready".
@@ -94,8 +109,10 @@ const QUEUE_DEPTH: usize = 8192;
 #[derive(Debug, Clone)]
 pub struct PgOptions {
     /// Connections this host opens at most (at least 6): a quarter for
-    /// claims and maintenance, the rest for the two committers, operators,
-    /// reads and the dispatcher's LISTEN (which keeps one for good).
+    /// claims and maintenance, a quarter (at least two) for the committers
+    /// and the other statements that find jobs by id, the rest for
+    /// operators, reads and the dispatcher's LISTEN (which keeps one for
+    /// good).
     pub max_connections: u32,
     /// How long a call waits for a free connection (or a new one) before it
     /// fails with [`StoreError::Unavailable`].
@@ -112,9 +129,13 @@ impl Default for PgOptions {
 }
 
 pub struct PgStore {
-    /// Durable commits: what a client is told was done (enqueues, and the
-    /// completions batched with them; replay, cancel) and reads.
+    /// Durable commits that are not by id (cancel, bulk replay, prune,
+    /// schedules, kv) and reads.
     pool: PgPool,
+    /// Durable commits by id, and the enqueues: the committers, progress,
+    /// release, replay, the lease check, planned by the primary key
+    /// ([`BY_ID_PLANNER`]).
+    by_id: PgPool,
     /// Commits that do not wait for the WAL flush (`synchronous_commit =
     /// off`): claims, the reaper and the promoter. None of them is
     /// acknowledged to a client, and losing one to a crash of PostgreSQL
@@ -154,9 +175,15 @@ impl PgStore {
                 .test_before_acquire(false)
         };
         let fast_connections = (options.max_connections / 4).max(1);
+        let by_id_connections = (options.max_connections / 4).max(committer::COMMITTERS as u32);
         let pool = pool_options()
-            .max_connections(options.max_connections - fast_connections)
+            .max_connections(options.max_connections - fast_connections - by_id_connections)
             .connect_with(connect.clone())
+            .await
+            .map_err(unreachable(url))?;
+        let by_id = pool_options()
+            .max_connections(by_id_connections)
+            .connect_with(connect.clone().options(BY_ID_PLANNER))
             .await
             .map_err(unreachable(url))?;
         let fast = pool_options()
@@ -177,7 +204,7 @@ impl PgStore {
         for _ in 0..committer::COMMITTERS {
             let ended = ended.clone();
             tokio::spawn(committer::run(
-                pool.clone(),
+                by_id.clone(),
                 rx.clone(),
                 closing.clone(),
                 ended,
@@ -185,12 +212,19 @@ impl PgStore {
         }
         Ok(PgStore {
             pool,
+            by_id,
             fast,
             names: Names::default(),
             committer: tx,
             closing,
             committer_ended,
         })
+    }
+
+    /// The pool of the statements by id, for the test of their plans.
+    #[cfg(test)]
+    pub(crate) fn by_id_pool(&self) -> &PgPool {
+        &self.by_id
     }
 
     /// The pool, for the dispatcher's LISTEN connection.
@@ -362,7 +396,7 @@ impl Store for PgStore {
 
     async fn lease_release(&self, id: JobId, token: i64, now: Timestamp) -> StoreResult<bool> {
         self.open_for_work()?;
-        upkeep::release(&self.pool, id, token, now).await
+        upkeep::release(&self.by_id, id, token, now).await
     }
 
     async fn lease_reap(&self, now: Timestamp) -> StoreResult<Reaped> {
@@ -381,14 +415,14 @@ impl Store for PgStore {
 
     async fn job_replay(&self, id: JobId, now: Timestamp) -> StoreResult<JobRecord> {
         self.open_for_work()?;
-        upkeep::replay(&self.pool, id, now).await
+        upkeep::replay(&self.by_id, id, now).await
     }
 
     async fn leases_lost(&self, held: &[(JobId, i64)]) -> StoreResult<Vec<(JobId, i64)>> {
         if held.is_empty() {
             return Ok(Vec::new());
         }
-        self.read(|| reads::leases_lost(&self.pool, held)).await
+        self.read(|| reads::leases_lost(&self.by_id, held)).await
     }
 
     async fn job_cancel(&self, id: JobId, now: Timestamp) -> StoreResult<JobRecord> {
@@ -475,7 +509,7 @@ impl Store for PgStore {
 
     async fn job_progress(&self, id: JobId, token: i64, percent: u8) -> StoreResult<bool> {
         self.open_for_work()?;
-        kv::progress(&self.pool, id, token, percent).await
+        kv::progress(&self.by_id, id, token, percent).await
     }
 
     async fn counts(&self) -> StoreResult<StateCounts> {
@@ -491,6 +525,7 @@ impl Store for PgStore {
         self.closing.cancel();
         self.committer_ended.cancelled().await;
         self.pool.close().await;
+        self.by_id.close().await;
         self.fast.close().await;
     }
 }
