@@ -1924,6 +1924,158 @@ mod postgres {
         store.close().await;
     }
 
+    /// PostgreSQL-specific: a lone enqueue or completion is one statement
+    /// without BEGIN and COMMIT. Sent on a pooled connection that the server
+    /// ended while it sat idle (`pg_terminate_backend`, a restart), it is
+    /// refused before it runs: the committer sends it again on a fresh
+    /// connection, and it succeeds once, rather than being reported as
+    /// perhaps committed.
+    #[tokio::test]
+    async fn a_lone_statement_on_a_connection_killed_in_the_pool_is_sent_again() {
+        use sqlx::Connection;
+        let (store, db) = crate::testing::postgres_store().await;
+        let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let kill_the_pool = async |admin: &mut sqlx::PgConnection| {
+            let killed: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                  WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+            )
+            .fetch_one(admin)
+            .await
+            .unwrap();
+            assert!(killed > 0, "the store had connections to kill");
+        };
+        let created = |e: crate::store::Enqueued| match e {
+            crate::store::Enqueued::Created { id, .. } => id,
+            existing => panic!("{existing:?}"),
+        };
+        // Both committers' connections, pooled.
+        let (a, b) = tokio::join!(
+            store.job_insert(super::new_job("email", None), super::T0),
+            store.job_insert(super::new_job("email", None), super::T0),
+        );
+        let first = [created(a.unwrap()), created(b.unwrap())];
+        kill_the_pool(&mut admin).await;
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            ids.push(created(
+                store
+                    .job_insert(super::new_job("email", None), super::T0)
+                    .await
+                    .expect("an enqueue refused before it ran is sent again"),
+            ));
+        }
+        // A claim is not sent again (the worker claims again after its poll
+        // interval): the dead connections of its pool fail one by one.
+        let jobs = loop {
+            match store
+                .job_claim(super::claim_req("email", 10, 3, super::T0))
+                .await
+            {
+                Err(e) if e.is_unavailable() => continue,
+                claimed => break claimed.unwrap(),
+            }
+        };
+        assert_eq!(jobs.len(), 6, "every job once");
+        // The names a completion records (worker, plugin version) are looked
+        // up once, on the claims' pool: looked up now, before the kill.
+        let mut stale = super::completion(&jobs[0], Outcome::Succeeded { result: None }, super::T0);
+        stale.token += 1;
+        loop {
+            match store.job_complete(stale.clone()).await {
+                Err(e) if e.is_unavailable() => continue,
+                applied => break assert!(!applied.unwrap(), "another lease's report"),
+            }
+        }
+        kill_the_pool(&mut admin).await;
+        for job in &jobs {
+            let applied = store
+                .job_complete(super::completion(
+                    job,
+                    Outcome::Succeeded { result: None },
+                    super::T0,
+                ))
+                .await
+                .expect("a completion refused before it ran is sent again");
+            assert!(applied, "job {}", job.id);
+        }
+        let stored: Vec<(i64, String)> = sqlx::query_as("SELECT id, state FROM jobs ORDER BY id")
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+        let mut expected: Vec<(i64, String)> = first
+            .iter()
+            .chain(&ids)
+            .map(|id| (*id, "succeeded".to_owned()))
+            .collect();
+        expected.sort();
+        assert_eq!(stored, expected);
+        store.close().await;
+    }
+
+    /// PostgreSQL-specific: an enqueue that makes a job ready tells every
+    /// host (`NOTIFY jobhost_ready`, sent by the statement that creates the
+    /// job, delivered when it commits); one that only schedules a job, or
+    /// finds its idempotency key taken, does not.
+    #[tokio::test]
+    async fn an_enqueue_that_readies_a_job_notifies_the_hosts() {
+        use sqlx::Connection;
+        let (store, db) = crate::testing::postgres_store().await;
+        let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+        listener
+            .listen(crate::store::postgres::READY_CHANNEL)
+            .await
+            .unwrap();
+        let mut later = super::new_job("email", None);
+        later.run_at = super::T0.plus(60 * super::SECOND);
+        store.job_insert(later.clone(), super::T0).await.unwrap();
+        // Alone: one statement in a transaction of its own.
+        store
+            .job_insert(super::new_job("email", None), super::T0)
+            .await
+            .unwrap();
+        store
+            .job_insert(super::new_job("email", Some("k")), super::T0)
+            .await
+            .unwrap();
+        store
+            .job_insert(super::new_job("email", Some("k")), super::T0)
+            .await
+            .unwrap();
+        store
+            .job_insert_batch(
+                vec![
+                    later,
+                    super::new_job("email", None),
+                    super::new_job("email", Some("j")),
+                ],
+                super::T0,
+            )
+            .await
+            .unwrap();
+        // The end of the test's writes, in the channel's order.
+        let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query("SELECT pg_notify($1, 'end')")
+            .bind(crate::store::postgres::READY_CHANNEL)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let mut heard = Vec::new();
+        loop {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(30), listener.recv())
+                .await
+                .expect("the notifications arrive")
+                .unwrap();
+            if n.payload() == "end" {
+                break;
+            }
+            heard.push(n.payload().to_owned());
+        }
+        // The ready job alone, the new key, the batch (folded into one).
+        assert_eq!(heard.len(), 3, "{heard:?}");
+        store.close().await;
+    }
+
     /// PostgreSQL-specific: the counters every write keeps (a trigger on
     /// `jobs`) match a count of the table after every kind of transition,
     /// including two stores writing at once.

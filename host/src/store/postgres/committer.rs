@@ -3,6 +3,11 @@
 //! host pays one round trip per statement kind and one WAL flush per batch
 //! instead of per job.
 //!
+//! A batch that is one statement (keyless enqueues only, or completions
+//! only: at low load, a lone submission) is sent without BEGIN and COMMIT,
+//! as a transaction of its own: one round trip to the server instead of
+//! four.
+//!
 //! If the batch fails before its COMMIT, nothing of it was written: a lost
 //! connection is retried on fresh ones for up to a second (pooled
 //! connections may have died with the server's restart or a
@@ -10,18 +15,23 @@
 //! each command in a transaction of its own, so a failure stays with its
 //! caller and nothing is half-written. A COMMIT whose answer is lost is
 //! never sent again: the batch may have been written, and its callers are
-//! told the store was unavailable.
+//! told the store was unavailable. A lone statement counts as its own
+//! COMMIT, except when the server refused it before it finished (see
+//! [`autocommit`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use sqlx::PgPool;
+use futures_util::StreamExt as _;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{Either, Executor as _, PgPool, Postgres, Row as _};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::complete::{Source, complete_many};
-use super::enqueue::{insert, insert_many};
-use super::{READY_CHANNEL, on_fresh_connections};
+use super::complete::{Source, applied, complete_many, complete_many_query};
+use super::enqueue::{created, insert, insert_many, insert_many_query};
+use super::on_fresh_connections;
 use crate::clock::Timestamp;
 use crate::store::{Completion, Enqueued, NewJob, StoreError, StoreResult};
 
@@ -164,11 +174,14 @@ impl From<StoreError> for Failed {
 
 /// Applies `batch` in one transaction: every single keyless enqueue in one
 /// statement, every completion (of distinct jobs) in one statement, the
-/// rest in order; then `NOTIFY` if any job became ready, and one commit.
+/// rest in order; and one commit. (The statements that make jobs ready
+/// send their `NOTIFY` themselves.)
 async fn apply(pool: &PgPool, batch: &[Cmd]) -> Result<Vec<Done>, Failed> {
+    if let Some(done) = apply_alone(pool, batch).await {
+        return done;
+    }
     let mut tx = pool.begin().await?;
     let mut done: Vec<Option<Done>> = batch.iter().map(|_| None).collect();
-    let mut readied = false;
 
     let keyless: Vec<(usize, &NewJob, Timestamp)> = batch
         .iter()
@@ -182,7 +195,6 @@ async fn apply(pool: &PgPool, batch: &[Cmd]) -> Result<Vec<Done>, Failed> {
         let jobs: Vec<(&NewJob, Timestamp)> =
             keyless.iter().map(|(_, j, now)| (*j, *now)).collect();
         for ((i, _, _), created) in keyless.iter().zip(insert_many(&mut tx, &jobs).await?) {
-            readied |= created.is_ready();
             done[*i] = Some(Done::Enqueued(created));
         }
     }
@@ -212,15 +224,9 @@ async fn apply(pool: &PgPool, batch: &[Cmd]) -> Result<Vec<Done>, Failed> {
             continue;
         }
         done[i] = Some(match cmd {
-            Cmd::Insert { job, now, .. } => {
-                let created = insert(&mut tx, job, *now).await?;
-                readied |= created.is_ready();
-                Done::Enqueued(created)
-            }
+            Cmd::Insert { job, now, .. } => Done::Enqueued(insert(&mut tx, job, *now).await?),
             Cmd::InsertBatch { jobs, now, .. } => {
-                let created = insert_batch(&mut tx, jobs, *now).await?;
-                readied |= created.iter().any(Enqueued::is_ready);
-                Done::Batch(created)
+                Done::Batch(insert_batch(&mut tx, jobs, *now).await?)
             }
             Cmd::Complete {
                 completion, source, ..
@@ -228,17 +234,88 @@ async fn apply(pool: &PgPool, batch: &[Cmd]) -> Result<Vec<Done>, Failed> {
         });
     }
 
-    if readied {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(READY_CHANNEL)
-            .execute(&mut *tx)
-            .await?;
-    }
     tx.commit().await.map_err(|e| Failed::InCommit(e.into()))?;
     Ok(done
         .into_iter()
         .map(|d| d.expect("every command has a result"))
         .collect())
+}
+
+/// A batch that is one statement (keyless enqueues only, or completions of
+/// distinct jobs only) is sent without BEGIN and COMMIT: PostgreSQL runs it
+/// as a transaction of its own. A lone submission's path is then one round
+/// trip to the server instead of four (BEGIN, the statement, NOTIFY,
+/// COMMIT). `None`: the batch needs a transaction.
+async fn apply_alone(pool: &PgPool, batch: &[Cmd]) -> Option<Result<Vec<Done>, Failed>> {
+    let mut jobs = Vec::new();
+    let mut completions = Vec::new();
+    let mut seen = HashSet::new();
+    for cmd in batch {
+        match cmd {
+            Cmd::Insert { job, now, .. } if job.idempotency_key.is_none() => {
+                jobs.push((job, *now));
+            }
+            Cmd::Complete {
+                completion, source, ..
+            } if seen.insert(completion.id) => completions.push((completion, *source)),
+            _ => return None,
+        }
+    }
+    if completions.is_empty() {
+        let (query, states) = insert_many_query(&jobs);
+        Some(autocommit(pool, query).await.map(|ids| {
+            created(ids, states)
+                .into_iter()
+                .map(Done::Enqueued)
+                .collect()
+        }))
+    } else if jobs.is_empty() {
+        let query = complete_many_query(&completions);
+        Some(autocommit(pool, query).await.map(|ids| {
+            applied(&completions, ids)
+                .into_iter()
+                .map(Done::Applied)
+                .collect()
+        }))
+    } else {
+        None
+    }
+}
+
+/// Runs `query` as a transaction of its own; returns its first column.
+///
+/// PostgreSQL commits such a statement at the Sync that ends it, after it
+/// has sent the statement's CommandComplete. So an error the server sends
+/// before that (a failed statement, or the FATAL of a connection that
+/// `pg_terminate_backend` ended while it sat in the pool) wrote nothing,
+/// and is `Before`; a connection lost without an answer, or any failure
+/// after CommandComplete, may have followed the commit and is `InCommit`.
+async fn autocommit(
+    pool: &PgPool,
+    query: Query<'_, Postgres, PgArguments>,
+) -> Result<Vec<i64>, Failed> {
+    let mut conn = pool.acquire().await?;
+    let mut results = conn.fetch_many(query);
+    let mut ids = Vec::new();
+    let mut completed = false;
+    let failed = loop {
+        match results.next().await {
+            None => return Ok(ids),
+            Some(Ok(Either::Left(_))) => completed = true,
+            Some(Ok(Either::Right(row))) => match row.try_get(0) {
+                Ok(id) => ids.push(id),
+                Err(e) => break Failed::InCommit(e.into()),
+            },
+            Some(Err(e @ sqlx::Error::Database(_))) if !completed => {
+                break Failed::Before(e.into());
+            }
+            Some(Err(e)) => break Failed::InCommit(e.into()),
+        }
+    };
+    drop(results);
+    // Dead, or left mid-answer: not for the pool.
+    conn.close_on_drop();
+    Err(failed)
 }
 
 /// A batch: its keyless jobs in one statement, then its keyed ones in

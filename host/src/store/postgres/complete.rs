@@ -8,7 +8,9 @@
 //! statistics taken while few jobs ran make a scan of all of it look
 //! cheapest (see [`super::BY_ID`]).
 
-use sqlx::PgConnection;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{PgConnection, Postgres, Row as _};
 
 use crate::store::{Completion, StoreResult};
 
@@ -53,6 +55,32 @@ pub(super) async fn complete_many(
     conn: &mut PgConnection,
     completions: &[(&Completion, Source)],
 ) -> StoreResult<Vec<bool>> {
+    let ids: Vec<i64> = complete_many_query(completions)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    Ok(applied(completions, ids))
+}
+
+/// Per completion, whether it applied, from the ids `complete_many`'s
+/// statement returned. Ids are distinct and the token is in the WHERE
+/// clause: an id coming back means that completion applied.
+pub(super) fn applied(completions: &[(&Completion, Source)], ids: Vec<i64>) -> Vec<bool> {
+    let applied: std::collections::HashSet<i64> = ids.into_iter().collect();
+    completions
+        .iter()
+        .map(|(c, _)| applied.contains(&c.id))
+        .collect()
+}
+
+/// `complete_many`'s statement, unsent (the committer sends a lone batch
+/// of completions as a transaction of its own). Its first column is the id
+/// of each completion that applied.
+pub(super) fn complete_many_query<'q>(
+    completions: &[(&'q Completion, Source)],
+) -> Query<'q, Postgres, PgArguments> {
     let n = completions.len();
     let (mut ids, mut tokens, mut states, mut texts, mut run_ats) = (
         Vec::with_capacity(n),
@@ -82,7 +110,7 @@ pub(super) async fn complete_many(
         actor_ids.push(source.actor);
         digest_ids.push(source.digest);
     }
-    let applied: Vec<i64> = sqlx::query_scalar(COMPLETE_MANY)
+    sqlx::query(COMPLETE_MANY)
         .bind(ids)
         .bind(tokens)
         .bind(states)
@@ -93,13 +121,4 @@ pub(super) async fn complete_many(
         .bind(digests)
         .bind(actor_ids)
         .bind(digest_ids)
-        .fetch_all(&mut *conn)
-        .await?;
-    // Ids are distinct and the token is in the WHERE clause: an id coming
-    // back means that completion applied.
-    let applied: std::collections::HashSet<i64> = applied.into_iter().collect();
-    Ok(completions
-        .iter()
-        .map(|(c, _)| applied.contains(&c.id))
-        .collect())
 }

@@ -1,7 +1,12 @@
 //! Enqueue: keyless jobs in one statement, keyed ones one by one against the
-//! idempotency index; each writes its `enqueued` event in the same statement.
+//! idempotency index; each writes its `enqueued` event, and `NOTIFY`s the
+//! hosts if it made a job ready, in the same statement.
 
-use sqlx::PgConnection;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{PgConnection, Postgres, Row as _};
+
+use super::READY_CHANNEL;
 
 use crate::clock::Timestamp;
 use crate::job::JobState;
@@ -19,6 +24,11 @@ fn initial_state(job: &NewJob, now: Timestamp) -> JobState {
 /// Creates jobs without idempotency keys. Each input row takes its id in
 /// the same (materialized) row as its position `n`, so the ids come back in
 /// the order of `jobs` whatever order PostgreSQL evaluates `nextval` in.
+///
+/// If any job is ready now, the statement also sends `NOTIFY` (delivered
+/// when it commits): the uncorrelated subquery of the last `SELECT` reads
+/// the `notified` row once, which is what runs `pg_notify`. So a lone
+/// enqueue needs no statement but this one (see the committer).
 const INSERT_MANY: &str = "
     WITH input AS MATERIALIZED (
         SELECT nextval('jobs_id_seq') AS id, r.*
@@ -36,8 +46,10 @@ const INSERT_MANY: &str = "
     ), events AS (
         INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor_id, reason)
         SELECT id, created_at, NULL, state, 0, 1, 'enqueued' FROM created
+    ), notified AS (
+        SELECT pg_notify($9, '') WHERE EXISTS (SELECT FROM created WHERE state = 'queued')
     )
-    SELECT id FROM input ORDER BY n";
+    SELECT id, (SELECT count(*) FROM notified) FROM input ORDER BY n";
 
 pub(super) async fn insert_many(
     conn: &mut PgConnection,
@@ -46,8 +58,33 @@ pub(super) async fn insert_many(
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
+    let (query, states) = insert_many_query(jobs);
+    let ids: Vec<i64> = query
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    Ok(created(ids, states))
+}
+
+/// The jobs `insert_many` creates, from the ids its statement returned (in
+/// the order of `states`).
+pub(super) fn created(ids: Vec<i64>, states: Vec<JobState>) -> Vec<Enqueued> {
+    ids.into_iter()
+        .zip(states)
+        .map(|(id, state)| Enqueued::Created { id, state })
+        .collect()
+}
+
+/// `insert_many`'s statement, unsent (the committer sends a lone batch of
+/// keyless jobs as a transaction of its own), and the state each job will
+/// have. Its first column is each job's id, in the order of `jobs`.
+pub(super) fn insert_many_query<'q>(
+    jobs: &[(&'q NewJob, Timestamp)],
+) -> (Query<'q, Postgres, PgArguments>, Vec<JobState>) {
     let states: Vec<JobState> = jobs.iter().map(|(j, now)| initial_state(j, *now)).collect();
-    let ids: Vec<i64> = sqlx::query_scalar(INSERT_MANY)
+    let query = sqlx::query(INSERT_MANY)
         .bind(
             jobs.iter()
                 .map(|(j, _)| j.job_type.as_str())
@@ -84,13 +121,8 @@ pub(super) async fn insert_many(
                 .map(|(j, _)| j.timeout_ms.map(i64::from))
                 .collect::<Vec<_>>(),
         )
-        .fetch_all(&mut *conn)
-        .await?;
-    Ok(ids
-        .into_iter()
-        .zip(states)
-        .map(|(id, state)| Enqueued::Created { id, state })
-        .collect())
+        .bind(READY_CHANNEL);
+    (query, states)
 }
 
 const INSERT_KEYED: &str = "
@@ -103,8 +135,10 @@ const INSERT_KEYED: &str = "
     ), events AS (
         INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor_id, reason)
         SELECT id, created_at, NULL, state, 0, 1, 'enqueued' FROM created
+    ), notified AS (
+        SELECT pg_notify($10, '') WHERE EXISTS (SELECT FROM created WHERE state = 'queued')
     )
-    SELECT id FROM created";
+    SELECT id, (SELECT count(*) FROM notified) FROM created";
 
 /// Creates one job, or finds the one holding its idempotency key (another
 /// host's insert of the same key is waited for, then found).
@@ -114,7 +148,7 @@ pub(super) async fn insert(
     now: Timestamp,
 ) -> StoreResult<Enqueued> {
     let state = initial_state(job, now);
-    let created: Option<i64> = sqlx::query_scalar(INSERT_KEYED)
+    let created: Option<i64> = sqlx::query(INSERT_KEYED)
         .bind(&job.job_type)
         .bind(state.as_str())
         .bind(&job.payload)
@@ -124,8 +158,11 @@ pub(super) async fn insert(
         .bind(now.as_micros())
         .bind(i64::from(job.priority))
         .bind(job.timeout_ms.map(i64::from))
+        .bind(READY_CHANNEL)
         .fetch_optional(&mut *conn)
-        .await?;
+        .await?
+        .map(|row| row.try_get(0))
+        .transpose()?;
     if let Some(id) = created {
         return Ok(Enqueued::Created { id, state });
     }
