@@ -1387,6 +1387,46 @@ pub async fn counts_per_state_and_type(s: &dyn Store) {
     assert_eq!((by_type[1].1.queued, by_type[1].1.scheduled), (1, 1));
 }
 
+/// One claim for several types (a worker's round): each type up to its own
+/// limit, earlier requests first, at most `total` in all; each job leased
+/// with its own request's token and expiry.
+pub async fn a_claim_for_several_types_takes_each_up_to_its_limit(s: &dyn Store) {
+    let mut ids: std::collections::BTreeMap<&str, Vec<JobId>> = Default::default();
+    for job_type in ["a", "b", "c", "a", "b", "c", "a", "b", "c"] {
+        let id = insert(s, new_job(job_type, None)).await;
+        ids.entry(job_type).or_default().push(id);
+    }
+    let mut b = claim_req("b", 2, 20, T0);
+    b.lease_expires_at = T0.plus(99 * SECOND);
+    let wait = claim_wait(
+        vec![claim_req("a", 2, 10, T0), b, claim_req("c", 3, 30, T0)],
+        5,
+    );
+    let jobs = s.job_claim_wait(wait).await.unwrap();
+    let mut got: std::collections::BTreeMap<&str, Vec<(JobId, i64)>> = Default::default();
+    for job in &jobs {
+        let job_type = ["a", "b", "c"]
+            .into_iter()
+            .find(|t| *t == job.job_type)
+            .expect("a type asked for");
+        got.entry(job_type).or_default().push((job.id, job.token));
+    }
+    for list in got.values_mut() {
+        list.sort();
+    }
+    let oldest = |t: &str, n: usize, token: i64| -> Vec<(JobId, i64)> {
+        ids[t][..n].iter().map(|id| (*id, token)).collect()
+    };
+    assert_eq!(got["a"], oldest("a", 2, 10));
+    assert_eq!(got["b"], oldest("b", 2, 20));
+    assert_eq!(got["c"], oldest("c", 1, 30), "five in all, c last");
+    let leased = s.job_get(ids["b"][0]).await.unwrap().unwrap();
+    assert_eq!(leased.state, JobState::Running);
+    assert_eq!(leased.lease_expires_at, Some(T0.plus(99 * SECOND)));
+    let counts = s.counts().await.unwrap();
+    assert_eq!((counts.running, counts.queued), (5, 4));
+}
+
 fn claim_wait(requests: Vec<ClaimRequest>, total: usize) -> ClaimWait {
     ClaimWait {
         owner: "waiter".into(),
@@ -1768,6 +1808,7 @@ macro_rules! store_contract_tests {
         scenario!(a_claim_sees_every_way_a_job_becomes_ready);
         scenario!(claim_takes_oldest_due_of_one_type_and_counts_the_attempt);
         scenario!(claims_take_the_highest_priority_first_fifo_within_one);
+        scenario!(a_claim_for_several_types_takes_each_up_to_its_limit);
         scenario!(concurrent_claims_hand_each_job_to_one_claimer, shared);
         scenario!(a_failing_write_fails_alone, shared);
         scenario!(concurrent_completions_apply_once_each, shared);

@@ -49,8 +49,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Advance, ClaimRequest, ClaimedJob, Completion, DeadFilter, Enqueued, JobQuery, KvWrite, Moved,
-    NewJob, Prune, Reaped, Schedule, StateCounts, Store, StoreError, StoreResult,
+    Advance, ClaimRequest, ClaimWait, ClaimedJob, Completion, DeadFilter, Enqueued, JobQuery,
+    KvWrite, Moved, NewJob, Prune, Reaped, Schedule, StateCounts, Store, StoreError, StoreResult,
 };
 use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobId, JobRecord};
@@ -374,12 +374,26 @@ impl Store for PgStore {
     }
 
     async fn job_claim(&self, req: ClaimRequest) -> StoreResult<Vec<ClaimedJob>> {
+        self.job_claim_wait(ClaimWait {
+            owner: req.owner.clone(),
+            total: req.limit,
+            requests: vec![req],
+        })
+        .await
+    }
+
+    /// Every type of the round in one statement (this store never parks a
+    /// claim: it returns at once).
+    async fn job_claim_wait(&self, wait: ClaimWait) -> StoreResult<Vec<ClaimedJob>> {
         self.open_for_work()?;
-        if req.limit == 0 {
-            return Ok(Vec::new());
+        let mut actor = 0;
+        let mut digests = Vec::with_capacity(wait.requests.len());
+        for req in &wait.requests {
+            let source = self.source(&req.owner, &req.plugin_digest).await?;
+            actor = source.actor;
+            digests.push(source.digest);
         }
-        let source = self.source(&req.owner, &req.plugin_digest).await?;
-        claim::claim(&self.fast, &req, source).await
+        claim::claim(&self.fast, &wait, actor, &digests).await
     }
 
     async fn job_complete(&self, completion: Completion) -> StoreResult<bool> {
