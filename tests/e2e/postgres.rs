@@ -607,11 +607,17 @@ async fn postgres_redis_the_promoter_and_the_reaper_publish() {
             .example("noop", "timeout_ms = 1_000\n")
             .testing("sleeper", "max_attempts = 1\ntimeout_ms = 3_000\n")
     };
+    // The survivor starts first, its workers paused, so the doomed host is
+    // killed well within the attempt's timeout however slow a start is.
+    let mut paused = flags.clone();
+    paused.push("--paused");
+    let survivor = Server::start(plugins(), &paused).await;
     let mut doomed = Server::start(plugins(), &flags).await;
     let buried = doomed.submit("sleeper", r#"{"ms":60000}"#).await;
     doomed.wait_for(buried, "running").await;
-    let survivor = Server::start(plugins(), &flags).await;
     doomed.signal_and_wait(libc::SIGKILL);
+    let (status, _) = survivor.admin_post("/admin/workers/resume").await;
+    assert_eq!(status, 200);
 
     let (status, body) = survivor.post("/jobs/noop?delay_ms=300", "{}").await;
     assert_eq!(status, 202, "{body}");

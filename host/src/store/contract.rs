@@ -1392,7 +1392,9 @@ pub async fn counts_per_state_and_type(s: &dyn Store) {
 /// with its own request's token and expiry.
 pub async fn a_claim_for_several_types_takes_each_up_to_its_limit(s: &dyn Store) {
     let mut ids: std::collections::BTreeMap<&str, Vec<JobId>> = Default::default();
-    for job_type in ["a", "b", "c", "a", "b", "c", "a", "b", "c"] {
+    // The last type asked for has the oldest jobs: the order of the requests
+    // decides, not the age of the jobs.
+    for job_type in ["c", "c", "c", "a", "a", "a", "b", "b", "b"] {
         let id = insert(s, new_job(job_type, None)).await;
         ids.entry(job_type).or_default().push(id);
     }
@@ -1880,13 +1882,16 @@ mod postgres {
     async fn statements_by_id_use_the_primary_key_whatever_the_statistics() {
         use sqlx::{Connection, Row};
         /// Each statement's generic plan (the one a connection keeps).
-        async fn plans(conn: &mut sqlx::PgConnection) -> Vec<(&'static str, String)> {
+        async fn plans(
+            conn: &mut sqlx::PgConnection,
+            statements: &[&'static str],
+        ) -> Vec<(&'static str, String)> {
             sqlx::raw_sql("SET plan_cache_mode = force_generic_plan")
                 .execute(&mut *conn)
                 .await
                 .unwrap();
             let mut plans = Vec::new();
-            for (n, sql) in crate::store::postgres::BY_ID.iter().enumerate() {
+            for (n, sql) in statements.iter().enumerate() {
                 let params = (1..)
                     .take_while(|i| sql.contains(&format!("${i}")))
                     .map(|_| "NULL")
@@ -1928,15 +1933,26 @@ mod postgres {
         let mut by_id = store.by_id_pool().acquire().await.unwrap();
         let mut plain = sqlx::PgConnection::connect(&db.url).await.unwrap();
 
+        let by_id_statements = &crate::store::postgres::BY_ID;
         // A new database: `jobs` is empty and was never analyzed.
-        let empty = plans(&mut plain).await;
+        let empty = plans(&mut plain, by_id_statements).await;
         assert!(
             empty
                 .iter()
                 .any(|(_, plan)| plan.contains("Seq Scan on jobs")),
             "without the store's planner settings, an empty table's plans scan it: {empty:?}"
         );
-        by_the_key(plans(&mut by_id).await);
+        by_the_key(plans(&mut by_id, by_id_statements).await);
+        // The claim runs on the claims' pool, without those settings: it
+        // finds its jobs through the ready index, and leases them by the key.
+        let claim = crate::store::postgres::CLAIM;
+        let (_, plan) = &plans(&mut plain, &[claim]).await[0];
+        assert!(
+            plan.contains("jobs_ready")
+                && plan.contains("jobs_pkey")
+                && !plan.contains("Seq Scan on jobs"),
+            "{plan}"
+        );
 
         // Statistics taken while every job was queued, then half of them
         // running and half dead.
@@ -1960,7 +1976,7 @@ mod postgres {
         .unwrap_err()
         .to_string();
         assert!(kept.contains("jobs_lease_only_when_running"), "{kept}");
-        by_the_key(plans(&mut by_id).await);
+        by_the_key(plans(&mut by_id, by_id_statements).await);
         drop(by_id);
         store.close().await;
     }
@@ -1990,7 +2006,7 @@ mod postgres {
             crate::store::Enqueued::Created { id, .. } => id,
             existing => panic!("{existing:?}"),
         };
-        // Both committers' connections, pooled.
+        // The committers' connections, pooled.
         let (a, b) = tokio::join!(
             store.job_insert(super::new_job("email", None), super::T0),
             store.job_insert(super::new_job("email", None), super::T0),

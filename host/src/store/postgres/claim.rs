@@ -15,9 +15,10 @@ use crate::telemetry;
 
 /// Every type of a round in one statement: for each request (in order), up
 /// to its limit of its type's jobs, then at most `$9` in all, earlier
-/// requests first. Rows the lateral subqueries lock beyond that are let go
-/// when the statement ends.
-pub(super) const CLAIM: &str = "
+/// requests first. Each lateral subquery locks at most that total; rows
+/// locked and not leased (when several types have work) are let go when
+/// the statement's own transaction ends, at once (it runs alone).
+pub(crate) const CLAIM: &str = "
     WITH req AS (
         SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::int[])
              WITH ORDINALITY AS r (job_type, lim, token, expires, digest_id, n)
@@ -26,7 +27,7 @@ pub(super) const CLAIM: &str = "
         FROM req CROSS JOIN LATERAL (
             SELECT id, priority, run_at FROM jobs
             WHERE state = 'queued' AND job_type = req.job_type
-            ORDER BY priority DESC, run_at, id LIMIT req.lim
+            ORDER BY priority DESC, run_at, id LIMIT least(req.lim, $9)
             FOR UPDATE SKIP LOCKED
         ) j
         ORDER BY req.n, j.priority DESC, j.run_at, j.id

@@ -287,9 +287,13 @@ async fn apply_alone(pool: &PgPool, batch: &[Cmd]) -> Option<Result<Vec<Done>, F
 /// PostgreSQL commits such a statement at the Sync that ends it, after it
 /// has sent the statement's CommandComplete. So an error the server sends
 /// before that (a failed statement, or the FATAL of a connection that
-/// `pg_terminate_backend` ended while it sat in the pool) wrote nothing,
-/// and is `Before`; a connection lost without an answer, or any failure
-/// after CommandComplete, may have followed the commit and is `InCommit`.
+/// `pg_terminate_backend` or a shutdown ended while it sat in the pool)
+/// wrote nothing, and is `Before`. Any other failure (a connection lost
+/// without an answer, as after a crash or a network reset; one after
+/// CommandComplete; one of the client's own, to encode or decode) is
+/// `InCommit`: the statement may have committed, and is not sent again.
+/// Where a BEGIN would have failed first and been retried unseen, a lone
+/// statement on a connection that died without a word is then a 503.
 async fn autocommit(
     pool: &PgPool,
     query: Query<'_, Postgres, PgArguments>,
@@ -313,8 +317,11 @@ async fn autocommit(
         }
     };
     drop(results);
-    // Dead, or left mid-answer: not for the pool.
-    conn.close_on_drop();
+    // Dead, or left mid-answer: not for the pool. (A statement the server
+    // refused on a live connection leaves it usable.)
+    if !matches!(&failed, Failed::Before(e) if !e.is_unavailable()) {
+        conn.close_on_drop();
+    }
     Err(failed)
 }
 

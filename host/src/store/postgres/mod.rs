@@ -37,6 +37,8 @@ mod schedules;
 mod upkeep;
 
 pub use catalog::PgCatalog;
+#[cfg(test)]
+pub(crate) use claim::CLAIM;
 
 use std::future::Future;
 use std::str::FromStr;
@@ -85,14 +87,14 @@ pub(crate) const BY_ID: [&str; 5] = [
 ];
 
 /// The planner settings of the connections that find jobs by id (the
-/// `by_id` pool): only an index may find them. A statement's plan is made
-/// once per connection and kept (after five runs, sqlx's statements are
-/// prepared), and a plan made while `jobs` was empty or never analyzed
-/// (a new database; a server whose autovacuum is off) hashes the whole
-/// table for every batch of completions: seen at 1.1 ms a completion in a
-/// 5,000-job latency run, growing with the table. These settings forbid
-/// nothing that the primary key cannot do better; they are not used for
-/// any other statement.
+/// `by_id` pool): only an index may find them. sqlx prepares each statement
+/// once per connection, and after five runs PostgreSQL keeps one generic
+/// plan for it; a plan made while `jobs` was empty or never analyzed (a
+/// new database; a server whose autovacuum is off) hashes the whole table
+/// for every batch of completions: seen at 0.6–1.1 ms a completion in a
+/// 5,000-job latency run, growing with the table. The pool's other
+/// statements (the enqueues, which find jobs by idempotency key, and
+/// BEGIN and COMMIT) lose nothing by them either.
 pub(crate) const BY_ID_PLANNER: [(&str, &str); 3] = [
     ("enable_seqscan", "off"),
     ("enable_hashjoin", "off"),
@@ -109,7 +111,7 @@ const QUEUE_DEPTH: usize = 8192;
 #[derive(Debug, Clone)]
 pub struct PgOptions {
     /// Connections this host opens at most (at least 6): a quarter for
-    /// claims and maintenance, a quarter (at least two) for the committers
+    /// claims and maintenance, a quarter (at least three) for the committers
     /// and the other statements that find jobs by id, the rest for
     /// operators, reads and the dispatcher's LISTEN (which keeps one for
     /// good).
@@ -129,11 +131,12 @@ impl Default for PgOptions {
 }
 
 pub struct PgStore {
-    /// Durable commits that are not by id (cancel, bulk replay, prune,
-    /// schedules, kv) and reads.
+    /// Durable commits off the hot path (cancel, bulk replay, prune,
+    /// schedules, kv, plugins) and reads.
     pool: PgPool,
-    /// Durable commits by id, and the enqueues: the committers, progress,
-    /// release, replay, the lease check, planned by the primary key
+    /// The committers (enqueues, completions) and the other statements that
+    /// find jobs by a batch of ids or on a hot path (progress, release,
+    /// replay, the lease check), planned by the primary key
     /// ([`BY_ID_PLANNER`]).
     by_id: PgPool,
     /// Commits that do not wait for the WAL flush (`synchronous_commit =
@@ -175,7 +178,9 @@ impl PgStore {
                 .test_before_acquire(false)
         };
         let fast_connections = (options.max_connections / 4).max(1);
-        let by_id_connections = (options.max_connections / 4).max(committer::COMMITTERS as u32);
+        // One beyond the committers', so progress and the lease check need
+        // not wait for a commit.
+        let by_id_connections = (options.max_connections / 4).max(committer::COMMITTERS as u32 + 1);
         let pool = pool_options()
             .max_connections(options.max_connections - fast_connections - by_id_connections)
             .connect_with(connect.clone())
@@ -386,12 +391,17 @@ impl Store for PgStore {
     /// claim: it returns at once).
     async fn job_claim_wait(&self, wait: ClaimWait) -> StoreResult<Vec<ClaimedJob>> {
         self.open_for_work()?;
-        let mut actor = 0;
+        if wait.total == 0 || wait.requests.iter().all(|r| r.limit == 0) {
+            return Ok(Vec::new());
+        }
+        let actor = self
+            .names
+            .id(&self.fast, Name::Actor(worker_actor(&wait.owner)))
+            .await?;
         let mut digests = Vec::with_capacity(wait.requests.len());
         for req in &wait.requests {
-            let source = self.source(&req.owner, &req.plugin_digest).await?;
-            actor = source.actor;
-            digests.push(source.digest);
+            let digest = Name::Digest(req.plugin_digest.clone());
+            digests.push(self.names.id(&self.fast, digest).await?);
         }
         claim::claim(&self.fast, &wait, actor, &digests).await
     }
