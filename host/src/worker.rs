@@ -259,6 +259,17 @@ struct Round {
     refill: Option<Duration>,
 }
 
+/// How a claim's round was limited: whether it may have left jobs behind
+/// that only a claim, not a hint, would find.
+#[derive(Debug, Default, Clone, Copy)]
+struct Limited {
+    /// The round's total, or some type's own limit, was reached: there may
+    /// be more of that type.
+    full: bool,
+    /// Some type was left out (its slots busy, or its rate spent).
+    left_out: bool,
+}
+
 /// Permits an executor holds while its attempt runs; dropping them frees the slots.
 struct Slots {
     _host: OwnedSemaphorePermit,
@@ -338,18 +349,26 @@ impl Worker {
                     continue;
                 }
             };
-            let claimed = self
+            let (claimed, limited) = self
                 .claim(round, &mut paused, (&mut plugins, &mut paused_types), &stop)
                 .await;
             if !claimed.is_empty() {
                 self.spawn_executors(claimed, &host_slots, &executors, &abort);
-                // There may be more waiting: claim again at once.
-                continue;
+                // A type that got all it asked for may have more: claim again
+                // at once. (A store that parks claims waits in the claim.)
+                if parks || limited.full {
+                    continue;
+                }
             }
             if !parks {
+                // Every type asked for was drained when the claim ran: a job
+                // readied since has hinted (a hint waits for its waiter). A
+                // freed slot matters only to a type that was left out or cut
+                // short by its slots or its rate.
+                let cut_short = limited.full || limited.left_out;
                 tokio::select! {
                     () = self.dispatch.wait() => {}
-                    () = self.dispatch.wait_freed() => {}
+                    () = self.dispatch.wait_freed(), if cut_short => {}
                     () = tokio::time::sleep(self.config.poll_interval) => {}
                     _ = paused.changed() => {}
                     _ = plugins.changed() => {}
@@ -465,7 +484,8 @@ impl Worker {
         })
     }
 
-    /// Leases jobs for `round`. A parked claim is ended (and returns what it
+    /// Leases jobs for `round`, and says whether it was limited (see
+    /// [`Limited`]). A parked claim is ended (and returns what it
     /// leased, perhaps nothing) at the poll interval, on pause or stop, when
     /// a plugin is loaded, swapped or removed (so a job submitted after a
     /// swap starts on the new version), or when a slot frees if it asked for
@@ -479,7 +499,7 @@ impl Worker {
             &mut watch::Receiver<Arc<BTreeSet<String>>>,
         ),
         stop: &CancellationToken,
-    ) -> Vec<(ClaimedJob, Arc<Handler>)> {
+    ) -> (Vec<(ClaimedJob, Arc<Handler>)>, Limited) {
         let Round {
             wait,
             version,
@@ -493,6 +513,12 @@ impl Worker {
         // for them all.
         let few = self.config.claim_batch.min(self.config.concurrency) / 2;
         let rescope = saturated || wait.total < few;
+        let asked: Vec<(String, usize)> = wait
+            .requests
+            .iter()
+            .map(|r| (r.job_type.clone(), r.limit))
+            .collect();
+        let total = wait.total;
         self.dispatch.claim_started();
         let claim = self.store.job_claim_wait(wait);
         tokio::pin!(claim);
@@ -528,8 +554,15 @@ impl Worker {
                     () = tokio::time::sleep(self.config.poll_interval) => {}
                     () = stop.cancelled() => {}
                 }
-                return Vec::new();
+                return (Vec::new(), Limited::default());
             }
+        };
+        let limited = Limited {
+            full: jobs.len() >= total
+                || asked.iter().any(|(job_type, limit)| {
+                    jobs.iter().filter(|j| &j.job_type == job_type).count() >= *limit
+                }),
+            left_out: saturated || refill.is_some(),
         };
         let claimed: Vec<_> = jobs
             .into_iter()
@@ -586,7 +619,7 @@ impl Worker {
                 rate.take(n, now);
             }
         }
-        claimed
+        (claimed, limited)
     }
 
     fn spawn_executors(
