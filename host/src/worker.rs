@@ -266,8 +266,10 @@ struct Limited {
     /// The round's total, or some type's own limit, was reached: there may
     /// be more of that type.
     full: bool,
-    /// Some type was left out (its slots busy, or its rate spent).
+    /// Some type was left out because its slots were busy.
     left_out: bool,
+    /// Some type was held back by its rate: when it may take more.
+    refill: Option<Duration>,
 }
 
 /// Permits an executor holds while its attempt runs; dropping them frees the slots.
@@ -364,11 +366,13 @@ impl Worker {
                 // Every type asked for was drained when the claim ran: a job
                 // readied since has hinted (a hint waits for its waiter). A
                 // freed slot matters only to a type that was left out or cut
-                // short by its slots or its rate.
+                // short by its slots, time only to one held back by its rate.
                 let cut_short = limited.full || limited.left_out;
+                let refill = limited.refill.map(|r| r.min(self.config.poll_interval));
                 tokio::select! {
                     () = self.dispatch.wait() => {}
                     () = self.dispatch.wait_freed(), if cut_short => {}
+                    () = tokio::time::sleep(refill.unwrap_or_default()), if refill.is_some() => {}
                     () = tokio::time::sleep(self.config.poll_interval) => {}
                     _ = paused.changed() => {}
                     _ = plugins.changed() => {}
@@ -521,29 +525,35 @@ impl Worker {
         let total = wait.total;
         self.dispatch.claim_started();
         let claim = self.store.job_claim_wait(wait);
-        tokio::pin!(claim);
-        let wake = async {
-            tokio::select! {
-                () = tokio::time::sleep(self.config.poll_interval) => {}
-                _ = paused.changed() => {}
-                _ = plugins.changed() => {}
-                _ = paused_types.changed() => {}
-                () = stop.cancelled() => {}
-                () = self.dispatch.wait_freed(), if rescope => {}
-                // A rate-limited type left out may start again.
-                () = tokio::time::sleep(refill.unwrap_or_default()), if refill.is_some() => {}
-            }
-        };
-        let claimed = tokio::select! {
-            // The claim first, so it is sent before any unpark is.
-            biased;
-            claimed = &mut claim => claimed,
-            () = wake => {
-                if let Err(e) = self.store.claim_unpark(&self.config.owner).await {
-                    tracing::error!(error = %e, "could not end the waiting claim");
+        let claimed = if self.store.parks_claims() {
+            tokio::pin!(claim);
+            let wake = async {
+                tokio::select! {
+                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                    _ = paused.changed() => {}
+                    _ = plugins.changed() => {}
+                    _ = paused_types.changed() => {}
+                    () = stop.cancelled() => {}
+                    () = self.dispatch.wait_freed(), if rescope => {}
+                    // A rate-limited type left out may start again.
+                    () = tokio::time::sleep(refill.unwrap_or_default()), if refill.is_some() => {}
                 }
-                claim.await
+            };
+            tokio::select! {
+                // The claim first, so it is sent before any unpark is.
+                biased;
+                claimed = &mut claim => claimed,
+                () = wake => {
+                    if let Err(e) = self.store.claim_unpark(&self.config.owner).await {
+                        tracing::error!(error = %e, "could not end the waiting claim");
+                    }
+                    claim.await
+                }
             }
+        } else {
+            // Answered at once, with nothing to end early: the signals that
+            // come meanwhile stay for the wait after it.
+            claim.await
         };
         self.dispatch.claim_settled();
         let jobs = match claimed {
@@ -554,7 +564,12 @@ impl Worker {
                     () = tokio::time::sleep(self.config.poll_interval) => {}
                     () = stop.cancelled() => {}
                 }
-                return (Vec::new(), Limited::default());
+                // Not known: look again as if it had been cut short.
+                let unknown = Limited {
+                    full: true,
+                    ..Limited::default()
+                };
+                return (Vec::new(), unknown);
             }
         };
         let limited = Limited {
@@ -562,7 +577,8 @@ impl Worker {
                 || asked.iter().any(|(job_type, limit)| {
                     jobs.iter().filter(|j| &j.job_type == job_type).count() >= *limit
                 }),
-            left_out: saturated || refill.is_some(),
+            left_out: saturated,
+            refill,
         };
         let claimed: Vec<_> = jobs
             .into_iter()

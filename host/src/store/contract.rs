@@ -2133,6 +2133,57 @@ mod postgres {
         store.close().await;
     }
 
+    /// PostgreSQL-specific: a claim of several types that locks more jobs
+    /// than its total lets it lease lets the rest go and tells the hosts,
+    /// whose claims skipped them while they were locked; one that leases
+    /// all it locked does not.
+    #[tokio::test]
+    async fn a_claim_that_lets_locked_jobs_go_notifies_the_hosts() {
+        use sqlx::Connection;
+        let (store, db) = crate::testing::postgres_store().await;
+        for job_type in ["a", "a", "b", "b"] {
+            super::insert(&store, super::new_job(job_type, None)).await;
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+        listener
+            .listen(crate::store::postgres::READY_CHANNEL)
+            .await
+            .unwrap();
+        let both = |total| {
+            super::claim_wait(
+                vec![
+                    super::claim_req("a", 2, 1, super::T0),
+                    super::claim_req("b", 2, 2, super::T0),
+                ],
+                total,
+            )
+        };
+        let first = store.job_claim_wait(both(2)).await.unwrap();
+        assert!(first.iter().all(|j| j.job_type == "a"), "{first:?}");
+        let second = store.job_claim_wait(both(10)).await.unwrap();
+        assert!(second.iter().all(|j| j.job_type == "b"), "{second:?}");
+        assert_eq!((first.len(), second.len()), (2, 2));
+        let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query("SELECT pg_notify($1, 'end')")
+            .bind(crate::store::postgres::READY_CHANNEL)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let mut heard = 0;
+        loop {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(30), listener.recv())
+                .await
+                .expect("the notifications arrive")
+                .unwrap();
+            if n.payload() == "end" {
+                break;
+            }
+            heard += 1;
+        }
+        assert_eq!(heard, 1, "the first claim let b's jobs go; the second none");
+        store.close().await;
+    }
+
     /// PostgreSQL-specific: the counters every write keeps (a trigger on
     /// `jobs`) match a count of the table after every kind of transition,
     /// including two stores writing at once.

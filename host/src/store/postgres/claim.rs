@@ -8,6 +8,7 @@ use std::time::Instant;
 use sqlx::PgPool;
 use sqlx::Row as _;
 
+use super::READY_CHANNEL;
 use crate::clock::Timestamp;
 use crate::store::rows::{priority_of, timeout_ms_of};
 use crate::store::{ClaimWait, ClaimedJob, StoreResult};
@@ -17,21 +18,27 @@ use crate::telemetry;
 /// to its limit of its type's jobs, then at most `$9` in all, earlier
 /// requests first. Each lateral subquery locks at most that total; rows
 /// locked and not leased (when several types have work) are let go when
-/// the statement's own transaction ends, at once (it runs alone).
+/// the statement's own transaction ends, at once (it runs alone), and the
+/// statement then sends `NOTIFY`: another host's claim that skipped them
+/// while they were locked hears that they are there.
 pub(crate) const CLAIM: &str = "
     WITH req AS (
         SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::int[])
              WITH ORDINALITY AS r (job_type, lim, token, expires, digest_id, n)
-    ), picked AS (
-        SELECT j.id, req.token, req.expires, req.digest_id
+    ), locked AS (
+        SELECT j.id, j.priority, j.run_at, req.n, req.token, req.expires, req.digest_id
         FROM req CROSS JOIN LATERAL (
             SELECT id, priority, run_at FROM jobs
             WHERE state = 'queued' AND job_type = req.job_type
             ORDER BY priority DESC, run_at, id LIMIT least(req.lim, $9)
             FOR UPDATE SKIP LOCKED
         ) j
-        ORDER BY req.n, j.priority DESC, j.run_at, j.id
+    ), picked AS (
+        SELECT id, token, expires, digest_id FROM locked
+        ORDER BY n, priority DESC, run_at, id
         LIMIT $9
+    ), notified AS (
+        SELECT pg_notify($10, '') WHERE (SELECT count(*) FROM locked) > $9
     ), leased AS (
         UPDATE jobs SET state = 'running', attempt = jobs.attempt + 1, lease_owner = $6,
                lease_token = picked.token, lease_expires_at = picked.expires, started_at = $7,
@@ -43,7 +50,8 @@ pub(crate) const CLAIM: &str = "
         INSERT INTO job_events (job_id, at, from_state, to_state, attempt, actor_id, digest_id)
         SELECT id, $7, 'queued', 'running', attempt, $8, digest_id FROM leased
     )
-    SELECT id, job_type, payload, attempt, max_attempts, run_at, priority, timeout_ms, token
+    SELECT id, job_type, payload, attempt, max_attempts, run_at, priority, timeout_ms, token,
+           (SELECT count(*) FROM notified)
     FROM leased";
 
 /// Leases, for each request of `wait` in order, up to its limit of its
@@ -91,6 +99,7 @@ pub(super) async fn claim(
         .bind(first.now.as_micros())
         .bind(actor)
         .bind(count(wait.total))
+        .bind(READY_CHANNEL)
         .fetch_all(pool)
         .await?;
     metrics::histogram!(telemetry::CLAIM_DURATION).record(started.elapsed());

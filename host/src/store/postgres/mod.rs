@@ -111,7 +111,7 @@ const QUEUE_DEPTH: usize = 8192;
 #[derive(Debug, Clone)]
 pub struct PgOptions {
     /// Connections this host opens at most (at least 6): a quarter for
-    /// claims and maintenance, a quarter (at least three) for the committers
+    /// claims and maintenance, a quarter (at least three, two of six) for the committers
     /// and the other statements that find jobs by id, the rest for
     /// operators, reads and the dispatcher's LISTEN (which keeps one for
     /// good).
@@ -178,9 +178,11 @@ impl PgStore {
                 .test_before_acquire(false)
         };
         let fast_connections = (options.max_connections / 4).max(1);
-        // One beyond the committers', so progress and the lease check need
-        // not wait for a commit.
-        let by_id_connections = (options.max_connections / 4).max(committer::COMMITTERS as u32 + 1);
+        // One beyond the committers' (from 7 connections up), so progress
+        // and the lease check need not wait for a commit.
+        let spare = u32::from(options.max_connections >= 7);
+        let by_id_connections =
+            (options.max_connections / 4).max(committer::COMMITTERS as u32 + spare);
         let pool = pool_options()
             .max_connections(options.max_connections - fast_connections - by_id_connections)
             .connect_with(connect.clone())
