@@ -517,11 +517,9 @@ impl Worker {
         // for them all.
         let few = self.config.claim_batch.min(self.config.concurrency) / 2;
         let rescope = saturated || wait.total < few;
-        let asked: Vec<(String, usize)> = wait
-            .requests
-            .iter()
-            .map(|r| (r.job_type.clone(), r.limit))
-            .collect();
+        // Each request's limit, beside its handler (the round made them in
+        // step).
+        let limits: Vec<usize> = wait.requests.iter().map(|r| r.limit).collect();
         let total = wait.total;
         self.dispatch.claim_started();
         let claim = self.store.job_claim_wait(wait);
@@ -574,8 +572,11 @@ impl Worker {
         };
         let limited = Limited {
             full: jobs.len() >= total
-                || asked.iter().any(|(job_type, limit)| {
-                    jobs.iter().filter(|j| &j.job_type == job_type).count() >= *limit
+                || handlers.iter().zip(&limits).any(|(handler, limit)| {
+                    jobs.iter()
+                        .filter(|j| j.job_type == handler.job_type)
+                        .count()
+                        >= *limit
                 }),
             left_out: saturated,
             refill,

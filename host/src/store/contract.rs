@@ -2070,19 +2070,51 @@ mod postgres {
         store.close().await;
     }
 
+    /// A connection listening where the hosts hear of ready jobs.
+    async fn listening(url: &str) -> sqlx::postgres::PgListener {
+        let mut listener = sqlx::postgres::PgListener::connect(url).await.unwrap();
+        listener
+            .listen(crate::store::postgres::READY_CHANNEL)
+            .await
+            .unwrap();
+        listener
+    }
+
+    /// What `listener` heard before a notification the test sends now: the
+    /// channel keeps the order of the commits, so that is everything the
+    /// test's writes sent.
+    async fn heard_before_the_end(
+        url: &str,
+        listener: &mut sqlx::postgres::PgListener,
+    ) -> Vec<String> {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query("SELECT pg_notify($1, 'end')")
+            .bind(crate::store::postgres::READY_CHANNEL)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let mut heard = Vec::new();
+        loop {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(30), listener.recv())
+                .await
+                .expect("the notifications arrive")
+                .unwrap();
+            if n.payload() == "end" {
+                return heard;
+            }
+            heard.push(n.payload().to_owned());
+        }
+    }
+
     /// PostgreSQL-specific: an enqueue that makes a job ready tells every
     /// host (`NOTIFY jobhost_ready`, sent by the statement that creates the
     /// job, delivered when it commits); one that only schedules a job, or
     /// finds its idempotency key taken, does not.
     #[tokio::test]
     async fn an_enqueue_that_readies_a_job_notifies_the_hosts() {
-        use sqlx::Connection;
         let (store, db) = crate::testing::postgres_store().await;
-        let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
-        listener
-            .listen(crate::store::postgres::READY_CHANNEL)
-            .await
-            .unwrap();
+        let mut listener = listening(&db.url).await;
         let mut later = super::new_job("email", None);
         later.run_at = super::T0.plus(60 * super::SECOND);
         store.job_insert(later.clone(), super::T0).await.unwrap();
@@ -2110,24 +2142,7 @@ mod postgres {
             )
             .await
             .unwrap();
-        // The end of the test's writes, in the channel's order.
-        let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
-        sqlx::query("SELECT pg_notify($1, 'end')")
-            .bind(crate::store::postgres::READY_CHANNEL)
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let mut heard = Vec::new();
-        loop {
-            let n = tokio::time::timeout(std::time::Duration::from_secs(30), listener.recv())
-                .await
-                .expect("the notifications arrive")
-                .unwrap();
-            if n.payload() == "end" {
-                break;
-            }
-            heard.push(n.payload().to_owned());
-        }
+        let heard = heard_before_the_end(&db.url, &mut listener).await;
         // The ready job alone, the new key, the batch (folded into one).
         assert_eq!(heard.len(), 3, "{heard:?}");
         store.close().await;
@@ -2139,16 +2154,11 @@ mod postgres {
     /// all it locked does not.
     #[tokio::test]
     async fn a_claim_that_lets_locked_jobs_go_notifies_the_hosts() {
-        use sqlx::Connection;
         let (store, db) = crate::testing::postgres_store().await;
         for job_type in ["a", "a", "b", "b"] {
             super::insert(&store, super::new_job(job_type, None)).await;
         }
-        let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
-        listener
-            .listen(crate::store::postgres::READY_CHANNEL)
-            .await
-            .unwrap();
+        let mut listener = listening(&db.url).await;
         let both = |total| {
             super::claim_wait(
                 vec![
@@ -2163,24 +2173,12 @@ mod postgres {
         let second = store.job_claim_wait(both(10)).await.unwrap();
         assert!(second.iter().all(|j| j.job_type == "b"), "{second:?}");
         assert_eq!((first.len(), second.len()), (2, 2));
-        let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
-        sqlx::query("SELECT pg_notify($1, 'end')")
-            .bind(crate::store::postgres::READY_CHANNEL)
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let mut heard = 0;
-        loop {
-            let n = tokio::time::timeout(std::time::Duration::from_secs(30), listener.recv())
-                .await
-                .expect("the notifications arrive")
-                .unwrap();
-            if n.payload() == "end" {
-                break;
-            }
-            heard += 1;
-        }
-        assert_eq!(heard, 1, "the first claim let b's jobs go; the second none");
+        let heard = heard_before_the_end(&db.url, &mut listener).await;
+        assert_eq!(
+            heard.len(),
+            1,
+            "the first claim let b's jobs go; the second none"
+        );
         store.close().await;
     }
 

@@ -69,9 +69,6 @@ pub(super) async fn claim(
     let Some(first) = wait.requests.first() else {
         return Ok(Vec::new());
     };
-    if wait.total == 0 {
-        return Ok(Vec::new());
-    }
     let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     let started = Instant::now();
     let rows = sqlx::query(CLAIM)

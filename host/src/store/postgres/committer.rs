@@ -174,35 +174,22 @@ impl From<StoreError> for Failed {
 
 /// Applies `batch` in one transaction: every single keyless enqueue in one
 /// statement, every completion (of distinct jobs) in one statement, the
-/// rest in order; and one commit. (The statements that make jobs ready
-/// send their `NOTIFY` themselves.)
+/// rest in order; and one commit. A batch that is one of those statements
+/// alone is sent as it is, without BEGIN and COMMIT. (The statements that
+/// make jobs ready send their `NOTIFY` themselves.)
 async fn apply(pool: &PgPool, batch: &[Cmd]) -> Result<Vec<Done>, Failed> {
-    if let Some(done) = apply_alone(pool, batch).await {
-        return done;
-    }
-    let mut tx = pool.begin().await?;
-    let mut done: Vec<Option<Done>> = batch.iter().map(|_| None).collect();
-
-    let keyless: Vec<(usize, &NewJob, Timestamp)> = batch
+    let (keyless, jobs): (Vec<usize>, Vec<(&NewJob, Timestamp)>) = batch
         .iter()
         .enumerate()
         .filter_map(|(i, cmd)| match cmd {
-            Cmd::Insert { job, now, .. } if job.idempotency_key.is_none() => Some((i, job, *now)),
+            Cmd::Insert { job, now, .. } if job.idempotency_key.is_none() => Some((i, (job, *now))),
             _ => None,
         })
-        .collect();
-    if !keyless.is_empty() {
-        let jobs: Vec<(&NewJob, Timestamp)> =
-            keyless.iter().map(|(_, j, now)| (*j, *now)).collect();
-        for ((i, _, _), created) in keyless.iter().zip(insert_many(&mut tx, &jobs).await?) {
-            done[*i] = Some(Done::Enqueued(created));
-        }
-    }
-
+        .unzip();
     // A second report for the same job in this batch is applied on its
     // own, after the bulk statement (its lease decides, as it would alone).
     let mut seen = HashSet::new();
-    let completions: Vec<(usize, (&Completion, Source))> = batch
+    let (completed, completions): (Vec<usize>, Vec<(&Completion, Source)>) = batch
         .iter()
         .enumerate()
         .filter_map(|(i, cmd)| match cmd {
@@ -211,10 +198,40 @@ async fn apply(pool: &PgPool, batch: &[Cmd]) -> Result<Vec<Done>, Failed> {
             } if seen.insert(completion.id) => Some((i, (completion, *source))),
             _ => None,
         })
-        .collect();
+        .unzip();
+
+    // The whole batch is one statement: PostgreSQL runs it as a transaction
+    // of its own, without BEGIN and COMMIT. A lone submission's path is then
+    // one round trip to the server instead of four (BEGIN, the statement,
+    // NOTIFY, COMMIT).
+    if keyless.len() == batch.len() {
+        let (query, states) = insert_many_query(&jobs);
+        let ids = autocommit(pool, query).await?;
+        return Ok(created(ids, states)
+            .into_iter()
+            .map(Done::Enqueued)
+            .collect());
+    }
+    if completed.len() == batch.len() {
+        let ids = autocommit(pool, complete_many_query(&completions)).await?;
+        return Ok(applied(&completions, ids)
+            .into_iter()
+            .map(Done::Applied)
+            .collect());
+    }
+
+    let mut tx = pool.begin().await?;
+    let mut done: Vec<Option<Done>> = batch.iter().map(|_| None).collect();
+    if !jobs.is_empty() {
+        for (i, created) in keyless.iter().zip(insert_many(&mut tx, &jobs).await?) {
+            done[*i] = Some(Done::Enqueued(created));
+        }
+    }
     if !completions.is_empty() {
-        let all: Vec<(&Completion, Source)> = completions.iter().map(|(_, c)| *c).collect();
-        for ((i, _), ok) in completions.iter().zip(complete_many(&mut tx, &all).await?) {
+        for (i, ok) in completed
+            .iter()
+            .zip(complete_many(&mut tx, &completions).await?)
+        {
             done[*i] = Some(Done::Applied(ok));
         }
     }
@@ -239,47 +256,6 @@ async fn apply(pool: &PgPool, batch: &[Cmd]) -> Result<Vec<Done>, Failed> {
         .into_iter()
         .map(|d| d.expect("every command has a result"))
         .collect())
-}
-
-/// A batch that is one statement (keyless enqueues only, or completions of
-/// distinct jobs only) is sent without BEGIN and COMMIT: PostgreSQL runs it
-/// as a transaction of its own. A lone submission's path is then one round
-/// trip to the server instead of four (BEGIN, the statement, NOTIFY,
-/// COMMIT). `None`: the batch needs a transaction.
-async fn apply_alone(pool: &PgPool, batch: &[Cmd]) -> Option<Result<Vec<Done>, Failed>> {
-    let mut jobs = Vec::new();
-    let mut completions = Vec::new();
-    let mut seen = HashSet::new();
-    for cmd in batch {
-        match cmd {
-            Cmd::Insert { job, now, .. } if job.idempotency_key.is_none() => {
-                jobs.push((job, *now));
-            }
-            Cmd::Complete {
-                completion, source, ..
-            } if seen.insert(completion.id) => completions.push((completion, *source)),
-            _ => return None,
-        }
-    }
-    if completions.is_empty() {
-        let (query, states) = insert_many_query(&jobs);
-        Some(autocommit(pool, query).await.map(|ids| {
-            created(ids, states)
-                .into_iter()
-                .map(Done::Enqueued)
-                .collect()
-        }))
-    } else if jobs.is_empty() {
-        let query = complete_many_query(&completions);
-        Some(autocommit(pool, query).await.map(|ids| {
-            applied(&completions, ids)
-                .into_iter()
-                .map(Done::Applied)
-                .collect()
-        }))
-    } else {
-        None
-    }
 }
 
 /// Runs `query` as a transaction of its own; returns its first column.

@@ -10,7 +10,9 @@
 
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
-use sqlx::{PgConnection, Postgres, Row as _};
+use sqlx::{PgConnection, Postgres};
+
+use super::ids_of;
 
 use crate::store::{Completion, StoreResult};
 
@@ -55,12 +57,7 @@ pub(super) async fn complete_many(
     conn: &mut PgConnection,
     completions: &[(&Completion, Source)],
 ) -> StoreResult<Vec<bool>> {
-    let ids: Vec<i64> = complete_many_query(completions)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|row| row.try_get(0))
-        .collect::<Result<_, _>>()?;
+    let ids = ids_of(complete_many_query(completions), conn).await?;
     Ok(applied(completions, ids))
 }
 

@@ -6,7 +6,7 @@ use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
 use sqlx::{PgConnection, Postgres, Row as _};
 
-use super::READY_CHANNEL;
+use super::{READY_CHANNEL, ids_of};
 
 use crate::clock::Timestamp;
 use crate::job::JobState;
@@ -59,13 +59,7 @@ pub(super) async fn insert_many(
         return Ok(Vec::new());
     }
     let (query, states) = insert_many_query(jobs);
-    let ids: Vec<i64> = query
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|row| row.try_get(0))
-        .collect::<Result<_, _>>()?;
-    Ok(created(ids, states))
+    Ok(created(ids_of(query, conn).await?, states))
 }
 
 /// The jobs `insert_many` creates, from the ids its statement returned (in

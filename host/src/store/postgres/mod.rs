@@ -286,6 +286,21 @@ impl PgStore {
     }
 }
 
+/// The first column of each row `query` returns: the ids the writing
+/// statements here return (they also return a column that runs their
+/// `NOTIFY`).
+async fn ids_of(
+    query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    conn: &mut sqlx::PgConnection,
+) -> StoreResult<Vec<i64>> {
+    use sqlx::Row as _;
+    let rows = query.fetch_all(conn).await?;
+    Ok(rows
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?)
+}
+
 /// How long work that lost its connection is tried again on fresh ones.
 const RECONNECT_WINDOW: Duration = Duration::from_secs(1);
 
