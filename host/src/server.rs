@@ -73,6 +73,9 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let dispatch = Arc::new(Dispatch::new());
     let stop = CancellationToken::new();
+    if let Some(handle) = &prometheus {
+        tokio::spawn(telemetry::upkeep(handle.clone(), stop.clone()));
+    }
     let owner = format!("{}-{}", hostname(), std::process::id());
     // Redis Streams: this host's hints to the others, and theirs to it.
     let redis = match &config.redis_url {

@@ -135,6 +135,25 @@ pub fn prometheus() -> Result<PrometheusHandle, String> {
         .ok_or_else(|| "another metrics recorder is already installed".to_owned())
 }
 
+/// How often [`upkeep`] folds the histograms' new samples in.
+const UPKEEP_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds the samples recorded since the last time into the histograms,
+/// every few seconds, until `stop`. The recorder keeps each sample until
+/// then (a scrape of `/metrics` does it too): without this, a host that
+/// nobody scrapes kept about 90 bytes per job it ran, for as long as it ran
+/// (322 MiB after the 3 million jobs of the batch scenario).
+pub async fn upkeep(handle: PrometheusHandle, stop: tokio_util::sync::CancellationToken) {
+    let mut every = tokio::time::interval(UPKEEP_PERIOD);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(JOBS_ENQUEUED, "Jobs accepted, per type");
