@@ -913,6 +913,7 @@ async fn operators(c: &Common, jobs: usize) -> Result<()> {
         counts["dead"] == 0 && counts["queued"] == replayed,
         "after the replay: {counts}"
     );
+    report.figure("server peak RSS", server.peak_rss_mib(), "MiB");
     report.note("Each endpoint is called 200 times in a row on one keep-alive connection, with every job finished (nothing else running). The replay is one call with workers paused; its jobs are then queued, counted.");
     report.finish(&c.out)?;
     server.stop()
@@ -985,6 +986,7 @@ async fn kv(c: &Common, jobs: usize) -> Result<()> {
         "%",
     );
     report.figure("server CPU per job, all threads", cpu_us, "µs");
+    report.figure("server peak RSS", server.peak_rss_mib(), "MiB");
     report.note(format!("verified: {verified}"));
     report.note("A call is timed in the host import, as the plugin waits for it: checks, then the store's answer. The embedded store answers in memory and queues the write to its writer (durable before the attempt's outcome and before any outbound request); PostgreSQL commits the write first. Bucket bounds: 5, 10, 25, 50, 100, 250 µs, ...");
     server.stop()?;
@@ -1138,6 +1140,7 @@ async fn swap(c: &Common, rate: u64, seconds: u64) -> Result<()> {
     report.latency("HTTP", &http);
     report.figure("errors", errors as f64, "");
     let ids: Vec<i64> = sent.iter().map(|(id, _)| *id).collect();
+    report.figure("server peak RSS", server.peak_rss_mib(), "MiB");
     report.note(format!("verified: {}", verify(&ids, &rows)?));
     server.stop()?;
     report.finish(&c.out)

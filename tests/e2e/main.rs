@@ -485,6 +485,64 @@ async fn after_kill_9_the_job_completes_once_its_lease_expires() {
     assert!(reaped, "{job:#}");
 }
 
+/// A 202 means the job is on disk: submitters keep posting while the
+/// server is killed with SIGKILL mid-stream, and after a restart on the same
+/// data directory every job that was answered 202 is there and runs. (It
+/// would fail if an answer went out before its group commit; a kill keeps
+/// the OS's page cache, so it says nothing of the fsync itself.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_job_survives_kill_9_mid_stream() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let plugins = Plugins::new().example("noop", "max_attempts = 3\ntimeout_ms = 1_000\n");
+    let flags = ["--lease-grace-ms", "500", "--reap-interval-ms", "100"];
+    let mut server = Server::start(plugins, &flags).await;
+    let acked = Arc::new(AtomicUsize::new(0));
+    let mut submitters = Vec::new();
+    for _ in 0..8 {
+        let (http, url, acked) = (server.http.clone(), server.url.clone(), acked.clone());
+        submitters.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            // Until the server is gone: an error or a refused connection.
+            while let Ok(resp) = http
+                .post(format!("{url}/jobs/noop"))
+                .body("{}")
+                .send()
+                .await
+            {
+                if resp.status() != 202 {
+                    break;
+                }
+                let Ok(body) = resp.json::<Value>().await else {
+                    break;
+                };
+                ids.push(body["jobId"].as_i64().expect("a 202 names its job"));
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
+            ids
+        }));
+    }
+    while acked.load(Ordering::Relaxed) < 2_000 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let status = tokio::task::block_in_place(|| server.signal_and_wait(libc::SIGKILL));
+    assert_eq!(status.code(), None, "killed by a signal");
+    let mut ids = Vec::new();
+    for s in submitters {
+        ids.extend(s.await.unwrap());
+    }
+    assert!(ids.len() >= 2_000, "{} acknowledged", ids.len());
+
+    server.restart();
+    for &id in &ids {
+        let (status, job) = server.get(&format!("/jobs/{id}")).await;
+        assert_eq!(status, 200, "job {id} was acknowledged, then lost: {job}");
+    }
+    for id in ids {
+        server.wait_for(id, "succeeded").await;
+    }
+}
+
 /// Submit options: when a job is due (`runAt`, `delay_ms`) and how many
 /// attempts it gets (`maxAttempts`), on one job and per item of a batch;
 /// bad options change nothing.
