@@ -494,7 +494,7 @@ async fn after_kill_9_the_job_completes_once_its_lease_expires() {
 async fn every_acknowledged_job_survives_kill_9_mid_stream() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let plugins = Plugins::new().example("noop", "max_attempts = 3\ntimeout_ms = 1_000\n");
+    let plugins = Plugins::new().example("noop", "max_attempts = 3\ntimeout_ms = 5_000\n");
     let flags = ["--lease-grace-ms", "500", "--reap-interval-ms", "100"];
     let mut server = Server::start(plugins, &flags).await;
     let acked = Arc::new(AtomicUsize::new(0));
@@ -522,7 +522,13 @@ async fn every_acknowledged_job_survives_kill_9_mid_stream() {
             ids
         }));
     }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while acked.load(Ordering::Relaxed) < 2_000 {
+        assert!(
+            std::time::Instant::now() < deadline && !submitters.iter().all(|s| s.is_finished()),
+            "only {} jobs acknowledged before the submitters stopped",
+            acked.load(Ordering::Relaxed)
+        );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     let status = tokio::task::block_in_place(|| server.signal_and_wait(libc::SIGKILL));
