@@ -570,28 +570,24 @@ impl Worker {
                 return (Vec::new(), unknown);
             }
         };
-        let limited = Limited {
-            full: jobs.len() >= total
-                || handlers.iter().zip(&limits).any(|(handler, limit)| {
-                    jobs.iter()
-                        .filter(|j| j.job_type == handler.job_type)
-                        .count()
-                        >= *limit
-                }),
-            left_out: saturated,
-            refill,
-        };
+        // Each job beside its handler, counted per request as it goes.
+        let mut taken = vec![0usize; handlers.len()];
         let claimed: Vec<_> = jobs
             .into_iter()
             .map(|job| {
-                let handler = handlers
+                let i = handlers
                     .iter()
-                    .find(|h| h.job_type == job.job_type)
-                    .expect("the store leases only the types asked for")
-                    .clone();
-                (job, handler)
+                    .position(|h| h.job_type == job.job_type)
+                    .expect("the store leases only the types asked for");
+                taken[i] += 1;
+                (job, handlers[i].clone())
             })
             .collect();
+        let limited = Limited {
+            full: claimed.len() >= total || taken.iter().zip(&limits).any(|(n, limit)| n >= limit),
+            left_out: saturated,
+            refill,
+        };
         // A plugin was loaded, swapped or removed, or a type paused, while
         // the claim was out: a job leased for a version no longer serving
         // its type, or of a type paused since, goes back to the queue (the
