@@ -1258,13 +1258,21 @@ pub async fn a_bulk_replay_moves_the_dead_jobs_it_picks(s: &dyn Store) {
         (JobState::Queued, 0, later)
     );
     assert_eq!(job.last_error.as_deref(), Some("smtp refused"), "kept");
-    let events = s.job_events(ids[3]).await.unwrap();
-    let last = events.last().unwrap();
-    assert_eq!(
-        (last.from, last.to),
-        (Some(JobState::Dead), JobState::Queued)
-    );
-    assert_eq!(last.reason.as_deref(), Some(history::REPLAY_REASON));
+    // Each job has one replay event, after its others: the three of its
+    // burial (enqueued, claimed, dead) come first.
+    for id in &ids {
+        let events = s.job_events(*id).await.unwrap();
+        assert_eq!(events.len(), 4, "job {id}: {events:?}");
+        let last = events.last().unwrap();
+        assert_eq!(
+            (last.from, last.to, last.at, last.attempt),
+            (Some(JobState::Dead), JobState::Queued, later, 0),
+            "job {id}"
+        );
+        assert_eq!(last.actor, history::OPERATOR_ACTOR.name);
+        assert_eq!(last.reason.as_deref(), Some(history::REPLAY_REASON));
+        assert_eq!(last.plugin_digest, None);
+    }
     // Claimed in their original order.
     let claimed = s.job_claim(claim_req("email", 10, 9, later)).await.unwrap();
     let claimed: Vec<JobId> = claimed.iter().map(|j| j.id).collect();

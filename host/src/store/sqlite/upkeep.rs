@@ -4,6 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::events::{Event, Events};
+use super::tx::Tx;
 use crate::clock::Timestamp;
 use crate::job::{JobId, JobRecord, JobState};
 use crate::store::counts::{Moves, moved, removed};
@@ -176,13 +177,18 @@ pub(super) fn replay(
 
 /// Every dead job `filter` picks → queued, fresh attempt budget, in one
 /// statement; an event each. In id order.
+///
+/// The events are written from the jobs' own rows, by one statement before
+/// the update, so that a replay holds none of them in memory (collected one
+/// by one and sent as one JSON document, the events of a replay of 100,000
+/// jobs held tens of MiB at once).
 pub(super) fn replay_dead(
-    conn: &Connection,
+    tx: &mut Tx<'_>,
     filter: &DeadFilter,
     now: Timestamp,
     events: &mut Events,
-    moves: &mut Moves,
 ) -> StoreResult<Vec<Moved>> {
+    // ?1 the time, then the filter's: the same for both statements.
     let (conditions, params) = dead_conditions(
         filter,
         1,
@@ -190,41 +196,65 @@ pub(super) fn replay_dead(
         |p| format!("id IN (SELECT value FROM json_each({p}))"),
         |col, p| format!("instr({col}, {p}) > 0"),
     );
-    let sql = format!(
-        "UPDATE jobs SET state = 'queued', attempt = 0, run_at = ?1, result = NULL,
-                finished_at = NULL, updated_at = ?1
-         WHERE state = 'dead'{conditions}
-         RETURNING id, job_type"
-    );
-    let values =
-        std::iter::once(rusqlite::types::Value::Integer(now.as_micros())).chain(sql_values(params));
+    let values: Vec<rusqlite::types::Value> =
+        std::iter::once(rusqlite::types::Value::Integer(now.as_micros()))
+            .chain(sql_values(params))
+            .collect();
+    // The batch's earlier events first, so that each job's history stays
+    // in order.
+    tx.write_events(events)?;
+    let conn = tx.conn()?;
+    let written = conn
+        .prepare_cached(&format!(
+            "INSERT OR FAIL INTO job_events (job_id, at, from_state, to_state, attempt, actor_id, reason)
+             SELECT id, ?1, 'dead', 'queued', 0, {actor}, {reason} FROM jobs
+             WHERE state = 'dead'{conditions}
+             ORDER BY id",
+            actor = history::OPERATOR_ACTOR.id,
+            reason = sql_literal(history::REPLAY_REASON),
+        ))?
+        .execute(rusqlite::params_from_iter(&values))?;
     let mut replayed: Vec<Moved> = conn
-        .prepare_cached(&sql)?
-        .query_map(rusqlite::params_from_iter(values), |r| {
+        .prepare_cached(&format!(
+            "UPDATE OR FAIL jobs SET state = 'queued', attempt = 0, run_at = ?1, result = NULL,
+                    finished_at = NULL, updated_at = ?1
+             WHERE state = 'dead'{conditions}
+             RETURNING id, job_type"
+        ))?
+        .query_map(rusqlite::params_from_iter(&values), |r| {
             Ok(Moved {
                 id: r.get(0)?,
                 job_type: r.get(1)?,
             })
         })?
         .collect::<Result<_, _>>()?;
+    if written != replayed.len() {
+        // One writer, one transaction: both statements saw the same jobs.
+        return Err(StoreError::Backend(format!(
+            "a replay wrote {written} events for {} jobs",
+            replayed.len()
+        )));
+    }
     replayed.sort_by_key(|m| m.id);
     let mut per_type: std::collections::BTreeMap<&str, u64> = Default::default();
     for m in &replayed {
         *per_type.entry(&m.job_type).or_default() += 1;
-        events.push(Event {
-            job_id: m.id,
-            at: now,
-            from: Some(JobState::Dead),
-            to: JobState::Queued,
-            attempt: 0,
-            actor: history::OPERATOR_ACTOR,
-            reason: Some(history::REPLAY_REASON.into()),
-        });
     }
     for (job_type, n) in per_type {
-        moved(moves, job_type, Some(JobState::Dead), JobState::Queued, n);
+        moved(
+            &mut tx.moves,
+            job_type,
+            Some(JobState::Dead),
+            JobState::Queued,
+            n,
+        );
     }
     Ok(replayed)
+}
+
+/// `text` as an SQL string literal.
+fn sql_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// The operator's statements' parameters (`store/query.rs`) as rusqlite

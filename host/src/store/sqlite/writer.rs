@@ -322,7 +322,6 @@ pub(super) fn apply(tx: &mut Tx<'_>, op: &Op, events: &mut Events) -> StoreResul
         | Op::Reap(_)
         | Op::Promote(_)
         | Op::Replay(..)
-        | Op::ReplayDead(..)
         | Op::Cancel(..)
         | Op::Prune(_) => {
             let mut moves = Moves::new();
@@ -336,9 +335,6 @@ pub(super) fn apply(tx: &mut Tx<'_>, op: &Op, events: &mut Events) -> StoreResul
                 Op::Replay(id, now) => {
                     replay(conn, *id, *now, events, &mut moves).map(|r| Reply::Record(Box::new(r)))
                 }
-                Op::ReplayDead(filter, now) => {
-                    replay_dead(conn, filter, *now, events, &mut moves).map(Reply::Replayed)
-                }
                 Op::Cancel(id, now) => {
                     cancel(conn, *id, *now, events, &mut moves).map(|r| Reply::Record(Box::new(r)))
                 }
@@ -348,6 +344,7 @@ pub(super) fn apply(tx: &mut Tx<'_>, op: &Op, events: &mut Events) -> StoreResul
             tx.moves.extend(moves);
             reply
         }
+        Op::ReplayDead(filter, now) => replay_dead(tx, filter, *now, events).map(Reply::Replayed),
         Op::Kv(write) => write.apply(tx.conn()?).map(Reply::Applied),
         Op::Sync => Ok(Reply::Applied(true)),
         Op::QueuePause {
