@@ -36,8 +36,9 @@ impl Event {
 pub(super) type Events = Vec<Event>;
 
 /// Collected events, in one statement, in order. (The hot transitions,
-/// enqueue, claim and completion, write theirs from the jobs' own rows
-/// instead: [`ENQUEUED_EVENTS`], [`CLAIM_WITH_EVENTS`], [`COMPLETION_EVENTS`].)
+/// enqueue, claim and completion, and the bulk replay write theirs from the
+/// jobs' own rows instead: [`ENQUEUED_EVENTS`], [`CLAIM_WITH_EVENTS`],
+/// [`COMPLETION_EVENTS`], `upkeep::replay_dead`.)
 ///
 /// Bulk rows travel as one JSON array of arrays, read with `jsonb_each`:
 /// the `value` of each row is then JSONB, which `->>` reads as it is, where

@@ -1,5 +1,6 @@
-//! The rarer transitions, one statement each: release at shutdown, the
-//! reaper, the promoter, the operator's replay and cancel, and the pruner.
+//! The rarer transitions, a statement or two each: release at shutdown,
+//! the reaper, the promoter, the operator's replay and cancel, and the
+//! pruner.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -176,12 +177,13 @@ pub(super) fn replay(
 }
 
 /// Every dead job `filter` picks → queued, fresh attempt budget, in one
-/// statement; an event each. In id order.
+/// statement; an event each, written before it by another. In id order.
 ///
-/// The events are written from the jobs' own rows, by one statement before
-/// the update, so that a replay holds none of them in memory (collected one
-/// by one and sent as one JSON document, the events of a replay of 100,000
-/// jobs held tens of MiB at once).
+/// The events are written from the jobs' own rows, so that a replay holds
+/// none of them in memory. (Collected one by one and sent as one JSON
+/// document, with an `UPDATE` that kept a statement journal in memory, the
+/// operators benchmark's replay of 100,000 jobs took the host's peak RSS
+/// to 134 MiB; now 74 MiB. The two causes were not measured apart.)
 pub(super) fn replay_dead(
     tx: &mut Tx<'_>,
     filter: &DeadFilter,
