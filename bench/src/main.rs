@@ -1188,6 +1188,7 @@ async fn submit(c: &Common, connections: usize, seconds: u64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let began = Instant::now();
     let cpu_before = server.cpu_secs();
+    let writer_cpu_before = server.thread_cpu_secs(WRITER_THREAD);
     let own_cpu_before = server::cpu_secs_of("self");
     let mut tasks = Vec::new();
     for _ in 0..connections {
@@ -1206,15 +1207,28 @@ async fn submit(c: &Common, connections: usize, seconds: u64) -> Result<()> {
     let tally = Tally::gather(tasks).await?;
     let elapsed = began.elapsed().as_secs_f64();
     let cpu_secs = server.cpu_secs() - cpu_before;
+    let writer_cpu_secs = server
+        .thread_cpu_secs(WRITER_THREAD)
+        .zip(writer_cpu_before)
+        .map(|(after, before)| after - before);
     let own_cpu_secs = server::cpu_secs_of("self") - own_cpu_before;
+    let requests = tally.http.len().max(1) as f64;
     report.figure("requests/s", tally.http.len() as f64 / elapsed, "req/s");
     report.latency("HTTP", &tally.http);
     report.figure("errors", tally.errors as f64, "");
     report.figure(
         "server CPU per request while submitting",
-        cpu_secs / tally.http.len().max(1) as f64 * 1e6,
+        cpu_secs / requests * 1e6,
         "µs",
     );
+    // The embedded store's writer thread, of that (PostgreSQL has none).
+    if let Some(writer) = writer_cpu_secs {
+        report.figure(
+            "server CPU per request, writer thread",
+            writer / requests * 1e6,
+            "µs",
+        );
+    }
     // The load generator shares the two cores with the server.
     report.figure(
         "load generator CPU per request",

@@ -11,7 +11,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState};
+use crate::api::{self, App};
 use crate::clock::{Clock, SystemClock};
 use crate::config::ServeConfig;
 use crate::dispatch::redis::Redis;
@@ -213,7 +213,7 @@ pub async fn run(config: ServeConfig, shutdown: impl Future<Output = ()>) -> any
         .run(stop.clone()),
     );
 
-    let app = api::app(AppState {
+    let app = api::app(App {
         store: store.clone(),
         registry,
         loader,

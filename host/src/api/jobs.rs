@@ -21,12 +21,13 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::openapi::Submitted;
 use super::{ApiError, AppState, MAX_BATCH, MAX_IDEMPOTENCY_KEY, PathParam};
 use crate::clock::Timestamp;
 use crate::job::{JobEvent, JobRecord, JobState};
@@ -87,19 +88,21 @@ async fn submit(
     State(app): State<AppState>,
     PathParam(job_type): PathParam,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // The request itself rather than a `HeaderMap`, which axum would copy.
+    request: Request,
+) -> Result<(StatusCode, Json<Submitted>), ApiError> {
     let handler = handler_for(&app, job_type)?;
     let now = app.clock.now();
     let options = SubmitOptions::from_query(query.as_deref(), now)?;
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let bytes = read_body(body, &headers, app.body_limit).await?;
-    let payload: Value =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    let idempotency_key = idempotency_key(&headers, &payload)?;
+    // Checks that the payload is JSON, and finds its key field, in one pass.
+    let key_field = key_field(&bytes)?;
+    let idempotency_key = idempotency_key(&headers, key_field)?;
     // Valid JSON is valid UTF-8.
     let payload =
-        String::from_utf8(bytes.to_vec()).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+        String::from_utf8(bytes.into()).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
 
     let job = NewJob {
         job_type: handler.job_type.clone(),
@@ -119,12 +122,20 @@ async fn submit(
             }
             Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({ "jobId": id, "status": state })),
+                Json(Submitted {
+                    job_id: id,
+                    status: state,
+                    duplicate: None,
+                }),
             ))
         }
         Enqueued::Existing { id, state } => Ok((
             StatusCode::OK,
-            Json(json!({ "jobId": id, "status": state, "duplicate": true })),
+            Json(Submitted {
+                job_id: id,
+                status: state,
+                duplicate: Some(true),
+            }),
         )),
     }
 }
@@ -739,8 +750,11 @@ pub(super) async fn read_body(
 }
 
 /// The job's idempotency key: the `Idempotency-Key` header, else the
-/// payload's `idempotencyKey` field.
-fn idempotency_key(headers: &HeaderMap, payload: &Value) -> Result<Option<String>, ApiError> {
+/// payload's `idempotencyKey` field (`key_field`, found by [`key_field`]).
+fn idempotency_key(
+    headers: &HeaderMap,
+    key_field: Option<Value>,
+) -> Result<Option<String>, ApiError> {
     let key = match headers.get("idempotency-key") {
         Some(v) => Some(
             v.to_str()
@@ -751,7 +765,7 @@ fn idempotency_key(headers: &HeaderMap, payload: &Value) -> Result<Option<String
                 })?
                 .to_owned(),
         ),
-        None => return payload_key(payload),
+        None => return checked_key(field_key(key_field)?),
     };
     checked_key(key)
 }
@@ -762,23 +776,103 @@ fn raw_payload_key(text: &str) -> Result<Option<String>, ApiError> {
     if !text.starts_with('{') {
         return Ok(None);
     }
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    payload_key(&value)
+    checked_key(field_key(key_field(text.as_bytes())?)?)
 }
 
-/// The payload's own `idempotencyKey` field, checked.
-fn payload_key(payload: &Value) -> Result<Option<String>, ApiError> {
-    let key = match payload.get("idempotencyKey") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            return Err(ApiError::InvalidIdempotencyKey(
-                "the payload's idempotencyKey must be a string",
-            ));
+/// Checks that `payload` is one JSON document and returns its own
+/// `idempotencyKey` field, if it is an object with one. It reads the
+/// document without building it: only that field's value is kept. (Of
+/// duplicate fields the last counts, as in a parsed document.)
+fn key_field(payload: &[u8]) -> Result<Option<Value>, ApiError> {
+    use serde::de::{self, Deserializer as _, MapAccess, SeqAccess, Visitor};
+
+    /// Whether a field name is `idempotencyKey`, without allocating it.
+    struct IsKey;
+    impl<'de> Visitor<'de> for IsKey {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a field name")
         }
-    };
-    checked_key(key)
+        fn visit_str<E>(self, name: &str) -> Result<bool, E> {
+            Ok(name == "idempotencyKey")
+        }
+    }
+    impl<'de> de::DeserializeSeed<'de> for IsKey {
+        type Value = bool;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+
+    /// Any value, read and dropped. Not serde's `IgnoredAny`: that skips
+    /// nested arrays and objects without serde_json's depth limit, which a
+    /// parsed document is held to (so a payload too deep to parse must stay
+    /// `invalid_json`).
+    struct Skip;
+    impl<'de> de::Deserialize<'de> for Skip {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Skip, D::Error> {
+            d.deserialize_any(Doc).map(|_| Skip)
+        }
+    }
+
+    /// A value: its `idempotencyKey` field if it is an object with one.
+    struct Doc;
+    impl<'de> Visitor<'de> for Doc {
+        type Value = Option<Value>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON document")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut key = None;
+            while let Some(is_key) = map.next_key_seed(IsKey)? {
+                if is_key {
+                    key = Some(map.next_value::<Value>()?);
+                } else {
+                    map.next_value::<Skip>()?;
+                }
+            }
+            Ok(key)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<Skip>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    de.deserialize_any(Doc)
+        .and_then(|field| de.end().map(|()| field))
+        .map_err(|e| ApiError::InvalidJson(e.to_string()))
+}
+
+/// The key an `idempotencyKey` field gives: a string; absent or `null` is
+/// none (unchecked: see [`checked_key`]).
+fn field_key(field: Option<Value>) -> Result<Option<String>, ApiError> {
+    match field {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::InvalidIdempotencyKey(
+            "the payload's idempotencyKey must be a string",
+        )),
+    }
 }
 
 fn checked_key(key: Option<String>) -> Result<Option<String>, ApiError> {
@@ -788,5 +882,97 @@ fn checked_key(key: Option<String>) -> Result<Option<String>, ApiError> {
             Err(ApiError::IdempotencyKeyTooLong { len: k.len() })
         }
         other => Ok(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a submit read of a payload before [`key_field`]: the whole
+    /// document parsed, then its field.
+    fn parsed_key(doc: &str) -> Result<Option<String>, &'static str> {
+        let value: Value = serde_json::from_str(doc).map_err(|_| "invalid_json")?;
+        match value.get("idempotencyKey") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err("invalid_idempotency_key"),
+        }
+    }
+
+    fn scanned_key(doc: &str) -> Result<Option<String>, &'static str> {
+        key_field(doc.as_bytes())
+            .and_then(field_key)
+            .map_err(|e| match e {
+                ApiError::InvalidJson(_) => "invalid_json",
+                ApiError::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
+                _ => "other",
+            })
+    }
+
+    #[test]
+    fn the_payload_key_is_read_as_a_parsed_document_has_it() {
+        let docs = [
+            r#"{}"#,
+            r#"{"idempotencyKey":"k1"}"#,
+            r#"{"userId":42,"idempotencyKey":"user#42"}"#,
+            r#"{"idempotencyKey":null}"#,
+            r#"{"idempotencyKey":5}"#,
+            r#"{"idempotencyKey":{"a":1}}"#,
+            r#"{"idempotencyKey":["k"]}"#,
+            r#"{"idempotencyKey":"first","idempotencyKey":"last"}"#,
+            r#"{"idempotency\u004bey":"escaped name"}"#,
+            r#"{"idempotencyKey":"esc\"aped \u00e9"}"#,
+            r#"{"nested":{"idempotencyKey":"inner"}}"#,
+            r#"{"idempotencykey":"other case"}"#,
+            r#"[{"idempotencyKey":"in an array"}]"#,
+            r#""idempotencyKey""#,
+            r#"17"#,
+            r#"-1.5e3"#,
+            r#"true"#,
+            r#"null"#,
+            r#" { "a" : [1, 2, {"b": null}] , "idempotencyKey" : "spaced" } "#,
+            r#""#,
+            r#"{"#,
+            r#"{"a":1}}"#,
+            r#"{"a":1} x"#,
+            r#"{"a":}"#,
+            r#"{'a':1}"#,
+            r#"[1,2"#,
+            r#"1e400"#,
+            r#"{"idempotencyKey":"k" "#,
+        ];
+        for doc in docs {
+            assert_eq!(scanned_key(doc), parsed_key(doc), "payload {doc:?}");
+        }
+    }
+
+    #[test]
+    fn the_header_key_wins_and_the_payload_field_is_then_not_read() {
+        let mut headers = HeaderMap::new();
+        headers.insert("idempotency-key", "from-header".parse().unwrap());
+        let field = key_field(br#"{"idempotencyKey":5}"#).unwrap();
+        assert_eq!(
+            idempotency_key(&headers, field.clone()).unwrap(),
+            Some("from-header".to_owned())
+        );
+        assert!(matches!(
+            idempotency_key(&HeaderMap::new(), field),
+            Err(ApiError::InvalidIdempotencyKey(_))
+        ));
+    }
+
+    #[test]
+    fn a_payload_too_deep_to_parse_is_invalid_json() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(scanned_key(&deep), Err("invalid_json"));
+        // At serde_json's depth limit, arrays and objects alike.
+        for depth in [1, 126, 127, 128, 129] {
+            let arrays = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            let objects = format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
+            for doc in [arrays, objects] {
+                assert_eq!(scanned_key(&doc), parsed_key(&doc), "depth {depth}");
+            }
+        }
     }
 }

@@ -31,9 +31,28 @@ pub const MAX_BATCH: usize = 10_000;
 /// Longest idempotency key, in bytes.
 pub const MAX_IDEMPOTENCY_KEY: usize = 200;
 
-/// What every handler may use.
+/// What every handler may use: one shared [`App`], so that handing it to a
+/// request (axum clones the state for each) is one reference count, not one
+/// per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<App>);
+
+impl From<App> for AppState {
+    fn from(app: App) -> Self {
+        AppState(Arc::new(app))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+/// What the handlers share (through [`AppState`]).
+pub struct App {
     pub store: Arc<dyn Store>,
     pub registry: Arc<Registry>,
     /// Installs uploaded plugins into the plugins directory.
@@ -68,7 +87,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
 }
 
 /// The whole HTTP application, and its OpenAPI document at `/openapi.json`.
-pub fn app(state: AppState) -> Router {
+pub fn app(app: App) -> Router {
+    let state = AppState::from(app);
     let (router, api) = openapi::router()
         .merge(dashboard::router())
         .merge(jobs::router())

@@ -91,10 +91,12 @@ pub use shapes::{
 };
 
 /// The shapes of the answers that are built in their handlers (the submit
-/// paths, for speed; small acknowledgements). The end-to-end suite checks
-/// real answers of each against the document, so they cannot drift apart.
+/// paths; small acknowledgements). The end-to-end suite checks real answers
+/// of each against the document, so they cannot drift apart.
 mod shapes {
-    // Never built: they describe what the handlers' `json!` builds.
+    // Only `Submitted` is built (by `POST /jobs/{type}`, which serializes
+    // it straight to the body); the others describe what their handlers'
+    // `json!` builds.
     #![allow(dead_code)]
 
     /// `POST /jobs/{type}`: the job, `duplicate` when its idempotency key named
@@ -102,11 +104,11 @@ mod shapes {
     #[derive(serde::Serialize, utoipa::ToSchema)]
     #[serde(rename_all = "camelCase")]
     pub struct Submitted {
-        job_id: i64,
-        status: crate::job::JobState,
+        pub job_id: i64,
+        pub status: crate::job::JobState,
         /// Present (true) when the idempotency key named this job already.
         #[serde(skip_serializing_if = "Option::is_none")]
-        duplicate: Option<bool>,
+        pub duplicate: Option<bool>,
     }
 
     /// `POST /jobs/{type}/batch`: ids in the order of the jobs.
