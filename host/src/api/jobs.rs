@@ -98,8 +98,8 @@ async fn submit(
     let headers = parts.headers;
     let bytes = read_body(body, &headers, app.body_limit).await?;
     // Checks that the payload is JSON, and finds its key field, in one pass.
-    let key_field = key_field(&bytes)?;
-    let idempotency_key = idempotency_key(&headers, key_field)?;
+    let payload_field = key_field(&bytes)?;
+    let idempotency_key = idempotency_key(&headers, payload_field)?;
     // Valid JSON is valid UTF-8.
     let payload =
         String::from_utf8(bytes.into()).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
@@ -750,10 +750,11 @@ pub(super) async fn read_body(
 }
 
 /// The job's idempotency key: the `Idempotency-Key` header, else the
-/// payload's `idempotencyKey` field (`key_field`, found by [`key_field`]).
+/// payload's `idempotencyKey` field (`payload_field`, found by
+/// [`key_field`]).
 fn idempotency_key(
     headers: &HeaderMap,
-    key_field: Option<Value>,
+    payload_field: Option<Value>,
 ) -> Result<Option<String>, ApiError> {
     let key = match headers.get("idempotency-key") {
         Some(v) => Some(
@@ -765,7 +766,7 @@ fn idempotency_key(
                 })?
                 .to_owned(),
         ),
-        None => return checked_key(field_key(key_field)?),
+        None => return checked_key(field_key(payload_field)?),
     };
     checked_key(key)
 }
@@ -780,61 +781,87 @@ fn raw_payload_key(text: &str) -> Result<Option<String>, ApiError> {
 }
 
 /// Checks that `payload` is one JSON document and returns its own
-/// `idempotencyKey` field, if it is an object with one. It reads the
-/// document without building it: only that field's value is kept. (Of
-/// duplicate fields the last counts, as in a parsed document.)
+/// `idempotencyKey` field, if it is an object with one: what parsing it
+/// into a [`Value`] and reading the field gives, without building the
+/// document (only that field's value is kept). Of duplicate fields the
+/// last counts, as in a parsed document.
 fn key_field(payload: &[u8]) -> Result<Option<Value>, ApiError> {
-    use serde::de::{self, Deserializer as _, MapAccess, SeqAccess, Visitor};
+    use std::cell::Cell;
 
-    /// Whether a field name is `idempotencyKey`, without allocating it.
-    struct IsKey;
-    impl<'de> Visitor<'de> for IsKey {
-        type Value = bool;
+    use serde::de::{self, DeserializeSeed, Deserializer as _, MapAccess, SeqAccess, Visitor};
+
+    /// The name serde_json gives a `RawValue` in flight: a [`Value`] parsed
+    /// from an object whose first field has it is that field's string,
+    /// parsed. A payload with a field so named is parsed whole, as before.
+    const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
+    enum Name {
+        Key,
+        RawValueToken,
+        Other,
+    }
+
+    /// A field name, classified without allocating it.
+    struct FieldName;
+    impl<'de> Visitor<'de> for FieldName {
+        type Value = Name;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a field name")
         }
-        fn visit_str<E>(self, name: &str) -> Result<bool, E> {
-            Ok(name == "idempotencyKey")
+        fn visit_str<E>(self, name: &str) -> Result<Name, E> {
+            Ok(match name {
+                "idempotencyKey" => Name::Key,
+                RAW_VALUE_TOKEN => Name::RawValueToken,
+                _ => Name::Other,
+            })
         }
     }
-    impl<'de> de::DeserializeSeed<'de> for IsKey {
-        type Value = bool;
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+    impl<'de> DeserializeSeed<'de> for FieldName {
+        type Value = Name;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Name, D::Error> {
             d.deserialize_str(self)
         }
     }
 
-    /// Any value, read and dropped. Not serde's `IgnoredAny`: that skips
-    /// nested arrays and objects without serde_json's depth limit, which a
-    /// parsed document is held to (so a payload too deep to parse must stay
-    /// `invalid_json`).
-    struct Skip;
-    impl<'de> de::Deserialize<'de> for Skip {
-        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Skip, D::Error> {
-            d.deserialize_any(Doc).map(|_| Skip)
+    /// A value: its `idempotencyKey` field if it is an object with one.
+    /// Nested values are read through it too, and dropped: serde's
+    /// `IgnoredAny` would skip them without serde_json's depth limit and
+    /// without checking their strings (UTF-8, `\u` surrogates), both of
+    /// which a parsed document is held to.
+    #[derive(Clone, Copy)]
+    struct Doc<'a> {
+        /// Set when a field has [`RAW_VALUE_TOKEN`]'s name.
+        raw_value_token: &'a Cell<bool>,
+    }
+    impl<'de> DeserializeSeed<'de> for Doc<'_> {
+        type Value = Option<Value>;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
         }
     }
-
-    /// A value: its `idempotencyKey` field if it is an object with one.
-    struct Doc;
-    impl<'de> Visitor<'de> for Doc {
+    impl<'de> Visitor<'de> for Doc<'_> {
         type Value = Option<Value>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a JSON document")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut key = None;
-            while let Some(is_key) = map.next_key_seed(IsKey)? {
-                if is_key {
-                    key = Some(map.next_value::<Value>()?);
-                } else {
-                    map.next_value::<Skip>()?;
+            while let Some(name) = map.next_key_seed(FieldName)? {
+                match name {
+                    Name::Key => key = Some(map.next_value::<Value>()?),
+                    Name::Other => {
+                        map.next_value_seed(self)?;
+                    }
+                    Name::RawValueToken => {
+                        self.raw_value_token.set(true);
+                        return Err(de::Error::custom("parsed whole instead"));
+                    }
                 }
             }
             Ok(key)
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            while seq.next_element::<Skip>()?.is_some() {}
+            while seq.next_element_seed(self)?.is_some() {}
             Ok(None)
         }
         fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
@@ -857,10 +884,19 @@ fn key_field(payload: &[u8]) -> Result<Option<Value>, ApiError> {
         }
     }
 
+    let invalid = |e: serde_json::Error| ApiError::InvalidJson(e.to_string());
+    let raw_value_token = Cell::new(false);
     let mut de = serde_json::Deserializer::from_slice(payload);
-    de.deserialize_any(Doc)
-        .and_then(|field| de.end().map(|()| field))
-        .map_err(|e| ApiError::InvalidJson(e.to_string()))
+    let scanned = Doc {
+        raw_value_token: &raw_value_token,
+    }
+    .deserialize(&mut de)
+    .and_then(|field| de.end().map(|()| field));
+    if raw_value_token.get() {
+        let doc: Value = serde_json::from_slice(payload).map_err(invalid)?;
+        return Ok(doc.get("idempotencyKey").cloned());
+    }
+    scanned.map_err(invalid)
 }
 
 /// The key an `idempotencyKey` field gives: a string; absent or `null` is
@@ -889,10 +925,10 @@ fn checked_key(key: Option<String>) -> Result<Option<String>, ApiError> {
 mod tests {
     use super::*;
 
-    /// What a submit read of a payload before [`key_field`]: the whole
+    /// What `submit` read from a payload before [`key_field`]: the whole
     /// document parsed, then its field.
-    fn parsed_key(doc: &str) -> Result<Option<String>, &'static str> {
-        let value: Value = serde_json::from_str(doc).map_err(|_| "invalid_json")?;
+    fn parsed_key(doc: &[u8]) -> Result<Option<String>, &'static str> {
+        let value: Value = serde_json::from_slice(doc).map_err(|_| "invalid_json")?;
         match value.get("idempotencyKey") {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -900,14 +936,12 @@ mod tests {
         }
     }
 
-    fn scanned_key(doc: &str) -> Result<Option<String>, &'static str> {
-        key_field(doc.as_bytes())
-            .and_then(field_key)
-            .map_err(|e| match e {
-                ApiError::InvalidJson(_) => "invalid_json",
-                ApiError::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
-                _ => "other",
-            })
+    fn scanned_key(doc: &[u8]) -> Result<Option<String>, &'static str> {
+        key_field(doc).and_then(field_key).map_err(|e| match e {
+            ApiError::InvalidJson(_) => "invalid_json",
+            ApiError::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
+            _ => "other",
+        })
     }
 
     #[test]
@@ -941,9 +975,36 @@ mod tests {
             r#"[1,2"#,
             r#"1e400"#,
             r#"{"idempotencyKey":"k" "#,
+            "  ",
+            "\u{feff}{}",
+            "01",
+            "18446744073709551616",
+            "-9223372036854775809",
+            r#"{"a":"\ud800"}"#,
+            r#"{"\ud800":1}"#,
+            r#"{"a":"\ud83d\ude00"}"#,
+            r#"{"idempotencyKey":"\ud800"}"#,
+            // serde_json's name for a RawValue in flight: a parsed
+            // document reads the field's string as the document.
+            r#"{"$serde_json::private::RawValue":"{\"idempotencyKey\":\"k\"}"}"#,
+            r#"{"$serde_json::private::RawValue":"x"}"#,
+            r#"{"$serde_json::private::RawValue":1}"#,
+            r#"{"$serde_json::private::RawValue":"{}","b":2}"#,
+            r#"{"a":1,"$serde_json::private::RawValue":"{}","idempotencyKey":"k"}"#,
+            r#"{"a":{"$serde_json::private::RawValue":"[]"},"idempotencyKey":"k"}"#,
         ];
         for doc in docs {
+            let doc = doc.as_bytes();
             assert_eq!(scanned_key(doc), parsed_key(doc), "payload {doc:?}");
+        }
+        // Not UTF-8, in a value and in a name.
+        for doc in [
+            &b"{\"a\":\"\xff\"}"[..],
+            b"{\"\xc3\":1}",
+            b"\"\xed\xa0\x80\"",
+        ] {
+            assert_eq!(scanned_key(doc), Err("invalid_json"), "payload {doc:?}");
+            assert_eq!(parsed_key(doc), Err("invalid_json"));
         }
     }
 
@@ -965,13 +1026,19 @@ mod tests {
     #[test]
     fn a_payload_too_deep_to_parse_is_invalid_json() {
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
-        assert_eq!(scanned_key(&deep), Err("invalid_json"));
+        assert_eq!(scanned_key(deep.as_bytes()), Err("invalid_json"));
         // At serde_json's depth limit, arrays and objects alike.
         for depth in [1, 126, 127, 128, 129] {
             let arrays = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
             let objects = format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
-            for doc in [arrays, objects] {
-                assert_eq!(scanned_key(&doc), parsed_key(&doc), "depth {depth}");
+            let in_key = format!(
+                r#"{{"idempotencyKey":{}{}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            );
+            for doc in [arrays, objects, in_key] {
+                let doc = doc.as_bytes();
+                assert_eq!(scanned_key(doc), parsed_key(doc), "depth {depth}");
             }
         }
     }
