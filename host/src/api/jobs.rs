@@ -788,7 +788,7 @@ fn raw_payload_key(text: &str) -> Result<Option<String>, ApiError> {
 fn key_field(payload: &[u8]) -> Result<Option<Value>, ApiError> {
     use std::cell::Cell;
 
-    use serde::de::{self, DeserializeSeed, Deserializer as _, MapAccess, SeqAccess, Visitor};
+    use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
     /// The name serde_json gives a `RawValue` in flight: a [`Value`] parsed
     /// from an object whose first field has it is that field's string,
