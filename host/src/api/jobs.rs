@@ -95,11 +95,10 @@ async fn submit(
     let now = app.clock.now();
     let options = SubmitOptions::from_query(query.as_deref(), now)?;
     let (parts, body) = request.into_parts();
-    let headers = parts.headers;
-    let bytes = read_body(body, &headers, app.body_limit).await?;
+    let bytes = read_body(body, &parts.headers, app.body_limit).await?;
     // Checks that the payload is JSON, and finds its key field, in one pass.
     let payload_field = key_field(&bytes)?;
-    let idempotency_key = idempotency_key(&headers, payload_field)?;
+    let idempotency_key = idempotency_key(&parts.headers, payload_field)?;
     // Valid JSON is valid UTF-8.
     let payload =
         String::from_utf8(bytes.into()).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
